@@ -1,0 +1,326 @@
+"""LiveStream: one live channel, from ingest to playable HLS."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal, Self
+
+from pydantic import Field, field_validator, model_validator
+
+from kubecast_api.common import (
+    API_VERSION,
+    DNS_LABEL,
+    ApiModel,
+    Condition,
+    LocalObjectReference,
+    SecretKeyReference,
+    cel,
+)
+
+PULL_URL = r"^(rtmps?|rtsp|https?|file)://.+"
+
+
+class PushIngest(ApiModel):
+    """A publisher (OBS, ffmpeg, a camera) pushes to the stream's ingest Service."""
+
+    protocol: Literal["rtmp"] = Field(default="rtmp", description="Ingest protocol.")
+    app: str = Field(
+        default="live",
+        description="RTMP application name: publishers push to rtmp://<ingest>/<app>/<key>.",
+        min_length=1,
+        max_length=63,
+        pattern=DNS_LABEL,
+    )
+    stream_key_secret_ref: SecretKeyReference | None = Field(
+        default=None,
+        description="Secret holding the stream key. When unset, the operator generates a"
+        " random key in a Secret named <stream>-stream-key.",
+    )
+
+
+class PullIngest(ApiModel):
+    """The worker pulls the stream from a source that already exists."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "!self.loop || self.url.startsWith('file://')",
+                    "loop is only possible for file:// sources",
+                    ".loop",
+                )
+            ]
+        }
+    }
+
+    url: str = Field(
+        description="Source URL: rtmp(s)://, rtsp://, http(s):// (HLS) or file://.",
+        max_length=2048,
+        pattern=PULL_URL,
+    )
+    loop: bool = Field(
+        default=False, description="Play a file:// source in a loop (for test channels)."
+    )
+
+    @model_validator(mode="after")
+    def _loop_needs_file(self) -> Self:
+        if self.loop and not self.url.startswith("file://"):
+            raise ValueError("loop is only possible for file:// sources")
+        return self
+
+
+class Ingest(ApiModel):
+    """Where the stream comes from: exactly one of push or pull."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.push) != has(self.pull)",
+                    "exactly one of spec.ingest.push or spec.ingest.pull must be set",
+                )
+            ]
+        }
+    }
+
+    push: PushIngest | None = Field(default=None, description="Accept an RTMP publisher.")
+    pull: PullIngest | None = Field(default=None, description="Pull from a source URL.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.push is None) == (self.pull is None):
+            raise ValueError("exactly one of spec.ingest.push or spec.ingest.pull must be set")
+        return self
+
+
+class SegmentType(StrEnum):
+    TS = "ts"
+    FMP4 = "fmp4"
+
+
+class HlsOutput(ApiModel):
+    segment_type: SegmentType = Field(
+        default=SegmentType.TS,
+        description="Segment container: ts (MPEG-TS, widest support) or fmp4 (CMAF).",
+    )
+    window_segments: int = Field(
+        default=6,
+        description="Segments kept in the live playlist (the DVR window is this times"
+        " segmentSeconds).",
+        ge=3,
+        le=1000,
+    )
+
+
+class DashOutput(ApiModel):
+    enabled: bool = Field(default=False, description="Also publish a DASH manifest.")
+
+
+class Outputs(ApiModel):
+    hls: HlsOutput = Field(default_factory=HlsOutput, description="HLS output (always on).")
+    dash: DashOutput = Field(default_factory=DashOutput, description="Optional DASH output.")
+
+
+class RestreamTarget(ApiModel):
+    name: str = Field(
+        description="Name of the target, unique within the stream.",
+        max_length=63,
+        pattern=DNS_LABEL,
+    )
+    url: str = Field(
+        description="RTMP(S) URL without the key, e.g. rtmp://a.rtmp.youtube.com/live2.",
+        max_length=2048,
+        pattern=r"^rtmps?://.+",
+    )
+    stream_key_secret_ref: SecretKeyReference | None = Field(
+        default=None, description="Secret holding the target's stream key."
+    )
+    rendition: str | None = Field(
+        default=None,
+        description="Rendition to send; defaults to the highest one.",
+        max_length=32,
+    )
+
+
+class ServiceType(StrEnum):
+    CLUSTER_IP = "ClusterIP"
+    NODE_PORT = "NodePort"
+    LOAD_BALANCER = "LoadBalancer"
+
+
+class IngestService(ApiModel):
+    type: ServiceType = Field(
+        default=ServiceType.CLUSTER_IP,
+        description="Service type of the ingest endpoint. Use LoadBalancer or NodePort to"
+        " accept publishers from outside the cluster.",
+    )
+    node_port: int | None = Field(
+        default=None,
+        description="Fixed node port for type NodePort (30000-32767).",
+        ge=30000,
+        le=32767,
+    )
+
+
+class ResourceList(ApiModel):
+    cpu: str | None = Field(
+        default=None, description="CPU quantity, e.g. 2 or 1500m.", max_length=32,
+        pattern=r"^[0-9]+(\.[0-9]+)?m?$",
+    )
+    memory: str | None = Field(
+        default=None, description="Memory quantity, e.g. 1Gi.", max_length=32,
+        pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[kmgtpe])?$",
+    )
+
+
+class WorkerResources(ApiModel):
+    requests: ResourceList = Field(
+        default_factory=ResourceList, description="Resources the worker is guaranteed."
+    )
+    limits: ResourceList = Field(
+        default_factory=ResourceList, description="Resources the worker may not exceed."
+    )
+
+
+class LiveStreamSpec(ApiModel):
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.restream) || self.restream.all(t,"
+                    " self.restream.exists_one(o, o.name == t.name))",
+                    "restream target names must be unique",
+                    ".restream",
+                ),
+                cel(
+                    "self.ingestService.type == 'NodePort' || !has(self.ingestService.nodePort)",
+                    "nodePort is only valid when type is NodePort",
+                    ".ingestService.nodePort",
+                ),
+            ]
+        }
+    }
+
+    ingest: Ingest = Field(description="Where the stream comes from: push or pull.")
+    profile_ref: LocalObjectReference = Field(
+        description="TranscodeProfile (same namespace) that defines the ABR ladder."
+    )
+    outputs: Outputs = Field(default_factory=Outputs, description="Packaging of the output.")
+    reconnect_window_seconds: int = Field(
+        default=30,
+        description="How long a dropped publisher may take to return and continue the same"
+        " playlist (phase Reconnecting) before the stream goes Idle and the playlist ends.",
+        ge=0,
+        le=3600,
+    )
+    restream: list[RestreamTarget] = Field(
+        default_factory=list,
+        description="Other RTMP destinations that receive a copy of the stream.",
+        max_length=8,
+    )
+    resources: WorkerResources = Field(
+        default_factory=WorkerResources, description="CPU and memory of the worker pod."
+    )
+    ingest_service: IngestService = Field(
+        default_factory=IngestService, description="How the ingest endpoint is exposed."
+    )
+
+    @field_validator("restream")
+    @classmethod
+    def _unique_targets(cls, targets: list[RestreamTarget]) -> list[RestreamTarget]:
+        names = [t.name for t in targets]
+        if len(set(names)) != len(names):
+            raise ValueError("restream target names must be unique")
+        return targets
+
+    @model_validator(mode="after")
+    def _node_port_needs_type(self) -> Self:
+        service = self.ingest_service
+        if service.node_port is not None and service.type != ServiceType.NODE_PORT:
+            raise ValueError("ingestService.nodePort is only valid when type is NodePort")
+        return self
+
+
+class StreamPhase(StrEnum):
+    PENDING = "Pending"
+    IDLE = "Idle"
+    LIVE = "Live"
+    RECONNECTING = "Reconnecting"
+    ERROR = "Error"
+    TERMINATING = "Terminating"
+
+
+class InputStatus(ApiModel):
+    video_codec: str | None = Field(default=None, description="Input video codec, e.g. h264.")
+    audio_codec: str | None = Field(default=None, description="Input audio codec, e.g. aac.")
+    width: int | None = Field(default=None, description="Input width in pixels.")
+    height: int | None = Field(default=None, description="Input height in pixels.")
+    resolution: str | None = Field(default=None, description="Input resolution as WxH.")
+    fps: float | None = Field(default=None, description="Input frame rate.")
+    bitrate_kbps: int | None = Field(
+        default=None, description="Input bitrate in kbit/s, measured over the last seconds."
+    )
+    publisher: str | None = Field(
+        default=None, description="Address of the connected publisher (never the key)."
+    )
+
+
+class RenditionStatus(ApiModel):
+    name: str = Field(description="Rendition name from the profile.")
+    state: Literal["Active", "Dropped"] = Field(
+        description="Active, or Dropped when it would upscale the source."
+    )
+    reason: str | None = Field(default=None, description="Why the rendition was dropped.")
+    width: int | None = Field(default=None, description="Output width.")
+    height: int | None = Field(default=None, description="Output height.")
+    bitrate_kbps: int | None = Field(default=None, description="Measured output bitrate.")
+    playback_url: str | None = Field(default=None, description="Media playlist URL.")
+
+
+class LiveStreamStatus(ApiModel):
+    phase: StreamPhase = Field(default=StreamPhase.PENDING, description="Lifecycle phase.")
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation the operator last processed.", ge=0
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready (worker running), IngestConnected (publisher connected),"
+        " Transcoding (ladder producing segments).",
+    )
+    ingest_url: str | None = Field(
+        default=None,
+        description="Where publishers push, without the stream key: rtmp://<host>:<port>/<app>.",
+    )
+    stream_key_secret: str | None = Field(
+        default=None, description="Name of the Secret holding the stream key (never the key)."
+    )
+    playback_url: str | None = Field(default=None, description="HLS master playlist URL.")
+    dash_url: str | None = Field(default=None, description="DASH manifest URL, when enabled.")
+    input: InputStatus | None = Field(default=None, description="What the worker receives.")
+    renditions: list[RenditionStatus] = Field(
+        default_factory=list, description="Per-rendition output state and bitrate."
+    )
+    dropped_frames: int | None = Field(
+        default=None, description="Frames dropped or late since the worker started.", ge=0
+    )
+    encode_speed: float | None = Field(
+        default=None, description="Encoding speed as a multiple of real time."
+    )
+    refused_publishes: int | None = Field(
+        default=None, description="Publish attempts refused (wrong key or app).", ge=0
+    )
+    last_live_time: datetime | None = Field(
+        default=None, description="When the stream was last seen Live."
+    )
+    message: str | None = Field(default=None, description="Last error or notable event.")
+
+
+class LiveStream(ApiModel):
+    """A live channel: ingest, ABR transcode, HLS playback."""
+
+    api_version: Literal["kubecast.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    kind: Literal["LiveStream"] = "LiveStream"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: LiveStreamSpec
+    status: LiveStreamStatus | None = None

@@ -1,0 +1,49 @@
+"""The config a media worker runs from.
+
+The operator renders it into the stream's ConfigMap from the LiveStream and its
+TranscodeProfile; a person runs the same thing from the command line. The
+stream key is never part of it: the worker reads the key from a file (a
+mounted Secret) so that the ConfigMap can be read by anyone who may read the
+stream's settings.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+from pydantic import Field, model_validator
+
+from kubecast_api.common import ApiModel
+from kubecast_api.livestream import Outputs, PullIngest
+from kubecast_api.profile import TranscodeProfileSpec
+
+
+class WorkerIngest(ApiModel):
+    listen: str | None = Field(
+        default=None,
+        description="RTMP listen address host:port for push ingest, e.g. 0.0.0.0:1935.",
+    )
+    app: str = Field(default="live", description="RTMP application name publishers must use.")
+    stream_key_file: str | None = Field(
+        default=None, description="File holding the stream key (a mounted Secret)."
+    )
+    pull: PullIngest | None = Field(default=None, description="Source to pull instead.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.listen is None) == (self.pull is None):
+            raise ValueError("exactly one of ingest.listen or ingest.pull must be set")
+        return self
+
+
+class WorkerConfig(ApiModel):
+    stream: str = Field(description="Stream name, used in logs and as the metrics label.")
+    namespace: str | None = Field(default=None, description="Namespace of the LiveStream.")
+    ingest: WorkerIngest = Field(description="Where the media comes from.")
+    profile: TranscodeProfileSpec = Field(
+        default_factory=TranscodeProfileSpec, description="The resolved ladder."
+    )
+    outputs: Outputs = Field(default_factory=Outputs, description="Packaging of the output.")
+    reconnect_window_seconds: int = Field(default=30, ge=0, le=3600)
+    output_dir: str = Field(default="/var/lib/kubecast/media", description="Where HLS is written.")
+    http: str = Field(default="0.0.0.0:8080", description="HTTP origin listen address host:port.")

@@ -1,0 +1,1 @@
+"""The kubecast operator: reconciles LiveStream, TranscodeProfile and Recording."""

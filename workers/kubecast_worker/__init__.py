@@ -1,0 +1,1 @@
+"""kubecast media workers: ingest, transcode ladder, HLS packager, origin, recorder."""

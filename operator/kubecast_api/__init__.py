@@ -6,7 +6,7 @@ operator validates with them, and the worker reads the config the operator
 renders from them.
 """
 
-from kubecast_api.common import GROUP, VERSION, API_VERSION, Condition, describe_error
+from kubecast_api.common import API_VERSION, GROUP, VERSION, Condition, describe_error
 from kubecast_api.livestream import LiveStream, LiveStreamSpec, LiveStreamStatus
 from kubecast_api.profile import DEFAULT_LADDER, Rendition, TranscodeProfile, TranscodeProfileSpec
 from kubecast_api.recording import Recording, RecordingSpec, RecordingStatus

@@ -29,6 +29,14 @@ def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str
     return entry
 
 
+def validated_by(*rules: dict[str, str]) -> ConfigDict:
+    """Model config that carries CEL rules into the model's generated schema."""
+    return ConfigDict(
+        **ApiModel.model_config,
+        json_schema_extra={"x-kubernetes-validations": list(rules)},  # type: ignore[arg-type]
+    )
+
+
 class ApiModel(BaseModel):
     """Base of every API model: camelCase on the wire, unknown fields refused.
 

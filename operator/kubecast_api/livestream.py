@@ -9,13 +9,13 @@ from typing import Any, Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from kubecast_api.common import (
-    API_VERSION,
     DNS_LABEL,
     ApiModel,
     Condition,
     LocalObjectReference,
     SecretKeyReference,
     cel,
+    validated_by,
 )
 
 PULL_URL = r"^(rtmps?|rtsp|https?|file)://.+"
@@ -42,17 +42,13 @@ class PushIngest(ApiModel):
 class PullIngest(ApiModel):
     """The worker pulls the stream from a source that already exists."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    "!self.loop || self.url.startsWith('file://')",
-                    "loop is only possible for file:// sources",
-                    ".loop",
-                )
-            ]
-        }
-    }
+    model_config = validated_by(
+        cel(
+            "!self.loop || self.url.startsWith('file://')",
+            "loop is only possible for file:// sources",
+            ".loop",
+        )
+    )
 
     url: str = Field(
         description="Source URL: rtmp(s)://, rtsp://, http(s):// (HLS) or file://.",
@@ -73,16 +69,12 @@ class PullIngest(ApiModel):
 class Ingest(ApiModel):
     """Where the stream comes from: exactly one of push or pull."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    "has(self.push) != has(self.pull)",
-                    "exactly one of spec.ingest.push or spec.ingest.pull must be set",
-                )
-            ]
-        }
-    }
+    model_config = validated_by(
+        cel(
+            "has(self.push) != has(self.pull)",
+            "exactly one of spec.ingest.push or spec.ingest.pull must be set",
+        )
+    )
 
     push: PushIngest | None = Field(default=None, description="Accept an RTMP publisher.")
     pull: PullIngest | None = Field(default=None, description="Pull from a source URL.")
@@ -165,11 +157,15 @@ class IngestService(ApiModel):
 
 class ResourceList(ApiModel):
     cpu: str | None = Field(
-        default=None, description="CPU quantity, e.g. 2 or 1500m.", max_length=32,
+        default=None,
+        description="CPU quantity, e.g. 2 or 1500m.",
+        max_length=32,
         pattern=r"^[0-9]+(\.[0-9]+)?m?$",
     )
     memory: str | None = Field(
-        default=None, description="Memory quantity, e.g. 1Gi.", max_length=32,
+        default=None,
+        description="Memory quantity, e.g. 1Gi.",
+        max_length=32,
         pattern=r"^[0-9]+(\.[0-9]+)?([KMGTPE]i?|[kmgtpe])?$",
     )
 
@@ -184,23 +180,19 @@ class WorkerResources(ApiModel):
 
 
 class LiveStreamSpec(ApiModel):
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    "!has(self.restream) || self.restream.all(t,"
-                    " self.restream.exists_one(o, o.name == t.name))",
-                    "restream target names must be unique",
-                    ".restream",
-                ),
-                cel(
-                    "self.ingestService.type == 'NodePort' || !has(self.ingestService.nodePort)",
-                    "nodePort is only valid when type is NodePort",
-                    ".ingestService.nodePort",
-                ),
-            ]
-        }
-    }
+    model_config = validated_by(
+        cel(
+            "!has(self.restream) || self.restream.all(t,"
+            " self.restream.exists_one(o, o.name == t.name))",
+            "restream target names must be unique",
+            ".restream",
+        ),
+        cel(
+            "self.ingestService.type == 'NodePort' || !has(self.ingestService.nodePort)",
+            "nodePort is only valid when type is NodePort",
+            ".ingestService.nodePort",
+        ),
+    )
 
     ingest: Ingest = Field(description="Where the stream comes from: push or pull.")
     profile_ref: LocalObjectReference = Field(
@@ -319,7 +311,9 @@ class LiveStreamStatus(ApiModel):
 class LiveStream(ApiModel):
     """A live channel: ingest, ABR transcode, HLS playback."""
 
-    api_version: Literal["kubecast.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    api_version: Literal["kubecast.dev/v1alpha1"] = Field(
+        default="kubecast.dev/v1alpha1", alias="apiVersion"
+    )
     kind: Literal["LiveStream"] = "LiveStream"
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: LiveStreamSpec

@@ -7,7 +7,7 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from kubecast_api.common import API_VERSION, ApiModel, Condition, cel
+from kubecast_api.common import ApiModel, Condition, cel, validated_by
 
 
 class VideoCodec(StrEnum):
@@ -42,46 +42,40 @@ class AudioCodec(StrEnum):
 
 
 class Rendition(ApiModel):
-    """One rung of the ladder, or the source copied as is (``passthrough``)."""
+    """One rung of the ladder, or the source copied as is (passthrough)."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    "self.passthrough || (has(self.width) && has(self.height)"
-                    " && has(self.videoBitrate))",
-                    "width, height and videoBitrate are required unless passthrough is true",
-                ),
-                cel(
-                    "!self.passthrough || (!has(self.width) && !has(self.height)"
-                    " && !has(self.videoBitrate) && !has(self.fps))",
-                    "a passthrough rendition copies the source: do not set width, height,"
-                    " videoBitrate or fps",
-                ),
-                cel(
-                    "!has(self.width) || self.width % 2 == 0",
-                    "width must be even (H.264 4:2:0 needs even dimensions)",
-                    ".width",
-                ),
-                cel(
-                    "!has(self.height) || self.height % 2 == 0",
-                    "height must be even (H.264 4:2:0 needs even dimensions)",
-                    ".height",
-                ),
-                cel(
-                    "!has(self.maxrate) || !has(self.videoBitrate)"
-                    " || self.maxrate >= self.videoBitrate",
-                    "maxrate must be at least videoBitrate",
-                    ".maxrate",
-                ),
-                cel(
-                    "!has(self.bufsize) || has(self.maxrate)",
-                    "bufsize needs maxrate (VBV buffer without a rate cap has no effect)",
-                    ".bufsize",
-                ),
-            ]
-        }
-    }
+    model_config = validated_by(
+        cel(
+            "self.passthrough || (has(self.width) && has(self.height) && has(self.videoBitrate))",
+            "width, height and videoBitrate are required unless passthrough is true",
+        ),
+        cel(
+            "!self.passthrough || (!has(self.width) && !has(self.height)"
+            " && !has(self.videoBitrate) && !has(self.fps))",
+            "a passthrough rendition copies the source: do not set width, height,"
+            " videoBitrate or fps",
+        ),
+        cel(
+            "!has(self.width) || self.width % 2 == 0",
+            "width must be even (H.264 4:2:0 needs even dimensions)",
+            ".width",
+        ),
+        cel(
+            "!has(self.height) || self.height % 2 == 0",
+            "height must be even (H.264 4:2:0 needs even dimensions)",
+            ".height",
+        ),
+        cel(
+            "!has(self.maxrate) || !has(self.videoBitrate) || self.maxrate >= self.videoBitrate",
+            "maxrate must be at least videoBitrate",
+            ".maxrate",
+        ),
+        cel(
+            "!has(self.bufsize) || has(self.maxrate)",
+            "bufsize needs maxrate (VBV buffer without a rate cap has no effect)",
+            ".bufsize",
+        ),
+    )
 
     name: str = Field(
         description="Name of the rendition, used in playlist and segment paths (e.g. 720p).",
@@ -119,9 +113,7 @@ class Rendition(ApiModel):
         ge=1,
         le=400_000,
     )
-    audio_bitrate: int = Field(
-        default=128, description="Audio bitrate in kbit/s.", ge=8, le=512
-    )
+    audio_bitrate: int = Field(default=128, description="Audio bitrate in kbit/s.", ge=8, le=512)
     fps: int | None = Field(
         default=None,
         description="Output frame rate. Unset keeps the source frame rate.",
@@ -160,9 +152,7 @@ class Rendition(ApiModel):
         else:
             missing = [to_wire(f) for f in encoded[:3] if getattr(self, f) is None]
             if missing:
-                raise ValueError(
-                    ", ".join(missing) + " required unless passthrough is true"
-                )
+                raise ValueError(", ".join(missing) + " required unless passthrough is true")
         if self.maxrate is not None and self.video_bitrate and self.maxrate < self.video_bitrate:
             raise ValueError(
                 f"maxrate ({self.maxrate}) must be at least videoBitrate ({self.video_bitrate})"
@@ -210,28 +200,24 @@ DEFAULT_LADDER: tuple[Rendition, ...] = (
 class TranscodeProfileSpec(ApiModel):
     """What a stream is transcoded into."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    "self.renditions.all(r, self.renditions.exists_one(o, o.name == r.name))",
-                    "rendition names must be unique",
-                    ".renditions",
-                ),
-                cel(
-                    "self.renditions.filter(r, r.passthrough).size() <= 1",
-                    "at most one rendition may be passthrough",
-                    ".renditions",
-                ),
-                cel(
-                    "self.segmentSeconds % self.gopSeconds == 0",
-                    "segmentSeconds must be a multiple of gopSeconds so that every segment"
-                    " starts on a keyframe",
-                    ".segmentSeconds",
-                ),
-            ]
-        }
-    }
+    model_config = validated_by(
+        cel(
+            "self.renditions.all(r, self.renditions.exists_one(o, o.name == r.name))",
+            "rendition names must be unique",
+            ".renditions",
+        ),
+        cel(
+            "self.renditions.filter(r, r.passthrough).size() <= 1",
+            "at most one rendition may be passthrough",
+            ".renditions",
+        ),
+        cel(
+            "self.segmentSeconds % self.gopSeconds == 0",
+            "segmentSeconds must be a multiple of gopSeconds so that every segment"
+            " starts on a keyframe",
+            ".segmentSeconds",
+        ),
+    )
 
     renditions: list[Rendition] = Field(
         default_factory=lambda: list(DEFAULT_LADDER),
@@ -285,7 +271,9 @@ class TranscodeProfileStatus(ApiModel):
     conditions: list[Condition] = Field(
         default_factory=list, description="Valid: the profile can be used by streams."
     )
-    used_by: int = Field(default=0, description="How many LiveStreams reference this profile.", ge=0)
+    used_by: int = Field(
+        default=0, description="How many LiveStreams reference this profile.", ge=0
+    )
     used_by_streams: list[str] = Field(
         default_factory=list,
         description="Names of the LiveStreams that reference this profile.",
@@ -296,9 +284,10 @@ class TranscodeProfileStatus(ApiModel):
 class TranscodeProfile(ApiModel):
     """A named ABR ladder that LiveStreams reference with spec.profileRef."""
 
-    api_version: Literal["kubecast.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    api_version: Literal["kubecast.dev/v1alpha1"] = Field(
+        default="kubecast.dev/v1alpha1", alias="apiVersion"
+    )
     kind: Literal["TranscodeProfile"] = "TranscodeProfile"
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: TranscodeProfileSpec = Field(default_factory=TranscodeProfileSpec)
     status: TranscodeProfileStatus | None = None
-

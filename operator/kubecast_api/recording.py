@@ -8,7 +8,13 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from kubecast_api.common import API_VERSION, ApiModel, Condition, LocalObjectReference, cel
+from kubecast_api.common import (
+    ApiModel,
+    Condition,
+    LocalObjectReference,
+    cel,
+    validated_by,
+)
 
 
 class RecordingFormat(StrEnum):
@@ -38,22 +44,17 @@ class Storage(ApiModel):
 
 
 class Schedule(ApiModel):
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                cel(
-                    "self.start != 'Window' || (has(self.startTime) && has(self.endTime))",
-                    "start Window needs startTime and endTime",
-                ),
-                cel(
-                    "!has(self.startTime) || !has(self.endTime)"
-                    " || timestamp(self.endTime) > timestamp(self.startTime)",
-                    "endTime must be after startTime",
-                    ".endTime",
-                ),
-            ]
-        }
-    }
+    model_config = validated_by(
+        cel(
+            "self.start != 'Window' || (has(self.startTime) && has(self.endTime))",
+            "start Window needs startTime and endTime",
+        ),
+        cel(
+            "!has(self.startTime) || !has(self.endTime) || self.endTime > self.startTime",
+            "endTime must be after startTime",
+            ".endTime",
+        ),
+    )
 
     start: StartMode = Field(
         default=StartMode.NOW,
@@ -150,7 +151,9 @@ class RecordingStatus(ApiModel):
 class Recording(ApiModel):
     """A recording of a LiveStream to a PersistentVolumeClaim."""
 
-    api_version: Literal["kubecast.dev/v1alpha1"] = Field(default=API_VERSION, alias="apiVersion")
+    api_version: Literal["kubecast.dev/v1alpha1"] = Field(
+        default="kubecast.dev/v1alpha1", alias="apiVersion"
+    )
     kind: Literal["Recording"] = "Recording"
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: RecordingSpec

@@ -1,0 +1,48 @@
+# The verbs people expect. Every target works from a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help install test test-unit lint fmt crds crds-check cluster-up cluster-down bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(PY): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(PY)
+
+install: $(PY)  ## create .venv with kubecast and its dev tools
+
+test: $(PY)  ## run every test: unit, integration (real kube-apiserver) and end-to-end media
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(PY)  ## only the fast unit tests
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(PY)  ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+fmt: $(PY)  ## format the code
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format operator workers tests
+
+crds: $(PY)  ## regenerate crds/ from the API models
+	$(PY) -m kubecast_api.crdgen --out crds
+
+crds-check: $(PY)  ## fail when crds/ differs from the models
+	$(PY) -m kubecast_api.crdgen --out crds --check
+
+cluster-up:  ## start a local control plane (etcd, kube-apiserver, controllers, kwok); kubeconfig in .cluster/
+	hack/cluster-up.sh
+
+cluster-down:  ## stop the local control plane
+	hack/cluster-down.sh
+
+clean:  ## remove build and test leftovers (not the binary cache)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info test-artifacts

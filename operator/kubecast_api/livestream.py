@@ -141,15 +141,15 @@ class ServiceType(StrEnum):
     LOAD_BALANCER = "LoadBalancer"
 
 
-class IngestService(ApiModel):
+class ServiceExposure(ApiModel):
     type: ServiceType = Field(
         default=ServiceType.CLUSTER_IP,
-        description="Service type of the ingest endpoint. Use LoadBalancer or NodePort to"
-        " accept publishers from outside the cluster.",
+        description="Service type. Use LoadBalancer or NodePort to reach it from outside the"
+        " cluster.",
     )
     node_port: int | None = Field(
         default=None,
-        description="Fixed node port for type NodePort (30000-32767).",
+        description="Fixed node port for type NodePort (30000-32767); unset picks one.",
         ge=30000,
         le=32767,
     )
@@ -214,8 +214,13 @@ class LiveStreamSpec(ApiModel):
     resources: WorkerResources = Field(
         default_factory=WorkerResources, description="CPU and memory of the worker pod."
     )
-    ingest_service: IngestService = Field(
-        default_factory=IngestService, description="How the ingest endpoint is exposed."
+    ingest_service: ServiceExposure = Field(
+        default_factory=ServiceExposure,
+        description="How the RTMP ingest endpoint (port 1935) is exposed to publishers.",
+    )
+    playback_service: ServiceExposure = Field(
+        default_factory=ServiceExposure,
+        description="How the HLS origin (port 8080) is exposed to players or a CDN.",
     )
 
     @field_validator("restream")
@@ -228,9 +233,10 @@ class LiveStreamSpec(ApiModel):
 
     @model_validator(mode="after")
     def _node_port_needs_type(self) -> Self:
-        service = self.ingest_service
-        if service.node_port is not None and service.type != ServiceType.NODE_PORT:
-            raise ValueError("ingestService.nodePort is only valid when type is NodePort")
+        for name, service in (("ingestService", self.ingest_service),
+                              ("playbackService", self.playback_service)):
+            if service.node_port is not None and service.type != ServiceType.NODE_PORT:
+                raise ValueError(f"{name}.nodePort is only valid when type is NodePort")
         return self
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pydantic
 import pytest
 import yaml
+
 from kubecast_api import (
     DEFAULT_LADDER,
     LiveStream,

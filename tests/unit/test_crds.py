@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from kubecast_api import crdgen
 from kubecast_api.resources import KINDS
 

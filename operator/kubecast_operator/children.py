@@ -1,0 +1,444 @@
+"""Pure builders: a resource's spec in, the manifests of its children out.
+
+Nothing here talks to the API server, so every child can be unit-tested
+without a cluster. Every child carries an ownerReference to its resource, so
+deleting the resource garbage-collects it, and the same labels, so the
+operator can find what it owns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import yaml
+
+from kubecast_api import API_VERSION, WorkerConfig, WorkerIngest
+from kubecast_api.livestream import LiveStreamSpec
+from kubecast_api.profile import TranscodeProfileSpec
+from kubecast_api.recording import RecordingSpec
+from kubecast_operator.settings import WORKER_HTTP_PORT, WORKER_RTMP_PORT, Settings
+
+MANAGED_BY = "kubecast-operator"
+STREAM_KEY_FIELD = "streamKey"
+CONFIG_HASH = "kubecast.dev/config-hash"
+CONFIG_DIR = "/etc/kubecast/config"
+KEY_DIR = "/etc/kubecast/stream-key"
+MEDIA_DIR = "/var/lib/kubecast/media"
+RECORDING_DIR = "/var/lib/kubecast/recording"
+
+
+# --- names -----------------------------------------------------------------
+
+
+def worker_name(stream: str) -> str:
+    return f"{stream}-worker"
+
+
+def config_name(stream: str) -> str:
+    return f"{stream}-worker-config"
+
+
+def generated_key_secret_name(stream: str) -> str:
+    return f"{stream}-stream-key"
+
+
+def ingest_service_name(stream: str) -> str:
+    return f"{stream}-ingest"
+
+
+def playback_service_name(stream: str) -> str:
+    return f"{stream}-playback"
+
+
+def recorder_name(recording: str) -> str:
+    return f"{recording}-recorder"
+
+
+def recording_claim_name(recording: str) -> str:
+    return f"{recording}-data"
+
+
+# --- shared pieces -----------------------------------------------------------
+
+
+def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": body["kind"],
+        "name": body["metadata"]["name"],
+        "uid": body["metadata"]["uid"],
+        "controller": True,
+        # NB: foreground deletion of the owner waits for its children.
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels(*, instance: str, component: str, stream: str | None = None) -> dict[str, str]:
+    found = {
+        "app.kubernetes.io/name": "kubecast",
+        "app.kubernetes.io/instance": instance,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+    if stream:
+        found["kubecast.dev/stream"] = stream
+    return found
+
+
+def metadata(
+    body: dict[str, Any], name: str, component: str, *, stream: str | None = None
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": body["metadata"]["namespace"],
+        "labels": labels(instance=body["metadata"]["name"], component=component, stream=stream),
+        "ownerReferences": [owner_reference(body)],
+    }
+
+
+def restricted_security_context() -> dict[str, Any]:
+    """Pod Security Standards 'restricted': non-root, read-only, no capabilities."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _resources(spec: LiveStreamSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kind in ("requests", "limits"):
+        values = getattr(spec.resources, kind).model_dump(exclude_none=True)
+        if values:
+            out[kind] = values
+    return out
+
+
+# --- LiveStream children ----------------------------------------------------
+
+
+def stream_key_secret_ref(body: dict[str, Any], spec: LiveStreamSpec) -> tuple[str, str] | None:
+    """(Secret name, key) holding the stream key, or None for a pull stream."""
+    push = spec.ingest.push
+    if push is None:
+        return None
+    if push.stream_key_secret_ref is not None:
+        return push.stream_key_secret_ref.name, push.stream_key_secret_ref.key
+    return generated_key_secret_name(body["metadata"]["name"]), STREAM_KEY_FIELD
+
+
+def generated_key_secret(body: dict[str, Any], *, key: str) -> dict[str, Any]:
+    """The Secret with a random stream key, for a push stream that names none."""
+    name = body["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(body, generated_key_secret_name(name), "stream-key", stream=name),
+        "type": "Opaque",
+        "stringData": {STREAM_KEY_FIELD: key},
+    }
+
+
+def worker_config(
+    body: dict[str, Any], spec: LiveStreamSpec, profile: TranscodeProfileSpec
+) -> WorkerConfig:
+    """The resolved config a worker runs from: the stream plus its profile."""
+    key_ref = stream_key_secret_ref(body, spec)
+    if spec.ingest.push is not None:
+        ingest = WorkerIngest(
+            listen=f"0.0.0.0:{WORKER_RTMP_PORT}",
+            app=spec.ingest.push.app,
+            stream_key_file=f"{KEY_DIR}/{key_ref[1]}" if key_ref else None,
+        )
+    else:
+        ingest = WorkerIngest(pull=spec.ingest.pull)
+    return WorkerConfig(
+        stream=body["metadata"]["name"],
+        namespace=body["metadata"]["namespace"],
+        ingest=ingest,
+        profile=profile,
+        outputs=spec.outputs,
+        reconnect_window_seconds=spec.reconnect_window_seconds,
+        output_dir=MEDIA_DIR,
+        http=f"0.0.0.0:{WORKER_HTTP_PORT}",
+    )
+
+
+def render_config(config: WorkerConfig) -> str:
+    return yaml.safe_dump(config.to_api(), sort_keys=False)
+
+
+def config_hash(rendered: str) -> str:
+    return hashlib.sha256(rendered.encode()).hexdigest()[:16]
+
+
+def worker_config_map(body: dict[str, Any], rendered: str) -> dict[str, Any]:
+    name = body["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(body, config_name(name), "worker-config", stream=name),
+        "data": {"worker.yaml": rendered},
+    }
+
+
+def worker_deployment(
+    body: dict[str, Any], spec: LiveStreamSpec, *, rendered: str, settings: Settings
+) -> dict[str, Any]:
+    """One worker pod per stream.
+
+    ``Recreate``: a stream has one ingest endpoint; two workers side by side
+    during a rolling update would race for the publisher.
+    The pod template carries the config hash, so any change to the stream or
+    its profile rolls the worker.
+    """
+    name = body["metadata"]["name"]
+    pod_labels = labels(instance=name, component="worker", stream=name)
+    key_ref = stream_key_secret_ref(body, spec)
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": config_name(name)}},
+        {"name": "media", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "media", "mountPath": MEDIA_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if key_ref:
+        volumes.append(
+            {
+                "name": "stream-key",
+                "secret": {
+                    "secretName": key_ref[0],
+                    "items": [{"key": key_ref[1], "path": key_ref[1]}],
+                    "defaultMode": 0o440,
+                },
+            }
+        )
+        mounts.append({"name": "stream-key", "mountPath": KEY_DIR, "readOnly": True})
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": settings.worker_image,
+        "imagePullPolicy": settings.worker_image_pull_policy,
+        "command": ["kubecast-worker"],
+        # NB: $(POD_IP) is expanded by the kubelet; the worker binds to its own
+        # address (it is also how the local test harness runs the pod).
+        "args": ["run", "--config", f"{CONFIG_DIR}/worker.yaml", "--bind-host", "$(POD_IP)"],
+        "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "KUBECAST_STREAM", "value": name},
+        ],
+        "ports": [
+            {"name": "rtmp", "containerPort": WORKER_RTMP_PORT, "protocol": "TCP"},
+            {"name": "http", "containerPort": WORKER_HTTP_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "resources": _resources(spec),
+        "securityContext": restricted_security_context(),
+        "volumeMounts": mounts,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(body, worker_name(name), "worker", stream=name),
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {
+                "matchLabels": {
+                    "kubecast.dev/stream": name,
+                    "app.kubernetes.io/component": "worker",
+                }
+            },
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {
+                        CONFIG_HASH: config_hash(rendered),
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(WORKER_HTTP_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "fsGroup": 10001,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "terminationGracePeriodSeconds": 15,
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def _service(
+    body: dict[str, Any],
+    *,
+    name: str,
+    component: str,
+    port_name: str,
+    port: int,
+    exposure: Any,
+) -> dict[str, Any]:
+    stream = body["metadata"]["name"]
+    service_port: dict[str, Any] = {
+        "name": port_name,
+        "port": port,
+        "targetPort": port_name,
+        "protocol": "TCP",
+    }
+    if exposure.node_port is not None:
+        service_port["nodePort"] = exposure.node_port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(body, name, component, stream=stream),
+        "spec": {
+            "type": str(exposure.type),
+            "selector": {"kubecast.dev/stream": stream, "app.kubernetes.io/component": "worker"},
+            "ports": [service_port],
+        },
+    }
+
+
+def ingest_service(body: dict[str, Any], spec: LiveStreamSpec) -> dict[str, Any]:
+    return _service(
+        body,
+        name=ingest_service_name(body["metadata"]["name"]),
+        component="ingest",
+        port_name="rtmp",
+        port=WORKER_RTMP_PORT,
+        exposure=spec.ingest_service,
+    )
+
+
+def playback_service(body: dict[str, Any], spec: LiveStreamSpec) -> dict[str, Any]:
+    return _service(
+        body,
+        name=playback_service_name(body["metadata"]["name"]),
+        component="playback",
+        port_name="http",
+        port=WORKER_HTTP_PORT,
+        exposure=spec.playback_service,
+    )
+
+
+# --- Recording children -------------------------------------------------------
+
+
+def recording_claim(body: dict[str, Any], spec: RecordingSpec) -> dict[str, Any]:
+    claim: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata(body, recording_claim_name(body["metadata"]["name"]), "recording"),
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": spec.storage.size}},
+        },
+    }
+    if spec.storage.storage_class_name:
+        claim["spec"]["storageClassName"] = spec.storage.storage_class_name
+    return claim
+
+
+def recorder_pod(
+    body: dict[str, Any], spec: RecordingSpec, *, source: str, settings: Settings
+) -> dict[str, Any]:
+    """The recorder: pulls the stream from the worker's origin onto the claim.
+
+    ``restartPolicy: OnFailure``: a recorder that crashes resumes the same
+    recording (a discontinuity in the playlist) instead of starting over.
+    """
+    name = body["metadata"]["name"]
+    args = [
+        "record",
+        "--source",
+        source,
+        "--out",
+        RECORDING_DIR,
+        "--formats",
+        ",".join(str(f) for f in spec.formats),
+        "--idle-timeout",
+        str(spec.idle_timeout_seconds),
+        "--http",
+        f"0.0.0.0:{WORKER_HTTP_PORT}",
+        "--bind-host",
+        "$(POD_IP)",
+    ]
+    if spec.rendition:
+        args += ["--rendition", spec.rendition]
+    if spec.max_duration_seconds:
+        args += ["--max-duration", str(spec.max_duration_seconds)]
+    if spec.schedule.start == "NextLive":
+        args += ["--wait-for-next-live"]
+    if spec.schedule.start_time:
+        args += ["--start-at", spec.schedule.start_time.isoformat()]
+    if spec.schedule.end_time:
+        args += ["--stop-at", spec.schedule.end_time.isoformat()]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata(body, recorder_name(name), "recorder", stream=spec.stream_ref.name),
+        "spec": {
+            "restartPolicy": "OnFailure",
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": 60,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "fsGroup": 10001,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "recorder",
+                    "image": settings.worker_image,
+                    "imagePullPolicy": settings.worker_image_pull_policy,
+                    "command": ["kubecast-worker"],
+                    "args": args,
+                    "env": [
+                        {
+                            "name": "POD_IP",
+                            "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+                        },
+                    ],
+                    "ports": [{"name": "http", "containerPort": WORKER_HTTP_PORT}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}},
+                    "securityContext": restricted_security_context(),
+                    "volumeMounts": [
+                        {"name": "data", "mountPath": RECORDING_DIR},
+                        {"name": "tmp", "mountPath": "/tmp"},
+                    ],
+                }
+            ],
+            "volumes": [
+                {
+                    "name": "data",
+                    "persistentVolumeClaim": {"claimName": recording_claim_name(name)},
+                },
+                {"name": "tmp", "emptyDir": {}},
+            ],
+        },
+    }

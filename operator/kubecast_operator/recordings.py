@@ -1,0 +1,219 @@
+"""Recording: a claim and a recorder pod per recording, status from the recorder.
+
+The recorder serves ``/status`` (state, duration, bytes, segments, files) and
+``POST /stop`` (finish: end the playlist, write the MP4). Deleting a Recording
+that is still recording first asks the recorder to finish, through the
+finalizer ``kubecast.dev/finalize-recording``, so the MP4 is not lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import aiohttp
+import kopf
+import pydantic
+
+from kubecast_api import RecordingSpec, RecordingStatus, describe_error
+from kubecast_operator import children, conditions, metrics, worker_client
+from kubecast_operator.kube import Kube
+from kubecast_operator.settings import WORKER_HTTP_PORT, Settings
+
+FINALIZER = "kubecast.dev/finalize-recording"
+FINALIZE_TIMEOUT_S = 120
+RECORDER_PHASES = {
+    "waiting": "Waiting",
+    "recording": "Recording",
+    "finalizing": "Finalizing",
+    "completed": "Completed",
+    "failed": "Failed",
+}
+
+
+def source_url(namespace: str, stream: str) -> str:
+    service = children.playback_service_name(stream)
+    return f"http://{service}.{namespace}.svc.cluster.local:{WORKER_HTTP_PORT}"
+
+
+def compute_status(
+    body: dict[str, Any],
+    *,
+    recorder: dict[str, Any] | None,
+    problem: tuple[str, str] | None,
+    pod_phase: str | None,
+) -> dict[str, Any]:
+    meta = body["metadata"]
+    previous = body.get("status") or {}
+    generation = meta.get("generation")
+    status: dict[str, Any] = {"observedGeneration": generation}
+    if problem:
+        phase = "Failed" if problem[0] == "SpecInvalid" else "Waiting"
+        found = conditions.condition("Ready", False, *problem)
+        status["message"] = problem[1]
+    elif recorder is not None:
+        phase = RECORDER_PHASES.get(str(recorder.get("state")), "Waiting")
+        found = conditions.condition("Ready", True, "RecorderRunning")
+        status.update(
+            {
+                "files": [
+                    {
+                        "name": f["name"],
+                        "format": f["format"],
+                        "sizeBytes": f.get("size_bytes", 0),
+                        "durationSeconds": f.get("duration_seconds"),
+                    }
+                    for f in recorder.get("files") or []
+                ],
+                "startTime": recorder.get("start_time"),
+                "endTime": recorder.get("end_time"),
+                "durationSeconds": recorder.get("duration_seconds"),
+                "segments": recorder.get("segments"),
+                "message": recorder.get("last_error"),
+            }
+        )
+    elif previous.get("phase") in ("Completed", "Failed"):
+        return previous  # the recorder is gone after finishing; its last word stands
+    else:
+        phase = "Failed" if pod_phase == "Failed" else "Waiting"
+        found = conditions.condition(
+            "Ready", False, "RecorderStarting", "waiting for the recorder pod"
+        )
+    status["phase"] = phase
+    status["conditions"] = conditions.merge(
+        previous.get("conditions"), [found], generation=generation
+    )
+    return RecordingStatus.model_validate(
+        {k: v for k, v in status.items() if v is not None}
+    ).to_api()
+
+
+def ensure_children(
+    kube: Kube, body: dict[str, Any], settings: Settings
+) -> tuple[tuple[str, str] | None, dict[str, Any] | None]:
+    """(problem, recorder pod) after making sure the claim and pod exist."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    try:
+        spec = RecordingSpec.model_validate(body.get("spec") or {})
+    except pydantic.ValidationError as error:
+        return ("SpecInvalid", describe_error(error, prefix="spec").replace("\n", "; ")), None
+    kube.add_finalizer("Recording", namespace, name, FINALIZER)
+    stream = spec.stream_ref.name
+    if kube.get("LiveStream", namespace, stream) is None:
+        return (
+            "StreamNotFound",
+            f"LiveStream {stream!r} not found in namespace"
+            f" {namespace!r}; create it or fix spec.streamRef",
+        ), None
+    kube.apply(children.recording_claim(body, spec))
+    pod = kube.get("Pod", namespace, children.recorder_name(name))
+    finished = (body.get("status") or {}).get("phase") in ("Completed", "Failed")
+    if pod is None and not finished:
+        # Pods are immutable: create once; a changed spec applies to the next recording.
+        kube.create(
+            children.recorder_pod(
+                body, spec, source=source_url(namespace, stream), settings=settings
+            )
+        )
+        pod = kube.get("Pod", namespace, children.recorder_name(name))
+    return None, pod
+
+
+async def step(memo: kopf.Memo, body: dict[str, Any], logger: kopf.Logger) -> None:
+    kube: Kube = memo.kube
+    meta = body["metadata"]
+    if meta.get("deletionTimestamp"):
+        return
+    problem, pod = await asyncio.to_thread(ensure_children, kube, body, memo.settings)
+    recorder = None
+    if pod is not None and (address := worker_client.pod_address([pod])):
+        try:
+            recorder = await worker_client.fetch_status(memo.http, address)
+        except worker_client.WorkerUnreachable as error:
+            metrics.WORKER_POLL_ERRORS.labels("Recording").inc()
+            logger.debug("recorder not answering: %s", error)
+    status = compute_status(
+        body,
+        recorder=recorder,
+        problem=problem,
+        pod_phase=(pod or {}).get("status", {}).get("phase"),
+    )
+    previous = body.get("status") or {}
+    if status != previous:
+        await asyncio.to_thread(
+            kube.patch_status, "Recording", meta["namespace"], meta["name"], status
+        )
+        metrics.STATUS_WRITES.labels("Recording").inc()
+        if status.get("phase") != previous.get("phase"):
+            kopf.event(
+                cast(kopf.Body, body),
+                type="Warning" if status["phase"] == "Failed" else "Normal",
+                reason=status["phase"],
+                message=status.get("message") or f"recording is {status['phase']}",
+            )
+    await _expire(kube, body, status)
+
+
+async def _expire(kube: Kube, body: dict[str, Any], status: dict[str, Any]) -> None:
+    days = ((body.get("spec") or {}).get("retention") or {}).get("days")
+    ended = status.get("endTime")
+    if not days or status.get("phase") != "Completed" or not ended:
+        return
+    if datetime.fromisoformat(ended.replace("Z", "+00:00")) + timedelta(days=days) < datetime.now(
+        UTC
+    ):
+        meta = body["metadata"]
+        await asyncio.to_thread(kube.delete, "Recording", meta["namespace"], meta["name"])
+
+
+async def finalize(memo: kopf.Memo, body: dict[str, Any], logger: kopf.Logger) -> None:
+    """Ask a running recorder to finish, record its last status, then let go."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    if FINALIZER not in (meta.get("finalizers") or []):
+        return
+    key = (namespace, name)
+    finalizing: set[tuple[str, str]] = memo.setdefault("finalizing", set())
+    if key in finalizing:
+        return
+    finalizing.add(key)
+    kube: Kube = memo.kube
+    try:
+        pod = await asyncio.to_thread(kube.get, "Pod", namespace, children.recorder_name(name))
+        address = worker_client.pod_address([pod]) if pod else None
+        if address:
+            recorder = await _stop_and_wait(memo.http, address, logger)
+            if recorder is not None:
+                status = compute_status(body, recorder=recorder, problem=None, pod_phase=None)
+                await asyncio.to_thread(kube.patch_status, "Recording", namespace, name, status)
+        await asyncio.to_thread(kube.remove_finalizer, "Recording", namespace, name, FINALIZER)
+        logger.info("recording finalized before deletion")
+    finally:
+        finalizing.discard(key)
+
+
+async def _stop_and_wait(
+    http: aiohttp.ClientSession, address: str, logger: kopf.Logger
+) -> dict[str, Any] | None:
+    try:
+        async with http.post(
+            f"http://{address}:{WORKER_HTTP_PORT}/stop", timeout=aiohttp.ClientTimeout(total=10)
+        ) as response:
+            response.raise_for_status()
+    except (aiohttp.ClientError, TimeoutError) as error:
+        logger.warning("could not ask the recorder to stop: %s", error)
+        return None
+    deadline = time.monotonic() + FINALIZE_TIMEOUT_S
+    last = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(worker_client.WorkerUnreachable):
+            last = await worker_client.fetch_status(http, address)
+        if last and last.get("state") in ("completed", "failed"):
+            return last
+        await asyncio.sleep(1)
+    logger.warning("recorder did not finish within %ss", FINALIZE_TIMEOUT_S)
+    return last

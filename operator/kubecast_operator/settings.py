@@ -1,0 +1,40 @@
+"""Operator settings, from the environment (the Helm chart sets these)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+WORKER_HTTP_PORT = 8080
+WORKER_RTMP_PORT = 1935
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Image of the media worker (ingest, ladder, packager, origin, recorder).
+    worker_image: str = "kubecast/worker:0.1.0"
+    worker_image_pull_policy: str = "IfNotPresent"
+    #: Host name or address that publishers and players use to reach NodePort
+    #: Services (a node's address, a DNS name). Unset: the first node's address.
+    public_host: str | None = None
+    #: Seconds between two polls of a worker's /status.
+    poll_seconds: float = 2.0
+    #: Seconds between two full re-applies of a stream's children (self-healing).
+    resync_seconds: float = 30.0
+    #: Namespaces to watch; empty means all.
+    namespaces: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        namespaces = tuple(n for n in env.get("KUBECAST_NAMESPACES", "").split(",") if n)
+        return cls(
+            worker_image=env.get("KUBECAST_WORKER_IMAGE", cls.worker_image),
+            worker_image_pull_policy=env.get(
+                "KUBECAST_WORKER_IMAGE_PULL_POLICY", cls.worker_image_pull_policy
+            ),
+            public_host=env.get("KUBECAST_PUBLIC_HOST") or None,
+            poll_seconds=float(env.get("KUBECAST_POLL_SECONDS", cls.poll_seconds)),
+            resync_seconds=float(env.get("KUBECAST_RESYNC_SECONDS", cls.resync_seconds)),
+            namespaces=namespaces,
+        )

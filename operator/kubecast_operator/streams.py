@@ -1,0 +1,288 @@
+"""LiveStream: resolve references, apply children, and compute status.
+
+Split in two on purpose: ``reconcile`` (blocking API calls, run in a thread)
+gathers what exists, and ``compute_status`` (pure) turns those observations
+into the status a user reads. Status is computed from what is observed now,
+never from memory of what the operator did.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+
+from kubecast_api import LiveStreamSpec, LiveStreamStatus, describe_error
+from kubecast_api.profile import TranscodeProfileSpec
+from kubecast_operator import children, conditions
+from kubecast_operator.kube import Kube
+from kubecast_operator.settings import WORKER_HTTP_PORT, WORKER_RTMP_PORT, Settings
+
+
+@dataclass
+class Observation:
+    """Everything the status of one LiveStream is computed from."""
+
+    spec: LiveStreamSpec | None = None
+    problem: tuple[str, str] | None = None  # (reason, message) that blocks the worker
+    profile_name: str | None = None
+    config_hash: str | None = None
+    deployment: dict[str, Any] | None = None
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    ingest_service: dict[str, Any] | None = None
+    playback_service: dict[str, Any] | None = None
+    node_address: str | None = None
+    worker: dict[str, Any] | None = None  # the worker's /status document
+    worker_error: str | None = None
+
+
+def new_stream_key() -> str:
+    # 32 random bytes: unguessable, and URL-safe so it fits in an RTMP URL.
+    return secrets.token_urlsafe(32)
+
+
+def resolve_profile(
+    kube: Kube, namespace: str, name: str
+) -> tuple[TranscodeProfileSpec | None, tuple[str, str] | None]:
+    body = kube.get("TranscodeProfile", namespace, name)
+    if body is None:
+        return None, (
+            "ProfileNotFound",
+            f"TranscodeProfile {name!r} not found in namespace {namespace!r};"
+            " create it or fix spec.profileRef",
+        )
+    try:
+        return TranscodeProfileSpec.model_validate(body.get("spec") or {}), None
+    except pydantic.ValidationError as error:
+        return None, (
+            "ProfileInvalid",
+            f"TranscodeProfile {name!r} is invalid: "
+            + describe_error(error, prefix="spec").replace("\n", "; "),
+        )
+
+
+def reconcile(kube: Kube, body: dict[str, Any], settings: Settings) -> Observation:
+    """Bring the stream's children in line with its spec; report what exists."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    seen = Observation()
+    try:
+        spec = seen.spec = LiveStreamSpec.model_validate(body.get("spec") or {})
+    except pydantic.ValidationError as error:
+        seen.problem = ("SpecInvalid", describe_error(error, prefix="spec").replace("\n", "; "))
+        return seen
+    seen.profile_name = spec.profile_ref.name
+
+    if not meta.get("deletionTimestamp"):
+        _ensure_children(kube, body, spec, settings, seen)
+
+    seen.deployment = kube.get("Deployment", namespace, children.worker_name(name))
+    seen.pods = kube.list(
+        "Pod",
+        namespace,
+        label_selector=f"kubecast.dev/stream={name},app.kubernetes.io/component=worker",
+    )
+    seen.ingest_service = kube.get("Service", namespace, children.ingest_service_name(name))
+    seen.playback_service = kube.get("Service", namespace, children.playback_service_name(name))
+    if "NodePort" in (spec.ingest_service.type, spec.playback_service.type):
+        seen.node_address = settings.public_host or _node_address(kube)
+    return seen
+
+
+def _ensure_children(
+    kube: Kube,
+    body: dict[str, Any],
+    spec: LiveStreamSpec,
+    settings: Settings,
+    seen: Observation,
+) -> None:
+    namespace = body["metadata"]["namespace"]
+    key_ref = children.stream_key_secret_ref(body, spec)
+    if key_ref and spec.ingest.push and spec.ingest.push.stream_key_secret_ref is None:
+        # create, never apply: re-applying would replace the key under the publisher.
+        kube.create(children.generated_key_secret(body, key=new_stream_key()))
+    elif key_ref:
+        secret = kube.get("Secret", namespace, key_ref[0])
+        if secret is None or key_ref[1] not in (secret.get("data") or {}):
+            what = "not found" if secret is None else f"has no key {key_ref[1]!r}"
+            seen.problem = (
+                "StreamKeySecretNotFound",
+                f"Secret {key_ref[0]!r} {what} in namespace {namespace!r}; create it or fix"
+                " spec.ingest.push.streamKeySecretRef",
+            )
+
+    profile, problem = resolve_profile(kube, namespace, spec.profile_ref.name)
+    seen.problem = seen.problem or problem
+    kube.apply(children.ingest_service(body, spec))
+    kube.apply(children.playback_service(body, spec))
+    if profile is None or seen.problem:
+        return  # keep a running worker as it is; it needs a valid config to change
+    rendered = children.render_config(children.worker_config(body, spec, profile))
+    seen.config_hash = children.config_hash(rendered)
+    kube.apply(children.worker_config_map(body, rendered))
+    kube.apply(children.worker_deployment(body, spec, rendered=rendered, settings=settings))
+
+
+def _node_address(kube: Kube) -> str | None:
+    for node in kube.list("Node"):
+        addresses = {a["type"]: a["address"] for a in node.get("status", {}).get("addresses", [])}
+        for kind in ("ExternalIP", "InternalIP", "Hostname"):
+            if addresses.get(kind):
+                return addresses[kind]
+    return None
+
+
+# --- status -------------------------------------------------------------------
+
+
+def service_url(
+    service: dict[str, Any] | None,
+    *,
+    scheme: str,
+    port: int,
+    node_address: str | None,
+) -> str | None:
+    """How a client outside the pod reaches a Service, best address first."""
+    if service is None:
+        return None
+    meta, spec = service["metadata"], service.get("spec", {})
+    ingress = (service.get("status", {}).get("loadBalancer") or {}).get("ingress") or []
+    if spec.get("type") == "LoadBalancer" and ingress:
+        host = ingress[0].get("ip") or ingress[0].get("hostname")
+        return f"{scheme}://{host}:{port}"
+    if spec.get("type") in ("NodePort", "LoadBalancer") and node_address:
+        node_port = next(
+            (p.get("nodePort") for p in spec.get("ports", []) if p.get("nodePort")), None
+        )
+        if node_port:
+            return f"{scheme}://{node_address}:{node_port}"
+    return f"{scheme}://{meta['name']}.{meta['namespace']}.svc.cluster.local:{port}"
+
+
+def _worker_figures(worker: dict[str, Any], playback_base: str | None) -> dict[str, Any]:
+    """Map the worker's /status document onto LiveStream status fields."""
+    source = worker.get("input") or {}
+    out: dict[str, Any] = {}
+    if source:
+        width, height = source.get("width"), source.get("height")
+        bitrate = source.get("bitrate_kbps")
+        out["input"] = {
+            "videoCodec": source.get("video_codec"),
+            "audioCodec": source.get("audio_codec"),
+            "width": width,
+            "height": height,
+            "resolution": f"{width}x{height}" if width and height else None,
+            "fps": source.get("fps"),
+            "bitrateKbps": round(bitrate) if bitrate is not None else None,
+            "publisher": worker.get("publisher"),
+        }
+    renditions = []
+    for r in worker.get("renditions") or []:
+        dropped = r.get("state") == "dropped"
+        renditions.append(
+            {
+                "name": r.get("name"),
+                "state": "Dropped" if dropped else "Active",
+                "reason": r.get("reason"),
+                "width": r.get("width"),
+                "height": r.get("height"),
+                "bitrateKbps": round(r["bitrate_kbps"])
+                if r.get("bitrate_kbps") is not None
+                else None,
+                "playbackUrl": None
+                if dropped or not playback_base
+                else f"{playback_base}/{r.get('name')}/index.m3u8",
+            }
+        )
+    out["renditions"] = renditions
+    out["droppedFrames"] = worker.get("dropped_frames")
+    out["encodeSpeed"] = worker.get("speed")
+    counters = worker.get("ingest") or {}
+    refused = sum(
+        int(counters.get(k) or 0)
+        for k in ("refused_wrong_key", "refused_unknown_app", "refused_busy")
+    )
+    out["refusedPublishes"] = refused
+    return out
+
+
+WORKER_PHASES = {"live": "Live", "reconnecting": "Reconnecting", "idle": "Idle", "error": "Error"}
+
+
+def compute_status(
+    body: dict[str, Any], seen: Observation, *, now: str | None = None
+) -> dict[str, Any]:
+    """The LiveStream's status, from observation only."""
+    meta = body["metadata"]
+    previous = body.get("status") or {}
+    generation = meta.get("generation")
+    at = now or conditions.now()
+
+    ingest_base = service_url(
+        seen.ingest_service, scheme="rtmp", port=WORKER_RTMP_PORT, node_address=seen.node_address
+    )
+    playback_base = service_url(
+        seen.playback_service, scheme="http", port=WORKER_HTTP_PORT, node_address=seen.node_address
+    )
+    status: dict[str, Any] = {"observedGeneration": generation}
+    if seen.spec and seen.spec.ingest.push and ingest_base:
+        status["ingestUrl"] = f"{ingest_base}/{seen.spec.ingest.push.app}"
+        key_ref = children.stream_key_secret_ref(body, seen.spec)
+        status["streamKeySecret"] = key_ref[0] if key_ref else None
+    if playback_base:
+        status["playbackUrl"] = f"{playback_base}/master.m3u8"
+        if seen.spec and seen.spec.outputs.dash.enabled:
+            status["dashUrl"] = f"{playback_base}/manifest.mpd"
+
+    ready_deployment = bool((seen.deployment or {}).get("status", {}).get("availableReplicas"))
+    worker_state = (seen.worker or {}).get("state")
+    if meta.get("deletionTimestamp"):
+        phase = "Terminating"
+    elif seen.problem:
+        phase = "Error"
+    elif seen.worker is not None:
+        phase = WORKER_PHASES.get(str(worker_state), "Pending")
+    else:
+        phase = "Pending"
+    status["phase"] = phase
+
+    if seen.problem:
+        ready = conditions.condition("Ready", False, *seen.problem)
+    elif seen.worker is not None:
+        ready = conditions.condition(
+            "Ready", True, "WorkerRunning", "the worker answers and accepts publishers"
+        )
+    elif seen.deployment is None:
+        ready = conditions.condition("Ready", False, "WorkerNotCreated", "creating the worker")
+    else:
+        detail = seen.worker_error or "waiting for the worker pod"
+        reason = "WorkerUnreachable" if ready_deployment else "WorkerStarting"
+        ready = conditions.condition("Ready", False, reason, detail)
+    live = worker_state == "live"
+    ingest = conditions.condition(
+        "IngestConnected",
+        live or (None if seen.worker is None else False),
+        {"live": "PublisherConnected", "reconnecting": "PublisherLost"}.get(
+            str(worker_state), "NoPublisher"
+        ),
+        (f"publisher {seen.worker.get('publisher')}" if live and seen.worker else ""),
+    )
+    transcoding = conditions.condition(
+        "Transcoding",
+        live or (None if seen.worker is None else False),
+        "LadderRunning" if live else "NotLive",
+    )
+    status["conditions"] = conditions.merge(
+        previous.get("conditions"), [ready, ingest, transcoding], generation=generation, at=at
+    )
+    if seen.worker is not None:
+        status.update(_worker_figures(seen.worker, playback_base))
+    message = seen.problem[1] if seen.problem else (seen.worker or {}).get("last_error")
+    status["message"] = message
+    status["lastLiveTime"] = at if live else previous.get("lastLiveTime")
+    # One schema: what we write must be what the CRD describes.
+    return LiveStreamStatus.model_validate(
+        {k: v for k, v in status.items() if v is not None}
+    ).to_api()

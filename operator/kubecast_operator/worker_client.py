@@ -1,0 +1,48 @@
+"""Reading what a worker sees: its ``/status`` JSON over HTTP.
+
+Workers never talk to the Kubernetes API (DESIGN.md); the operator polls them
+and is the only writer of status. A worker that does not answer is reported,
+not guessed at.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from kubecast_operator.settings import WORKER_HTTP_PORT
+
+
+class WorkerUnreachable(Exception):
+    """The worker did not answer /status (not started, crashed, or network)."""
+
+
+async def fetch_status(
+    session: aiohttp.ClientSession,
+    address: str,
+    *,
+    port: int = WORKER_HTTP_PORT,
+    timeout: float = 2.0,
+) -> dict[str, Any]:
+    url = f"http://{address}:{port}/status"
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            response.raise_for_status()
+            doc: dict[str, Any] = await response.json(content_type=None)
+            return doc
+    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        raise WorkerUnreachable(f"{url}: {error or type(error).__name__}") from error
+
+
+def pod_address(pods: list[dict[str, Any]]) -> str | None:
+    """IP of the newest running pod, the one a Recreate rollout leaves serving."""
+    running = [
+        p
+        for p in pods
+        if p.get("status", {}).get("phase") == "Running"
+        and p["status"].get("podIP")
+        and not p["metadata"].get("deletionTimestamp")
+    ]
+    running.sort(key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True)
+    return running[0]["status"]["podIP"] if running else None

@@ -1,0 +1,246 @@
+"""The operator's child manifests, built from specs without a cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubecast_api import LiveStreamSpec, RecordingSpec, TranscodeProfileSpec, WorkerConfig
+from kubecast_operator import children, conditions, profiles, streams
+from kubecast_operator.settings import Settings
+
+SAMPLES = Path(__file__).parents[2] / "samples"
+SETTINGS = Settings(worker_image="kubecast/worker:test")
+
+
+def body(sample: str, uid: str = "uid-1") -> dict[str, Any]:
+    doc = yaml.safe_load((SAMPLES / sample).read_text())
+    doc["metadata"].update(namespace="live", uid=uid, generation=3)
+    return doc
+
+
+def profile() -> TranscodeProfileSpec:
+    return TranscodeProfileSpec.model_validate(body("transcodeprofile-default.yaml")["spec"])
+
+
+def test_every_child_is_owned_by_the_stream_so_deletion_cascades() -> None:
+    stream = body("livestream-push.yaml")
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    rendered = children.render_config(children.worker_config(stream, spec, profile()))
+    built = [
+        children.generated_key_secret(stream, key="k"),
+        children.worker_config_map(stream, rendered),
+        children.worker_deployment(stream, spec, rendered=rendered, settings=SETTINGS),
+        children.ingest_service(stream, spec),
+        children.playback_service(stream, spec),
+    ]
+    for child in built:
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert owner == {
+            "apiVersion": "kubecast.dev/v1alpha1",
+            "kind": "LiveStream",
+            "name": "studio",
+            "uid": "uid-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+        assert child["metadata"]["namespace"] == "live"
+        assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "kubecast-operator"
+
+
+def test_worker_config_resolves_profile_and_never_holds_the_key() -> None:
+    stream = body("livestream-push.yaml")
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    rendered = children.render_config(children.worker_config(stream, spec, profile()))
+    config = WorkerConfig.model_validate(yaml.safe_load(rendered))
+    assert config.ingest.listen == "0.0.0.0:1935" and config.ingest.app == "live"
+    assert config.ingest.stream_key_file == "/etc/kubecast/stream-key/streamKey"
+    assert [r.name for r in config.profile.renditions] == ["1080p", "720p", "480p", "360p"]
+    secret = children.generated_key_secret(stream, key="s3cret-key-value")
+    assert "s3cret-key-value" not in rendered
+    assert secret["stringData"] == {"streamKey": "s3cret-key-value"}
+
+
+def test_a_profile_change_changes_the_pod_template_so_the_worker_rolls() -> None:
+    stream = body("livestream-push.yaml")
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    before = children.render_config(children.worker_config(stream, spec, profile()))
+    changed = profile().model_copy(update={"segment_seconds": 6})
+    after = children.render_config(children.worker_config(stream, spec, changed))
+
+    def template_hash(rendered: str) -> str:
+        deployment = children.worker_deployment(stream, spec, rendered=rendered, settings=SETTINGS)
+        return deployment["spec"]["template"]["metadata"]["annotations"][children.CONFIG_HASH]
+
+    assert template_hash(before) != template_hash(after)
+    assert template_hash(before) == template_hash(before)
+
+
+def test_worker_pod_is_locked_down_and_probed() -> None:
+    stream = body("livestream-push.yaml")
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    deployment = children.worker_deployment(stream, spec, rendered="x", settings=SETTINGS)
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "kubecast/worker:test"
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert not security["allowPrivilegeEscalation"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "rtmp": 1935,
+        "http": 8080,
+    }
+    assert container["resources"] == {
+        "requests": {"cpu": "2", "memory": "1Gi"},
+        "limits": {"memory": "2Gi"},
+    }
+
+
+def test_pull_stream_has_no_key_secret_and_pulls_its_url() -> None:
+    stream = body("livestream-pull.yaml")
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    assert children.stream_key_secret_ref(stream, spec) is None
+    config = children.worker_config(stream, spec, profile())
+    assert config.ingest.pull is not None and config.ingest.pull.url.startswith("rtsp://")
+    deployment = children.worker_deployment(
+        stream, spec, rendered=children.render_config(config), settings=SETTINGS
+    )
+    volumes = {v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert "stream-key" not in volumes
+
+
+def test_services_follow_the_requested_exposure() -> None:
+    stream = body("livestream-push.yaml")
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    ingest = children.ingest_service(stream, spec)
+    assert ingest["spec"]["type"] == "NodePort"
+    assert ingest["spec"]["ports"][0]["port"] == 1935
+    assert children.playback_service(stream, spec)["spec"]["type"] == "ClusterIP"
+
+
+def test_recording_children_claim_storage_and_record_the_stream() -> None:
+    recording = body("recording.yaml")
+    spec = RecordingSpec.model_validate(recording["spec"])
+    claim = children.recording_claim(recording, spec)
+    assert claim["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    pod = children.recorder_pod(
+        recording, spec, source="http://studio-playback:8080", settings=SETTINGS
+    )
+    args = pod["spec"]["containers"][0]["args"]
+    assert args[:3] == ["record", "--source", "http://studio-playback:8080"]
+    assert "--wait-for-next-live" in args and "--max-duration" in args
+    assert pod["spec"]["restartPolicy"] == "OnFailure"
+
+
+def test_condition_transition_time_changes_only_on_a_real_transition() -> None:
+    first = conditions.merge(
+        None,
+        [conditions.condition("Ready", False, "Starting")],
+        generation=1,
+        at="2026-01-01T00:00:00Z",
+    )
+    same = conditions.merge(
+        first,
+        [conditions.condition("Ready", False, "StillStarting")],
+        generation=2,
+        at="2026-01-01T00:01:00Z",
+    )
+    flipped = conditions.merge(
+        same,
+        [conditions.condition("Ready", True, "Running")],
+        generation=2,
+        at="2026-01-01T00:02:00Z",
+    )
+    assert same[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    assert same[0]["observedGeneration"] == 2 and same[0]["reason"] == "StillStarting"
+    assert flipped[0]["lastTransitionTime"] == "2026-01-01T00:02:00Z"
+
+
+def _observed(worker: dict[str, Any] | None, **extra: Any) -> streams.Observation:
+    stream = body("livestream-push.yaml")
+    service = children.ingest_service(stream, LiveStreamSpec.model_validate(stream["spec"]))
+    service["spec"]["ports"][0]["nodePort"] = 31935
+    return streams.Observation(
+        spec=LiveStreamSpec.model_validate(stream["spec"]),
+        deployment={"status": {"availableReplicas": 1}},
+        ingest_service=service,
+        playback_service=children.playback_service(
+            stream, LiveStreamSpec.model_validate(stream["spec"])
+        ),
+        node_address="203.0.113.7",
+        worker=worker,
+        **extra,
+    )
+
+
+LIVE_WORKER = {
+    "state": "live",
+    "publisher": "198.51.100.4:50000",
+    "input": {
+        "video_codec": "h264",
+        "audio_codec": "aac",
+        "width": 1280,
+        "height": 720,
+        "fps": 30.0,
+        "bitrate_kbps": 2510.4,
+    },
+    "renditions": [
+        {"name": "1080p", "state": "dropped", "reason": "would upscale 720p input"},
+        {"name": "720p", "state": "active", "width": 1280, "height": 720, "bitrate_kbps": 2400.2},
+    ],
+    "dropped_frames": 0,
+    "speed": 1.4,
+    "ingest": {"refused_wrong_key": 2},
+}
+
+
+def test_live_worker_gives_live_status_with_urls_and_figures() -> None:
+    status = streams.compute_status(body("livestream-push.yaml"), _observed(LIVE_WORKER))
+    assert status["phase"] == "Live"
+    assert status["ingestUrl"] == "rtmp://203.0.113.7:31935/live"
+    assert status["playbackUrl"] == (
+        "http://studio-playback.live.svc.cluster.local:8080/master.m3u8"
+    )
+    assert status["input"]["resolution"] == "1280x720"
+    assert status["input"]["bitrateKbps"] == 2510
+    assert status["renditions"][0]["state"] == "Dropped"
+    assert status["refusedPublishes"] == 2
+    assert status["streamKeySecret"] == "studio-stream-key"
+    by_type = {c["type"]: c for c in status["conditions"]}
+    assert by_type["Ready"]["status"] == "True"
+    assert by_type["IngestConnected"]["status"] == "True"
+    assert all(c["observedGeneration"] == 3 for c in status["conditions"])
+
+
+def test_missing_profile_is_an_error_with_a_clear_reason() -> None:
+    problem = ("ProfileNotFound", "TranscodeProfile 'hd' not found in namespace 'live'")
+    status = streams.compute_status(body("livestream-push.yaml"), _observed(None, problem=problem))
+    assert status["phase"] == "Error"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ProfileNotFound")
+    assert "not found" in status["message"]
+
+
+def test_unreachable_worker_is_pending_not_guessed() -> None:
+    status = streams.compute_status(
+        body("livestream-push.yaml"), _observed(None, worker_error="connection refused")
+    )
+    assert status["phase"] == "Pending"
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "WorkerUnreachable"
+
+
+def test_profile_status_counts_users_and_reports_deferred_deletion() -> None:
+    profile_body = body("transcodeprofile-default.yaml")
+    status = profiles.compute_status(profile_body, ["studio"])
+    assert status["usedBy"] == 1
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {"Valid": "True"}
+    profile_body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    deleting = profiles.compute_status(profile_body, ["studio"])
+    assert "studio" in deleting["conditions"][1]["message"]

@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-unit lint fmt crds crds-check cluster-up cluster-down bench clean
+.PHONY: help install demo test test-unit lint fmt crds crds-check binaries cluster-up cluster-down bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -17,6 +17,9 @@ $(PY): pyproject.toml
 	@touch $(PY)
 
 install: $(PY)  ## create .venv with kubecast and its dev tools
+
+demo: $(PY)  ## the whole thing locally: control plane, operator, a live stream, a playable HLS URL
+	hack/demo.sh
 
 test: $(PY)  ## run every test: unit, integration (real kube-apiserver) and end-to-end media
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -37,6 +40,9 @@ crds: $(PY)  ## regenerate crds/ from the API models
 
 crds-check: $(PY)  ## fail when crds/ differs from the models
 	$(PY) -m kubecast_api.crdgen --out crds --check
+
+binaries:  ## build (or reuse) the control-plane binaries in ~/.cache/kubecast
+	hack/build-binaries.sh
 
 cluster-up:  ## start a local control plane (etcd, kube-apiserver, controllers, kwok); kubeconfig in .cluster/
 	hack/cluster-up.sh

@@ -81,6 +81,7 @@ async def run(args: argparse.Namespace) -> int:
         await asyncio.wait({operator}, timeout=10)
         return 1
     holding.cancel()
+    await asyncio.to_thread(elector.release)
     return 0
 
 

@@ -1,0 +1,127 @@
+"""Start and stop the real operator (and the pod runner) as processes, for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Process:
+    """A child process with its output in a log file, stopped by process group."""
+
+    def __init__(self, argv: list[str], *, env: dict[str, str], log: Path) -> None:
+        self.argv, self.env, self.log = argv, env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as sink:
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def operator(
+    env: dict[str, str], workdir: Path, name: str = "operator", **settings: str
+) -> tuple[Process, int]:
+    """An operator process; returns it and its metrics port."""
+    metrics_port = free_port()
+    proc_env = {
+        **env,
+        "KUBECAST_POLL_SECONDS": "1",
+        "KUBECAST_RESYNC_SECONDS": "10",
+        "KUBECAST_PUBLIC_HOST": "127.0.0.1",
+        **settings,
+    }
+    argv = [
+        str(BIN / "kubecast-operator"),
+        "--metrics-port",
+        str(metrics_port),
+        "--liveness-port",
+        str(free_port()),
+        "--lease-namespace",
+        "default",
+    ]
+    return Process(argv, env=proc_env, log=workdir / f"{name}.log").start(), metrics_port
+
+
+def pod_runner(env: dict[str, str], workdir: Path) -> Process:
+    argv = [
+        sys.executable,
+        str(REPO / "hack" / "pod_runner.py"),
+        "--workdir",
+        str(workdir / "pods"),
+        "--bin-dir",
+        str(BIN),
+    ]
+    return Process(argv, env=env, log=workdir / "pod-runner.log").start()
+
+
+def get_json(kubectl: Callable[..., Any], *args: str) -> dict[str, Any] | None:
+    proc = kubectl("get", *args, "-o", "json", check=False)
+    if proc.returncode != 0:
+        return None
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    return doc
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+        return text
+
+
+def eventually(
+    what: str,
+    predicate: Callable[[], Any],
+    timeout: float = 60,
+    interval: float = 0.5,
+    logs: Callable[[], str] | None = None,
+) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    tail = "\n".join((logs() if logs else "").splitlines()[-40:])
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})\n{tail}")

@@ -131,18 +131,20 @@ class LeaderElector:
             log.info("released the lease")
 
     async def hold(self) -> None:
-        """Renew until renewal fails for a whole lease duration; then return."""
-        last_renewed = _now()
+        """Renew the lease; return as soon as another replica holds it.
+
+        NB: an API server that cannot be reached is not a lost lease. Nobody can
+        take the lease over while the API server is down, and this replica
+        cannot write anything meanwhile either; when it comes back, the next
+        renewal tells whether we still lead (kopf's watches recover by
+        themselves). Exiting instead would turn every API server restart into
+        an operator restart.
+        """
         while True:
             await asyncio.sleep(self.renew_seconds)
             try:
-                if await asyncio.to_thread(self.try_acquire):
-                    last_renewed = _now()
-                    continue
-                log.error("lost the lease to another replica")
-                return
+                if not await asyncio.to_thread(self.try_acquire):
+                    log.error("lost the lease to another replica")
+                    return
             except Exception as error:
-                log.warning("lease renewal failed: %s", error)
-            if _now() - last_renewed > timedelta(seconds=self.lease_seconds):
-                log.error("could not renew the lease for %ss", self.lease_seconds)
-                return
+                log.warning("lease renewal failed, retrying: %s", error)

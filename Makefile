@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install demo test test-unit lint fmt crds crds-check binaries cluster-up cluster-down bench clean
+.PHONY: help install player demo test test-unit lint fmt crds crds-check binaries cluster-up cluster-down bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -16,12 +16,18 @@ $(PY): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(PY)
 
-install: $(PY)  ## create .venv with kubecast and its dev tools
+install: $(PY) player  ## create .venv with kubecast and its dev tools, build the player assets
 
-demo: $(PY)  ## the whole thing locally: control plane, operator, a live stream, a playable HLS URL
+PLAYER_JS := workers/kubecast_worker/player/static/hls.min.js
+$(PLAYER_JS): workers/kubecast_worker/player/package-lock.json
+	workers/kubecast_worker/player/build_assets.sh
+
+player: $(PLAYER_JS)  ## fetch hls.js from the npm registry into the worker's player page
+
+demo: $(PY) $(PLAYER_JS)  ## the whole thing locally: control plane, operator, a live stream, a playable HLS URL
 	hack/demo.sh
 
-test: $(PY)  ## run every test: unit, integration (real kube-apiserver) and end-to-end media
+test: $(PY) $(PLAYER_JS)  ## run every test: unit, integration (real kube-apiserver) and end-to-end media
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: $(PY)  ## only the fast unit tests

@@ -21,6 +21,21 @@ STREAM=demo
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
+# What the demo runs besides Python: ffmpeg (publisher), openssl (certificates),
+# curl. Install them from Debian when we can; otherwise say what is missing.
+missing=()
+for tool in ffmpeg openssl curl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if ((${#missing[@]})); then
+  if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+    say "installing ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "please install: ${missing[*]} (e.g. sudo apt-get install -y ${missing[*]})" >&2
+    exit 1
+  fi
+fi
+
+say "building (or reusing) the control-plane binaries"
 BIN_DIR="$(hack/build-binaries.sh | tail -n1)"
 export PATH="$BIN_DIR:$VENV/bin:$PATH"
 

@@ -233,8 +233,10 @@ class LiveStreamSpec(ApiModel):
 
     @model_validator(mode="after")
     def _node_port_needs_type(self) -> Self:
-        for name, service in (("ingestService", self.ingest_service),
-                              ("playbackService", self.playback_service)):
+        for name, service in (
+            ("ingestService", self.ingest_service),
+            ("playbackService", self.playback_service),
+        ):
             if service.node_port is not None and service.type != ServiceType.NODE_PORT:
                 raise ValueError(f"{name}.nodePort is only valid when type is NodePort")
         return self

@@ -124,10 +124,15 @@ class LeaderElector:
         """Give the lease up on a clean shutdown, so a standby need not wait it out."""
         lease = self.kube.get("Lease", self.namespace, self.name)
         if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
-            self.kube.patch("Lease", self.namespace, self.name, {
-                "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
-                "spec": {"holderIdentity": None, "leaseDurationSeconds": 1},
-            })
+            self.kube.patch(
+                "Lease",
+                self.namespace,
+                self.name,
+                {
+                    "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
+                    "spec": {"holderIdentity": None, "leaseDurationSeconds": 1},
+                },
+            )
             log.info("released the lease")
 
     async def hold(self) -> None:

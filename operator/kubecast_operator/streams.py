@@ -162,25 +162,35 @@ def service_url(
 
 
 def _worker_figures(worker: dict[str, Any], playback_base: str | None) -> dict[str, Any]:
-    """Map the worker's /status document onto LiveStream status fields."""
+    """Map the worker's /status document onto LiveStream status fields.
+
+    The worker names its fields after the LiveStream status already
+    (camelCase), so this mostly selects; URLs become absolute here because only
+    the operator knows how players reach the worker.
+    """
     source = worker.get("input") or {}
     out: dict[str, Any] = {}
     if source:
-        width, height = source.get("width"), source.get("height")
-        bitrate = source.get("bitrate_kbps")
+        bitrate = source.get("bitrateKbps")
         out["input"] = {
-            "videoCodec": source.get("video_codec"),
-            "audioCodec": source.get("audio_codec"),
-            "width": width,
-            "height": height,
-            "resolution": f"{width}x{height}" if width and height else None,
-            "fps": source.get("fps"),
+            **{
+                k: source.get(k)
+                for k in (
+                    "videoCodec",
+                    "audioCodec",
+                    "width",
+                    "height",
+                    "resolution",
+                    "fps",
+                    "publisher",
+                )
+            },
             "bitrateKbps": round(bitrate) if bitrate is not None else None,
-            "publisher": worker.get("publisher"),
         }
     renditions = []
     for r in worker.get("renditions") or []:
-        dropped = r.get("state") == "dropped"
+        dropped = r.get("state") == "Dropped"
+        relative = r.get("playbackUrl")
         renditions.append(
             {
                 "name": r.get("name"),
@@ -188,23 +198,22 @@ def _worker_figures(worker: dict[str, Any], playback_base: str | None) -> dict[s
                 "reason": r.get("reason"),
                 "width": r.get("width"),
                 "height": r.get("height"),
-                "bitrateKbps": round(r["bitrate_kbps"])
-                if r.get("bitrate_kbps") is not None
+                "bitrateKbps": round(r["bitrateKbps"])
+                if r.get("bitrateKbps") is not None
                 else None,
-                "playbackUrl": None
-                if dropped or not playback_base
-                else f"{playback_base}/{r.get('name')}/index.m3u8",
+                "playbackUrl": f"{playback_base}/{relative.lstrip('/')}"
+                if relative and playback_base and "://" not in relative
+                else relative,
             }
         )
     out["renditions"] = renditions
-    out["droppedFrames"] = worker.get("dropped_frames")
-    out["encodeSpeed"] = worker.get("speed")
-    counters = worker.get("ingest") or {}
-    refused = sum(
+    out["droppedFrames"] = worker.get("droppedFrames")
+    out["encodeSpeed"] = worker.get("encodeSpeed")
+    counters = (worker.get("ingest") or {}).get("counters") or {}
+    out["refusedPublishes"] = sum(
         int(counters.get(k) or 0)
         for k in ("refused_wrong_key", "refused_unknown_app", "refused_busy")
     )
-    out["refusedPublishes"] = refused
     return out
 
 
@@ -279,7 +288,7 @@ def compute_status(
     )
     if seen.worker is not None:
         status.update(_worker_figures(seen.worker, playback_base))
-    message = seen.problem[1] if seen.problem else (seen.worker or {}).get("last_error")
+    message = seen.problem[1] if seen.problem else (seen.worker or {}).get("lastError")
     status["message"] = message
     status["lastLiveTime"] = at if live else previous.get("lastLiveTime")
     # One schema: what we write must be what the CRD describes.

@@ -183,20 +183,29 @@ LIVE_WORKER = {
     "state": "live",
     "publisher": "198.51.100.4:50000",
     "input": {
-        "video_codec": "h264",
-        "audio_codec": "aac",
+        "videoCodec": "h264",
+        "audioCodec": "aac",
         "width": 1280,
         "height": 720,
+        "resolution": "1280x720",
         "fps": 30.0,
-        "bitrate_kbps": 2510.4,
+        "bitrateKbps": 2510.4,
+        "publisher": "198.51.100.4:50000",
     },
     "renditions": [
-        {"name": "1080p", "state": "dropped", "reason": "would upscale 720p input"},
-        {"name": "720p", "state": "active", "width": 1280, "height": 720, "bitrate_kbps": 2400.2},
+        {"name": "1080p", "state": "Dropped", "reason": "would upscale 720p input"},
+        {
+            "name": "720p",
+            "state": "Active",
+            "width": 1280,
+            "height": 720,
+            "bitrateKbps": 2400.2,
+            "playbackUrl": "720p/index.m3u8",
+        },
     ],
-    "dropped_frames": 0,
-    "speed": 1.4,
-    "ingest": {"refused_wrong_key": 2},
+    "droppedFrames": 0,
+    "encodeSpeed": 1.4,
+    "ingest": {"mode": "push", "counters": {"refused_wrong_key": 2, "accepted": 1}},
 }
 
 
@@ -210,6 +219,9 @@ def test_live_worker_gives_live_status_with_urls_and_figures() -> None:
     assert status["input"]["resolution"] == "1280x720"
     assert status["input"]["bitrateKbps"] == 2510
     assert status["renditions"][0]["state"] == "Dropped"
+    assert status["renditions"][1]["playbackUrl"] == (
+        "http://studio-playback.live.svc.cluster.local:8080/720p/index.m3u8"
+    )
     assert status["refusedPublishes"] == 2
     assert status["streamKeySecret"] == "studio-stream-key"
     by_type = {c["type"]: c for c in status["conditions"]}

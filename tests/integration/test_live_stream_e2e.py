@@ -1,0 +1,240 @@
+"""End to end: kubectl apply -> operator -> a real worker -> ffmpeg publishes -> Live + HLS.
+
+The worker pod runs for real: hack/pod_runner.py runs its container command as a
+local process bound to the pod IP kwok assigned (a loopback address), and plays
+a bare-metal load balancer for the stream's Services. Everything a user would
+touch comes from the LiveStream's status: the ingest URL, the Secret with the
+key, the playback URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from . import operator_harness as harness
+from .conftest import ControlPlane
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
+
+PROFILE = {
+    "apiVersion": "kubecast.dev/v1alpha1",
+    "kind": "TranscodeProfile",
+    "metadata": {"name": "small"},
+    "spec": {
+        "gopSeconds": 1,
+        "segmentSeconds": 1,
+        "renditions": [
+            {
+                "name": "360p",
+                "width": 640,
+                "height": 360,
+                "videoBitrate": 800,
+                "fps": 25,
+                "preset": "ultrafast",
+                "profile": "main",
+            },
+            {
+                "name": "180p",
+                "width": 320,
+                "height": 180,
+                "videoBitrate": 300,
+                "fps": 25,
+                "preset": "ultrafast",
+                "profile": "baseline",
+                "audioBitrate": 64,
+            },
+        ],
+    },
+}
+
+STREAM = {
+    "apiVersion": "kubecast.dev/v1alpha1",
+    "kind": "LiveStream",
+    "metadata": {"name": "e2e"},
+    "spec": {
+        "ingest": {"push": {"app": "live"}},
+        "profileRef": {"name": "small"},
+        "ingestService": {"type": "LoadBalancer"},
+        "playbackService": {"type": "LoadBalancer"},
+        "reconnectWindowSeconds": 5,
+    },
+}
+
+
+@pytest.fixture
+def running(
+    control_plane: ControlPlane, kubecast_crds: list[str], tmp_path: Path
+) -> Iterator[tuple[harness.Process, harness.Process]]:
+    op, _ = harness.operator(control_plane.env, tmp_path)
+    runner = harness.pod_runner(control_plane.env, tmp_path)
+    yield op, runner
+    runner.stop()
+    op.stop()
+
+
+def status(cp: ControlPlane, namespace: str) -> dict[str, Any]:
+    doc = harness.get_json(cp.kubectl, "-n", namespace, "livestream", "e2e") or {}
+    result: dict[str, Any] = doc.get("status") or {}
+    return result
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text: str = response.read().decode()
+        return text
+
+
+def test_published_stream_goes_live_and_plays(
+    control_plane: ControlPlane,
+    namespace: str,
+    running: tuple[harness.Process, harness.Process],
+    tmp_path: Path,
+) -> None:
+    op, runner = running
+
+    def logs() -> str:
+        pods = "\n".join(
+            p.read_text(errors="replace")[-3000:]
+            for p in (tmp_path / "pods").rglob("container.log")
+        )
+        return op.output()[-3000:] + "\n--- runner\n" + runner.output()[-2000:] + "\n" + pods
+
+    control_plane.kubectl(
+        "-n", namespace, "apply", "-f", "-", input=yaml.safe_dump_all([PROFILE, STREAM])
+    )
+    ready = harness.eventually(
+        "phase Idle with a reachable ingest URL",
+        lambda: (
+            (s := status(control_plane, namespace)).get("phase") == "Idle"
+            and s.get("ingestUrl", "").startswith("rtmp://127.")
+            and s
+        ),
+        timeout=90,
+        logs=logs,
+    )
+    secret = json.loads(
+        control_plane.kubectl(
+            "-n", namespace, "get", "secret", ready["streamKeySecret"], "-o", "json"
+        ).stdout
+    )
+    key = base64.b64decode(secret["data"]["streamKey"]).decode()
+
+    publisher = subprocess.Popen(
+        [
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100",
+            "-t",
+            "40",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "96k",
+            "-f",
+            "flv",
+            f"{ready['ingestUrl']}/{key}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    started = time.monotonic()
+    try:
+        live = harness.eventually(
+            "phase Live with the input bitrate",
+            lambda: (
+                (s := status(control_plane, namespace)).get("phase") == "Live"
+                and (s.get("input") or {}).get("bitrateKbps")
+                and s
+            ),
+            timeout=60,
+            logs=logs,
+        )
+        seconds_to_live = time.monotonic() - started
+        assert live["input"]["resolution"] == "640x360"
+        table = control_plane.kubectl("-n", namespace, "get", "livestreams").stdout
+        row = next(line for line in table.splitlines() if line.startswith("e2e"))
+        assert "Live" in row and "640x360" in row and live["playbackUrl"] in row
+
+        master_url = live["playbackUrl"]
+        master = harness.eventually(
+            "a master playlist listing both renditions",
+            lambda: (m := _try(fetch, master_url)) and m.count("#EXT-X-STREAM-INF") == 2 and m,
+            timeout=30,
+            logs=logs,
+        )
+        assert "RESOLUTION=640x360" in master and "RESOLUTION=320x180" in master
+        media_uri = next(line for line in master.splitlines() if line and not line.startswith("#"))
+        media_url = master_url.rsplit("/", 1)[0] + "/" + media_uri
+        harness.eventually(
+            "a segment in the media playlist",
+            lambda: (
+                ".ts" in (_try(fetch, media_url) or "") or ".m4s" in (_try(fetch, media_url) or "")
+            ),
+            timeout=30,
+            logs=logs,
+        )
+        probe = subprocess.run(
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=codec_name,width,height",
+                "-of",
+                "json",
+                media_url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert probe.returncode == 0, probe.stderr
+        codecs = {s["codec_name"] for s in json.loads(probe.stdout)["streams"]}
+        assert {"h264", "aac"} <= codecs
+        # The key never shows up where users and logs look.
+        assert key not in json.dumps(live)
+        assert key not in op.output()
+        print(f"Live {seconds_to_live:.1f}s after the publisher started")
+    finally:
+        publisher.kill()
+        publisher.wait()
+
+    harness.eventually(
+        "back to Idle (or Reconnecting) once the publisher leaves",
+        lambda: status(control_plane, namespace).get("phase") in ("Idle", "Reconnecting"),
+        timeout=60,
+        logs=logs,
+    )
+
+
+def _try(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except OSError:
+        return None

@@ -6,6 +6,7 @@
 #   etcd                                                             go.etcd.io/etcd/server/v3
 #   kwok                                                             sigs.k8s.io/kwok
 #   helm                                                             helm.sh/helm/v3
+#   kwok-stages.yaml  kwok's stock "fast" node/pod Stages, from the kwok module
 #
 # Versions come from hack/versions.env. Binaries land in a cache outside the repo,
 # keyed by those versions, so a second run only checks that they exist:
@@ -18,7 +19,7 @@
 set -euo pipefail
 
 HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=versions.env
+# shellcheck source=SCRIPTDIR/versions.env
 source "$HACK_DIR/versions.env"
 
 CACHE="${KUBECAST_CACHE:-$HOME/.cache/kubecast}"
@@ -34,7 +35,10 @@ case "${1:-}" in
 esac
 
 GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
-[ -x "$GO" ] || { echo "build-binaries: no Go toolchain found (set GO=...)" >&2; exit 1; }
+# Only needed when something is missing: a warm cache works without Go.
+need_go() {
+  [ -x "$GO" ] || { echo "build-binaries: no Go toolchain at '$GO' (install Go or set GO=...)" >&2; exit 1; }
+}
 
 # Static binaries like the upstream releases; -mod=mod lets `go build` add the
 # requirements it discovers to our generated go.mod/go.sum.
@@ -49,7 +53,7 @@ log() { echo "build-binaries: $*" >&2; }
 missing() { # missing NAME... -> prints the names that are not built yet
   local n
   for n in "$@"; do
-    if [ "$force" = 1 ] || [ ! -x "$BIN_DIR/$n" ]; then echo "$n"; fi
+    if [ "$force" = 1 ] || [ ! -s "$BIN_DIR/$n" ]; then echo "$n"; fi
   done
 }
 
@@ -63,14 +67,15 @@ install_built() { local n; for n in "$@"; do mv -f "$STAGE/$n" "$BIN_DIR/$n"; do
 
 # ---------------------------------------------------------------- kubernetes
 build_kubernetes() {
-  local want
-  want="$(missing kube-apiserver kube-controller-manager kube-scheduler kubectl)"
-  [ -n "$want" ] || return 0
+  local want=()
+  mapfile -t want < <(missing kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  [ "${#want[@]}" -gt 0 ] || return 0
+  need_go
   local v="$KUBERNETES_VERSION"
   local staging_v="v0.${v#v1.}"          # v1.34.4 -> v0.34.4
   local dir="$SRC_DIR/kubernetes-$v"
   mkdir -p "$dir"
-  log "kubernetes $v: $(echo $want | tr '\n' ' ')"
+  log "kubernetes $v: ${want[*]}"
 
   # k8s.io/kubernetes requires its staging modules at v0.0.0 and maps them to
   # ./staging/src/... with replace directives, which only apply inside its own
@@ -78,7 +83,7 @@ build_kubernetes() {
   # The list comes from kubernetes' own go.mod so it is right for any version.
   if [ ! -f "$dir/go.mod" ] || ! grep -q "k8s.io/kubernetes $v" "$dir/go.mod"; then
     local upstream_mod
-    upstream_mod="$(cd "$dir" && GOFLAGS= "$GO" mod download -json "k8s.io/kubernetes@$v" \
+    upstream_mod="$(cd "$dir" && GOFLAGS='' "$GO" mod download -json "k8s.io/kubernetes@$v" \
       | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')"
     [ -f "$upstream_mod" ] || { log "could not download k8s.io/kubernetes@$v"; return 1; }
     local go_line godebug_line
@@ -111,16 +116,17 @@ build_kubernetes() {
   done
 
   local pkgs=() n
-  for n in $want; do pkgs+=("k8s.io/kubernetes/cmd/$n"); done
+  for n in "${want[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$n"); done
   # One `go build` for all four: they share most packages, so this is much
   # faster than four separate builds on a 2-core machine.
   (cd "$dir" && "$GO" build -trimpath -ldflags="$ld" -o "$STAGE/" "${pkgs[@]}")
-  install_built $want
+  install_built "${want[@]}"
 }
 
 # ---------------------------------------------------------------- etcd
 build_etcd() {
   [ -n "$(missing etcd)" ] || return 0
+  need_go
   local v="$ETCD_VERSION" dir="$SRC_DIR/etcd-$ETCD_VERSION"
   mkdir -p "$dir"
   log "etcd $v"
@@ -151,16 +157,40 @@ EOF
 go_install() { # go_install NAME PACKAGE VERSION LDFLAGS
   local name="$1" pkg="$2" v="$3" ld="$4"
   [ -n "$(missing "$name")" ] || return 0
+  need_go
   log "$name $v"
   # `go install pkg@version` ignores the current module and must not see -mod=mod.
-  GOFLAGS= GOBIN="$STAGE" "$GO" install -trimpath -ldflags="$ld" "$pkg@$v"
+  GOFLAGS='' GOBIN="$STAGE" "$GO" install -trimpath -ldflags="$ld" "$pkg@$v"
   install_built "$name"
+}
+
+# kwok has no built-in behaviour: "Stages" tell it how fake nodes and pods
+# progress. Take the stock fast stages (the ones kwokctl uses by default) from
+# the same kwok module version, so they always match the binary.
+kwok_stages() {
+  [ -n "$(missing kwok-stages.yaml)" ] || return 0
+  need_go
+  local dir stage f
+  dir="$(GOFLAGS='' "$GO" mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p')/kustomize/stage"
+  [ -d "$dir" ] || { log "kwok stages not found in $dir"; return 1; }
+  {
+    echo "# kwok $KWOK_VERSION stages: node/fast, node/heartbeat-with-lease, pod/fast"
+    for stage in node/fast node/heartbeat-with-lease pod/fast; do
+      while read -r f; do
+        echo "---"
+        cat "$dir/$stage/$f"
+      done < <(sed -n 's/^- //p' "$dir/$stage/kustomization.yaml")
+    done
+  } > "$STAGE/kwok-stages.yaml"
+  install_built kwok-stages.yaml
 }
 
 build_etcd
 build_kubernetes
 go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION" \
   "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"
+kwok_stages
 go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" \
   "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 

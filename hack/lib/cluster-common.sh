@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # variables are used by the sourcing scripts
 # Shared by hack/cluster-up.sh and hack/cluster-down.sh (sourced, not executed).
 #
 # Layout of the cluster dir (default <repo>/.cluster, override KUBECAST_CLUSTER_DIR):

@@ -192,6 +192,11 @@ class LiveStreamSpec(ApiModel):
             "nodePort is only valid when type is NodePort",
             ".ingestService.nodePort",
         ),
+        cel(
+            "self.playbackService.type == 'NodePort' || !has(self.playbackService.nodePort)",
+            "nodePort is only valid when type is NodePort",
+            ".playbackService.nodePort",
+        ),
     )
 
     ingest: Ingest = Field(description="Where the stream comes from: push or pull.")

@@ -212,7 +212,8 @@ class TranscodeProfileSpec(ApiModel):
             ".renditions",
         ),
         cel(
-            "self.segmentSeconds % self.gopSeconds == 0",
+            # NB: guarded, or gopSeconds 0 adds "modulus by zero" to the range error.
+            "self.gopSeconds == 0 || self.segmentSeconds % self.gopSeconds == 0",
             "segmentSeconds must be a multiple of gopSeconds so that every segment"
             " starts on a keyframe",
             ".segmentSeconds",

@@ -1,0 +1,255 @@
+"""A real local control plane for the integration tests.
+
+One per test session: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+kwok fake nodes, started by ``hack/cluster-up.sh`` in a temporary cluster dir (so it never
+collides with a developer's ``make cluster-up``) and stopped by ``hack/cluster-down.sh``.
+
+The binaries are built (or found in the cache) by ``hack/build-binaries.sh`` right after
+collection, outside any test's timeout: a cold build compiles Kubernetes (about 12 minutes
+on 2 cores); later runs find them in ``~/.cache/kubecast`` in milliseconds.
+If the control plane cannot start, every test that needs it fails with the reason; it is
+never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HACK = REPO_ROOT / "hack"
+HERE = Path(__file__).resolve().parent
+T = TypeVar("T")
+
+# Generous: the first run compiles Kubernetes (tens of minutes on 2 cores).
+BUILD_TIMEOUT_S = 3 * 60 * 60
+CLUSTER_UP_TIMEOUT_S = 300
+
+
+def _is_ours(item: pytest.Item) -> bool:
+    return HERE in Path(str(item.fspath)).resolve().parents
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Everything in tests/integration needs the control plane: mark it so
+    # `pytest -m "not integration"` leaves it out.
+    for item in items:
+        if _is_ours(item):
+            item.add_marker(pytest.mark.integration)
+
+
+_build: subprocess.CompletedProcess[str] | None = None
+
+
+def _build_binaries() -> subprocess.CompletedProcess[str]:
+    """Run hack/build-binaries.sh once per session (a no-op when the cache is warm)."""
+    global _build
+    if _build is None:
+        cmd = [str(HACK / "build-binaries.sh")]
+        try:
+            _build = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired as exc:
+            _build = subprocess.CompletedProcess(cmd, 124, "", f"timed out after {exc.timeout}s")
+    return _build
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # Build here rather than in the fixture: pytest-timeout counts a fixture's
+    # setup against the first test, and a cold build takes far longer than that.
+    if session.config.option.collectonly or not any(_is_ours(i) for i in session.items):
+        return
+    bin_dir = subprocess.run(
+        [str(HACK / "build-binaries.sh"), "--print-bindir"], capture_output=True, text=True
+    ).stdout.strip()
+    if not (Path(bin_dir) / "kube-apiserver").exists():
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                "kubecast: building the control plane binaries into "
+                f"{bin_dir} (first run: ~12 min on 2 cores)..."
+            )
+    _build_binaries()
+
+
+class KubectlError(subprocess.CalledProcessError):
+    """A failed kubectl call whose message carries kubectl's stderr."""
+
+    def __str__(self) -> str:
+        return (
+            f"kubectl {' '.join(map(str, self.cmd[2:]))} exited {self.returncode}\n"
+            f"stdout: {self.stdout}\nstderr: {self.stderr}"
+        )
+
+
+def _tail(text: str, lines: int = 60) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class ControlPlane:
+    """Handle on the running control plane given to tests."""
+
+    cluster_dir: Path
+    kubeconfig: Path
+    bin_dir: Path
+    env: dict[str, str] = field(repr=False)
+
+    def kubectl(
+        self,
+        *args: str,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against this cluster; with check=True raise KubectlError on failure."""
+        cmd = [str(self.bin_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args]
+        proc = subprocess.run(
+            cmd, input=input, capture_output=True, text=True, timeout=timeout, env=self.env
+        )
+        if check and proc.returncode != 0:
+            raise KubectlError(proc.returncode, cmd, proc.stdout, proc.stderr)
+        return proc
+
+    def apply(self, manifest: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """``kubectl apply -f -`` with the given YAML."""
+        return self.kubectl("apply", "-f", "-", *args, input=manifest)
+
+    def log(self, component: str) -> str:
+        """The log of a component (etcd, kube-apiserver, kube-controller-manager, ...)."""
+        path = self.cluster_dir / "logs" / f"{component}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def restart_apiserver(self) -> None:
+        """Stop kube-apiserver (SIGTERM) and start it again on the same port and data.
+
+        Returns once /readyz is ok. Clients with open watches see their connections drop,
+        which is what the operator's recovery tests need.
+        """
+        proc = subprocess.run(
+            [str(HACK / "cluster-up.sh"), "--restart-apiserver"],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=CLUSTER_UP_TIMEOUT_S,
+        )
+        if proc.returncode != 0:
+            pytest.fail(f"kube-apiserver did not restart:\n{_tail(proc.stderr)}", pytrace=False)
+
+    def api_client(self) -> Any:
+        """A ``kubernetes.client.ApiClient`` for this cluster (imported lazily)."""
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def wait_for(
+        self,
+        what: str,
+        predicate: Callable[[], T],
+        timeout: float = 60,
+        interval: float = 0.25,
+    ) -> T:
+        """Poll ``predicate()`` until it returns something truthy; fail with ``what``."""
+        deadline = time.monotonic() + timeout
+        last: T | None = None
+        while time.monotonic() < deadline:
+            last = predicate()
+            if last:
+                return last
+            time.sleep(interval)
+        pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """The session's control plane (see module docstring)."""
+    env = dict(os.environ)
+    build = _build_binaries()
+    if build.returncode != 0:
+        pytest.fail(
+            f"hack/build-binaries.sh failed ({build.returncode}):\n{_tail(build.stderr)}",
+            pytrace=False,
+        )
+    bin_dir = Path(build.stdout.strip().splitlines()[-1])
+
+    cluster_dir = tmp_path_factory.mktemp("kubecast") / "cluster"
+    env.update(
+        KUBECAST_CLUSTER_DIR=str(cluster_dir),
+        KUBECAST_BIN_DIR=str(bin_dir),
+        KUBECONFIG=str(cluster_dir / "kubeconfig"),
+    )
+    cp = ControlPlane(
+        cluster_dir=cluster_dir,
+        kubeconfig=cluster_dir / "kubeconfig",
+        bin_dir=bin_dir,
+        env=env,
+    )
+    try:
+        up = subprocess.run(
+            [str(HACK / "cluster-up.sh")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=CLUSTER_UP_TIMEOUT_S,
+        )
+        if up.returncode != 0:
+            pytest.fail(
+                f"hack/cluster-up.sh failed ({up.returncode}); logs in {cluster_dir}/logs:\n"
+                f"{_tail(up.stderr, 80)}",
+                pytrace=False,
+            )
+        yield cp
+    finally:
+        # Keep the logs next to pytest's other temp files for a post-mortem;
+        # pytest prunes old temp dirs itself.
+        subprocess.run(
+            [str(HACK / "cluster-down.sh")],
+            env={**env, "KUBECAST_KEEP_LOGS": "1"},
+            capture_output=True,
+            timeout=120,
+        )
+
+
+CRD_DIR = REPO_ROOT / "crds"
+SAMPLES_DIR = REPO_ROOT / "samples"
+
+
+@pytest.fixture(scope="session")
+def kubecast_crds(control_plane: ControlPlane) -> list[str]:
+    """Install crds/*.yaml and wait until every CRD is Established; returns their names."""
+    files = sorted(CRD_DIR.glob("*.yaml"))
+    assert files, f"no CRDs in {CRD_DIR}"
+    # Server-side apply: no last-applied-configuration annotation, whose 256 KiB
+    # limit large CRDs hit with client-side apply.
+    control_plane.kubectl(
+        "apply", "--server-side", "--field-manager=kubecast-tests", "-f", str(CRD_DIR)
+    )
+    names = [control_plane.kubectl("get", "-f", str(f), "-o", "name").stdout.strip() for f in files]
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    return names
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards (without waiting for it to go)."""
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())
+    name = f"t-{base[:40].strip('-')}-{os.urandom(3).hex()}"
+    control_plane.kubectl("create", "namespace", name)
+    # Pods need the namespace's default ServiceAccount (ServiceAccount admission).
+    control_plane.wait_for(
+        f"ServiceAccount {name}/default",
+        lambda: (
+            control_plane.kubectl(
+                "-n", name, "get", "serviceaccount", "default", check=False
+            ).returncode
+            == 0
+        ),
+    )
+    yield name
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)

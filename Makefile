@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install player demo test test-unit lint fmt crds crds-check binaries cluster-up cluster-down bench clean
+.PHONY: help install player demo test test-unit test-integration lint fmt crds crds-check chart binaries cluster-up cluster-down bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -33,6 +33,9 @@ test: $(PY) $(PLAYER_JS)  ## run every test: unit, integration (real kube-apiser
 test-unit: $(PY)  ## only the fast unit tests
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+test-integration: $(PY)  ## only the tests against the real control plane
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
 lint: $(PY)  ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
@@ -41,11 +44,16 @@ fmt: $(PY)  ## format the code
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format operator workers tests
 
-crds: $(PY)  ## regenerate crds/ from the API models
-	$(PY) -m kubecast_api.crdgen --out crds
+crds: $(PY)  ## regenerate crds/ (and the chart's copy) from the API models
+	$(PY) -m kubecast_api.crdgen --out crds --chart charts/kubecast
 
-crds-check: $(PY)  ## fail when crds/ differs from the models
-	$(PY) -m kubecast_api.crdgen --out crds --check
+crds-check: $(PY)  ## fail when crds/ or the chart's copy differs from the models
+	$(PY) -m kubecast_api.crdgen --out crds --chart charts/kubecast --check
+
+chart: $(PY)  ## lint and render the Helm chart (offline: --kube-version)
+	BIN=$$(hack/build-binaries.sh | tail -1) && \
+	$$BIN/helm lint --strict charts/kubecast --kube-version 1.34.0 && \
+	$$BIN/helm template kubecast charts/kubecast --include-crds --kube-version 1.34.0 >/dev/null
 
 binaries:  ## build (or reuse) the control-plane binaries in ~/.cache/kubecast
 	hack/build-binaries.sh

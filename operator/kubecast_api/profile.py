@@ -275,6 +275,11 @@ class TranscodeProfileStatus(ApiModel):
     used_by: int = Field(
         default=0, description="How many LiveStreams reference this profile.", ge=0
     )
+    ladder: str | None = Field(
+        default=None,
+        description="The renditions in order, e.g. 1080p,720p,480p,360p (for kubectl get).",
+        max_length=1024,
+    )
     used_by_streams: list[str] = Field(
         default_factory=list,
         description="Names of the LiveStreams that reference this profile.",

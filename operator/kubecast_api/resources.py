@@ -44,7 +44,7 @@ KINDS: tuple[Kind, ...] = (
         status=TranscodeProfileStatus,
         description="A named adaptive-bitrate ladder that LiveStreams reference.",
         printer_columns=(
-            column("Renditions", ".spec.renditions[*].name"),
+            column("Ladder", ".status.ladder"),
             column("GOP", ".spec.gopSeconds", "integer"),
             column("Segment", ".spec.segmentSeconds", "integer"),
             column("Used-By", ".status.usedBy", "integer"),

@@ -9,6 +9,7 @@ import os
 import sys
 
 import kopf
+from aiohttp import web
 from prometheus_client import start_http_server
 
 from kubecast_operator import handlers  # noqa: F401  (registers the kopf handlers)
@@ -31,7 +32,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--metrics-port", type=int, default=8080, help="port of /metrics (0 disables)"
     )
     parser.add_argument(
-        "--liveness-port", type=int, default=8081, help="port of /healthz (0 disables)"
+        "--liveness-port",
+        type=int,
+        default=8081,
+        help="port of /healthz (0 disables); it answers while standing by too",
     )
     parser.add_argument(
         "--leader-election",
@@ -49,8 +53,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+async def serve_health(port: int, state: dict[str, str]) -> web.AppRunner:
+    """/healthz: the process is alive, leading or standing by.
+
+    NB: kopf's own liveness endpoint only starts with the operator, i.e. after
+    this replica leads; a standby would fail its probe and be restarted.
+    """
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response(state)
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()
+    return runner
+
+
 async def run(args: argparse.Namespace) -> int:
     load_config()
+    state = {"role": "standby" if args.leader_election else "leader"}
+    health = await serve_health(args.liveness_port, state) if args.liveness_port else None
+    try:
+        return await _operate(args, state)
+    finally:
+        if health is not None:
+            await health.cleanup()
+
+
+async def _operate(args: argparse.Namespace, state: dict[str, str]) -> int:
     namespaces = args.namespace or [
         n for n in os.environ.get("KUBECAST_NAMESPACES", "").split(",") if n
     ]
@@ -58,15 +90,13 @@ async def run(args: argparse.Namespace) -> int:
     if args.leader_election:
         elector = LeaderElector(Kube(), namespace=args.lease_namespace)
         await elector.acquire()
+        state["role"] = "leader"
     stop = asyncio.Event()
     operator = asyncio.create_task(
         kopf.operator(
             clusterwide=not namespaces,
             namespaces=namespaces,
             standalone=True,
-            liveness_endpoint=(
-                f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
-            ),
             stop_flag=stop,
         )
     )

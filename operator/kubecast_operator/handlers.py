@@ -48,6 +48,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.INFO
     # Leadership comes from a Lease (see leader.py), not from kopf peering.
     settings.peering.standalone = True
+    # Filter the children's watches on the server: without this, kopf would
+    # stream every Pod, Service and Deployment of the cluster to us.
+    selector = ",".join(f"{k}={v}" for k, v in OWNED.items())
+    for resource in (("apps", "v1", "deployments"), ("v1", "services"), ("v1", "pods")):
+        settings.watching.label_selectors[resource] = selector
     memo.kube = Kube()
     memo.settings = Settings.from_env()
     memo.http = aiohttp.ClientSession()
@@ -152,6 +157,7 @@ async def run_stream(
             metrics.RECONCILES.labels("LiveStream", "error").inc()
             logger.warning("reconcile failed, will retry: %s", error)
             seen = None
+            await _report_failure(kube, snapshot, error)
         if seen is not None:
             memo.stream_phases[key] = (body.get("status") or {}).get("phase") or "Pending"
             metrics.count_phases(memo.stream_phases.values())
@@ -208,6 +214,24 @@ async def _write_stream_status(
             message=f"{refused_now - refused_before} publish attempt(s) refused"
             " (wrong stream key, unknown app, or already live)",
         )
+
+
+async def _report_failure(kube: Kube, body: dict[str, Any], error: Exception) -> None:
+    """Put a reconcile failure (e.g. a permission the operator lacks) into status.
+
+    Best effort: when the API server itself is the problem, this fails too and
+    the operator log is all there is.
+    """
+    seen = streams.Observation(problem=("ReconcileError", f"{type(error).__name__}: {error}"))
+    try:
+        seen.spec = streams.LiveStreamSpec.model_validate(body.get("spec") or {})
+        status = streams.compute_status(body, seen)
+        meta = body["metadata"]
+        await asyncio.to_thread(
+            kube.patch_status, "LiveStream", meta["namespace"], meta["name"], status
+        )
+    except Exception:
+        pass
 
 
 def _same(previous: dict[str, Any], status: dict[str, Any]) -> bool:

@@ -31,8 +31,10 @@ def users(kube: Kube, namespace: str, name: str) -> list[str]:
 def compute_status(body: dict[str, Any], used_by: list[str]) -> dict[str, Any]:
     meta = body["metadata"]
     generation = meta.get("generation")
+    ladder = None
     try:
-        TranscodeProfileSpec.model_validate(body.get("spec") or {})
+        spec = TranscodeProfileSpec.model_validate(body.get("spec") or {})
+        ladder = ",".join(r.name for r in spec.renditions)
         valid = conditions.condition("Valid", True, "Validated", "the ladder can be used")
     except pydantic.ValidationError as error:
         valid = conditions.condition(
@@ -54,6 +56,7 @@ def compute_status(body: dict[str, Any], used_by: list[str]) -> dict[str, Any]:
         "conditions": conditions.merge(previous, found, generation=generation),
         "usedBy": len(used_by),
         "usedByStreams": used_by,
+        **({"ladder": ladder} if ladder else {}),
     }
 
 

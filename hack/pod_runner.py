@@ -52,6 +52,7 @@ class Running:
     log_path: Path
     restart: str
     restarts: int = 0
+    next_start: float = 0.0
 
 
 class PodRunner:
@@ -86,7 +87,14 @@ class PodRunner:
             if run.process.poll() is not None and run.restart in ("Always", "OnFailure"):
                 if run.restart == "OnFailure" and run.process.returncode == 0:
                     continue
+                now = time.monotonic()
+                if not run.next_start:
+                    # Like the kubelet's CrashLoopBackOff: 1 s, 2 s, 4 s ... up to 30 s.
+                    run.next_start = now + min(30.0, 2.0 ** min(run.restarts, 5))
+                if now < run.next_start:
+                    continue
                 run.restarts += 1
+                run.next_start = 0.0
                 log.info(
                     "restarting %s/%s (exit %s)", run.namespace, run.pod, run.process.returncode
                 )
@@ -194,8 +202,14 @@ class PodRunner:
         return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), arg)
 
     def _rewrite(self, text: str, mounts: dict[str, Path], namespace: str) -> str:
-        for mount_path in sorted(mounts, key=len, reverse=True):
-            text = text.replace(mount_path, str(mounts[mount_path]))
+        # One pass, longest mount path first, whole path components only: a
+        # rewritten path (under /tmp/...) must not be rewritten again by a /tmp mount.
+        if mounts:
+            pattern = re.compile(
+                "|".join(re.escape(m) for m in sorted(mounts, key=len, reverse=True))
+                + r"(?=/|\b|$)"
+            )
+            text = pattern.sub(lambda m: str(mounts[m[0]]), text)
         return SVC_HOST.sub(lambda m: self._service_ip(m[1], m[2]) or m[0], text)
 
     def _service_ip(self, service: str, namespace: str) -> str | None:

@@ -1,0 +1,107 @@
+"""Structured logs: one JSON object per line (or ``key=value`` text for people).
+
+Every record carries the stream name. The stream key is a secret: nothing in the
+worker formats it into a message, and as a second line of defence the
+``Redactor`` filter replaces it wherever it would still appear (an exception
+text from a library that echoed a URL, say).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, TypeAlias
+
+#: Attributes every LogRecord has; everything else came in through ``extra=``.
+_STANDARD = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
+)
+
+REDACTED = "<redacted>"
+
+#: What the worker's functions accept as ``log``: a logger, or one with stream=<name>.
+Log: TypeAlias = "logging.Logger | logging.LoggerAdapter[logging.Logger]"
+
+
+class Redactor(logging.Filter):
+    """Blank out a secret (the stream key) in messages and extra fields."""
+
+    def __init__(self, secret: str | None) -> None:
+        super().__init__()
+        self.secret = secret or None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secret is None:
+            return True
+        message = record.getMessage()
+        if self.secret in message:
+            record.msg, record.args = message.replace(self.secret, REDACTED), None
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD and isinstance(value, str) and self.secret in value:
+                setattr(record, key, value.replace(self.secret, REDACTED))
+        if record.exc_info and record.exc_info[1] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            if self.secret in text:
+                record.exc_info = None
+                record.exc_text = text.replace(self.secret, REDACTED)
+        return True
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        entry.update(_fields(record))
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["error"] = record.exc_text
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
+        extras = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        line = f"{line}  {extras}" if extras else line
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        elif record.exc_text:
+            line += "\n" + record.exc_text
+        return line
+
+
+class StreamAdapter(logging.LoggerAdapter):  # type: ignore[type-arg,unused-ignore]
+    """Adds ``stream=<name>`` to every record, merged with the call's own ``extra``."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
+def setup(*, fmt: str = "json", level: str = "info", secret: str | None = None) -> None:
+    """Configure the root logger once for the process (the CLI calls this)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(Redactor(secret))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # aiohttp's access log line per segment request is noise at info level.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def for_stream(name: str, component: str = "worker") -> StreamAdapter:
+    return StreamAdapter(logging.getLogger(f"kubecast.{component}"), {"stream": name})

@@ -1,0 +1,201 @@
+"""``/metrics``: the worker's ``Status`` in Prometheus form, read at scrape time.
+
+A collector reads the same object ``/status`` shows, so the two never disagree
+and the media threads never call into prometheus-client. Every series carries a
+``stream`` label; each worker has its own ``CollectorRegistry`` (tests run
+several workers in one process).
+
+Per-rendition counters start again with each publish (a counter reset, which
+``rate()`` handles); ingest counters live as long as the process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from kubecast_worker.status import Status
+
+STATES = ("idle", "live", "reconnecting")
+REFUSALS = {
+    "refused_wrong_key": "wrong_key",
+    "refused_unknown_app": "unknown_app",
+    "refused_busy": "busy",
+}
+
+
+class StatusCollector(Collector):
+    def __init__(self, status: Status) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.status
+        stream = s.stream
+        with s.lock:
+            state = s.state
+            renditions = list(s.renditions)
+            input_info = s.input
+            live = state == "live"
+
+        g = GaugeMetricFamily(
+            "kubecast_stream_state", "1 for the stream's current state.", labels=["stream", "state"]
+        )
+        for name in STATES:
+            g.add_metric([stream, name], 1.0 if state == name else 0.0)
+        yield g
+        yield _gauge("kubecast_stream_live", "1 while a publisher is live.", stream, live)
+        yield _counter("kubecast_sessions", "Publish sessions started.", stream, s.sessions_total)
+        if s.last_live_time is not None:
+            yield _gauge(
+                "kubecast_last_live_timestamp_seconds",
+                "When the stream was last live (Unix time).",
+                stream,
+                s.last_live_time,
+            )
+
+        counters = s.counters()
+        yield _counter(
+            "kubecast_ingest_accepted",
+            "Publishers accepted by the RTMP front.",
+            stream,
+            counters.get("accepted", 0),
+        )
+        refused = CounterMetricFamily(
+            "kubecast_ingest_refused",
+            "Publish attempts refused, by reason (wrong_key, unknown_app, busy).",
+            labels=["stream", "reason"],
+        )
+        for field, reason in REFUSALS.items():
+            refused.add_metric([stream, reason], counters.get(field, 0))
+        yield refused
+        yield _counter(
+            "kubecast_ingest_protocol_errors",
+            "Connections to the ingest port that were not valid RTMP.",
+            stream,
+            counters.get("protocol_errors", 0),
+        )
+        yield _counter(
+            "kubecast_ingest_received_bytes",
+            "Media bytes demuxed from the input.",
+            stream,
+            s.input_bytes,
+        )
+        bitrate = s.input_meter.kbps() if live else None
+        if bitrate is not None:
+            yield _gauge("kubecast_input_bitrate_kbps", "Input bitrate (kbit/s).", stream, bitrate)
+        if live and input_info.width:
+            info = GaugeMetricFamily(
+                "kubecast_input_info",
+                "The input being received (always 1).",
+                labels=["stream", "video_codec", "audio_codec", "resolution", "fps"],
+            )
+            info.add_metric(
+                [
+                    stream,
+                    input_info.video_codec or "",
+                    input_info.audio_codec or "",
+                    f"{input_info.width}x{input_info.height}",
+                    f"{input_info.fps or 0:g}",
+                ],
+                1.0,
+            )
+            yield info
+
+        yield _counter("kubecast_frames_decoded", "Video frames decoded.", stream, s.frames_decoded)
+        yield _counter(
+            "kubecast_frames_dropped",
+            "Input video frames that a rendition skipped because it fell behind real time.",
+            stream,
+            s.frames_dropped,
+        )
+        yield _counter(
+            "kubecast_frames_late",
+            "Video frames decoded more than 1 s behind real time.",
+            stream,
+            s.frames_late,
+        )
+        yield _counter(
+            "kubecast_decode_errors", "Packets the decoder refused.", stream, s.decode_errors
+        )
+        speed = s.encode_speed() if live else None
+        if speed is not None:
+            yield _gauge(
+                "kubecast_encode_speed_ratio",
+                "Media seconds encoded per wall-clock second (1.0 keeps up with live).",
+                stream,
+                speed,
+            )
+
+        active = GaugeMetricFamily(
+            "kubecast_rendition_active",
+            "1 for a rendition being produced, 0 for one dropped (it would upscale).",
+            labels=["stream", "rendition"],
+        )
+        rate = GaugeMetricFamily(
+            "kubecast_rendition_bitrate_kbps",
+            "Measured output bitrate of a rendition (kbit per second of media).",
+            labels=["stream", "rendition"],
+        )
+        out_bytes = CounterMetricFamily(
+            "kubecast_rendition_output_bytes",
+            "Bytes muxed into a rendition's segments.",
+            labels=["stream", "rendition"],
+        )
+        segments = CounterMetricFamily(
+            "kubecast_rendition_segments",
+            "Segments completed by a rendition.",
+            labels=["stream", "rendition"],
+        )
+        frames = CounterMetricFamily(
+            "kubecast_rendition_frames",
+            "Video frames encoded by a rendition.",
+            labels=["stream", "rendition"],
+        )
+        skipped = CounterMetricFamily(
+            "kubecast_rendition_frames_dropped",
+            "Input video frames a rendition skipped because it fell behind real time.",
+            labels=["stream", "rendition"],
+        )
+        first = GaugeMetricFamily(
+            "kubecast_rendition_first_segment_seconds",
+            "Seconds from the start of the publish to the rendition's first segment.",
+            labels=["stream", "rendition"],
+        )
+        for r in renditions:
+            labels = [stream, r.name]
+            active.add_metric(labels, 1.0 if r.state == "Active" else 0.0)
+            if r.state != "Active":
+                continue
+            kbps = r.meter.kbps() if live else None
+            if kbps is not None:
+                rate.add_metric(labels, kbps)
+            out_bytes.add_metric(labels, r.bytes_out)
+            segments.add_metric(labels, r.segments)
+            frames.add_metric(labels, r.frames_out)
+            skipped.add_metric(labels, r.frames_dropped)
+            if r.first_segment_seconds is not None:
+                first.add_metric(labels, r.first_segment_seconds)
+        yield from (active, rate, out_bytes, segments, frames, skipped, first)
+
+
+def _gauge(name: str, doc: str, stream: str, value: float) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, doc, labels=["stream"])
+    g.add_metric([stream], float(value))
+    return g
+
+
+def _counter(name: str, doc: str, stream: str, value: float) -> CounterMetricFamily:
+    c = CounterMetricFamily(name, doc, labels=["stream"])
+    c.add_metric([stream], float(value))
+    return c
+
+
+def registry_for(status: Status) -> CollectorRegistry:
+    """A registry of this worker's metrics, plus the process's CPU and memory."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(status))
+    ProcessCollector(namespace="kubecast_worker", registry=registry)
+    return registry

@@ -1,0 +1,151 @@
+"""The HTTP origin: playlists and segments for players (and a CDN), plus the
+worker's own endpoints.
+
+    GET /master.m3u8, /<rendition>/index.m3u8     application/vnd.apple.mpegurl, max-age=1
+    GET /<rendition>/<epoch>-00042.ts              video/mp2t, immutable
+    GET /<rendition>/<epoch>-00042.m4s | -init.mp4 video/mp4, immutable
+    GET /status     the worker's Status as JSON
+    GET /metrics    Prometheus text format
+    GET /healthz    200 while the process serves requests
+    GET /readyz     200 once the ingest front listens (or the pull loop runs)
+    GET /, /player  the preview page (kubecast_worker.player)
+
+Segments can be cached forever because the packager never reuses a segment
+name; playlists change every segment, so they are cached for a second.
+
+Only files of the packager's own shape are served: ``master.m3u8`` or
+``<dir>/<file>`` with a media suffix, no dot-files (which also excludes the
+muxer's ``.tmp`` files while they are being written), no ``..``, and the
+resolved path must stay inside the output directory (no symlink escapes).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from kubecast_worker import player
+from kubecast_worker.status import Status
+
+CONTENT_TYPES = {
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".ts": "video/mp2t",
+    ".m4s": "video/mp4",
+    ".mp4": "video/mp4",
+}
+PLAYLIST_CACHE = "public, max-age=1"
+SEGMENT_CACHE = "public, max-age=31536000, immutable"
+NO_CACHE = "no-cache"
+CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
+    "Access-Control-Allow-Headers": "Range, Origin, Accept, Content-Type",
+    "Access-Control-Expose-Headers": "Content-Length, Content-Range, Date, Age",
+    "Access-Control-Max-Age": "86400",
+}
+
+
+def resolve(root: Path, tail: str) -> Path | None:
+    """The file under ``root`` that the request path ``tail`` names, or None."""
+    if not tail or "\\" in tail or "\x00" in tail:
+        return None
+    parts = tail.split("/")
+    if len(parts) > 2 or any(not p or p.startswith(".") for p in parts):
+        return None
+    if Path(parts[-1]).suffix not in CONTENT_TYPES:
+        return None
+    base = root.resolve()
+    try:
+        path = base.joinpath(*parts).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not path.is_relative_to(base) or not path.is_file():
+        return None
+    return path
+
+
+def _not_found() -> web.Response:
+    return web.Response(status=404, text="not found\n", headers={"Cache-Control": NO_CACHE})
+
+
+def make_app(*, root: Path, status: Status, registry: CollectorRegistry) -> web.Application:
+    @web.middleware
+    async def cors(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return web.Response(status=204, headers=CORS)
+        try:
+            response = await handler(request)
+        except web.HTTPException as e:
+            e.headers.update(CORS)
+            raise
+        response.headers.update(CORS)
+        return response
+
+    async def media(request: web.Request) -> web.StreamResponse:
+        path = resolve(root, request.match_info["tail"])
+        if path is None:
+            return _not_found()
+        content_type = CONTENT_TYPES[path.suffix]
+        if path.suffix == ".m3u8":
+            # Read whole: the packager replaces playlists by rename, so this is
+            # always one complete version.
+            try:
+                body = path.read_bytes()
+            except FileNotFoundError:
+                return _not_found()
+            return web.Response(
+                body=body,
+                headers={"Content-Type": content_type, "Cache-Control": PLAYLIST_CACHE},
+            )
+        return web.FileResponse(
+            path, headers={"Content-Type": content_type, "Cache-Control": SEGMENT_CACHE}
+        )
+
+    async def status_json(request: web.Request) -> web.Response:
+        return web.Response(
+            text=json.dumps(status.snapshot(), indent=1),
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
+        )
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n", headers={"Cache-Control": "no-store"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if status.ready:
+            return web.Response(text="ready\n", headers={"Cache-Control": "no-store"})
+        return web.Response(status=503, text="not ready\n", headers={"Cache-Control": "no-store"})
+
+    app = web.Application(middlewares=[cors])
+    app.router.add_get("/status", status_json)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    # The preview page (/, /player): before the catch-all below, which would take /player.
+    player.add_player_routes(app, ingest_url=status.ingest_url if status.mode == "push" else None)
+    app.router.add_get("/{tail:.+}", media)  # also answers HEAD
+    return app
+
+
+async def start(
+    *, host: str, port: int, root: Path, status: Status, registry: CollectorRegistry
+) -> tuple[web.AppRunner, int]:
+    """Serve until ``runner.cleanup()``. Returns the runner and the bound port."""
+    runner = web.AppRunner(make_app(root=root, status=status, registry=registry), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    bound = runner.addresses[0][1] if runner.addresses else port
+    return runner, int(bound)

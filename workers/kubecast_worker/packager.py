@@ -1,0 +1,301 @@
+"""Package: an HLS media playlist per rendition, and the master playlist.
+
+Media playlists and segments are written by FFmpeg's ``hls`` muxer (through
+PyAV), one muxer per rendition, with ``temp_file``: every segment and playlist
+is written to ``<name>.tmp`` and renamed when complete, so a reader never sees
+half a file (the origin refuses ``.tmp`` names). The master playlist is ours,
+written to a temporary file and ``os.replace``d.
+
+Layout of the output directory::
+
+    master.m3u8
+    <rendition>/index.m3u8
+    <rendition>/<epoch>-00000.ts       (or .m4s, with <epoch>-init.mp4)
+
+``epoch`` is new for every session, so a segment name is never reused for
+different bytes and caches may keep segments forever (``immutable``).
+
+Across publishes:
+- the muxers always run with ``omit_endlist``: a publisher that drops and comes
+  back within the reconnect window continues the *same* playlists; FFmpeg's
+  ``append_list`` reopens them and writes ``#EXT-X-DISCONTINUITY`` before the
+  first new segment, and media sequence numbers keep counting;
+- when the window passes (or a file source ends), ``end()`` appends
+  ``#EXT-X-ENDLIST`` to every media playlist;
+- a publish after that starts *new* playlists: the directory is emptied first,
+  and the master playlist is written again once every rendition has a segment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import av.container
+from av.packet import Packet
+
+from kubecast_worker.status import RenditionState
+
+MASTER = "master.m3u8"
+PLAYLIST = "index.m3u8"
+ENDLIST = "#EXT-X-ENDLIST"
+SEGMENT_SUFFIX = {"ts": ".ts", "fmp4": ".m4s"}
+#: Files of ours, the only ones ``reset()`` removes.
+OUR_SUFFIXES = (".m3u8", ".ts", ".m4s", ".mp4", ".tmp")
+#: Container overhead on top of the codec bitrates, for BANDWIDTH.
+OVERHEAD = {"ts": 1.10, "fmp4": 1.03}
+AAC_LC = "mp4a.40.2"
+#: Seconds added to every output timestamp (see HlsWriter): more than any decode delay.
+TIMESTAMP_OFFSET = 10
+
+_MEDIA_SEQUENCE = re.compile(r"^#EXT-X-MEDIA-SEQUENCE:(\d+)", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Packaging:
+    out_dir: Path
+    segment_seconds: int
+    segment_type: str = "ts"
+    window_segments: int = 6
+    #: an EVENT playlist keeps every segment (DVR from the start) instead of a window
+    event: bool = False
+
+
+def new_epoch() -> str:
+    """A short, sortable, unique-per-session prefix for segment names."""
+    ms = int(time.time() * 1000)
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while ms:
+        ms, r = divmod(ms, 36)
+        out = digits[r] + out
+    return out
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never a mix (temp file + rename)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def reset(out_dir: Path) -> None:
+    """Remove the previous session's playlists and segments (ours only)."""
+    (out_dir / MASTER).unlink(missing_ok=True)
+    if not out_dir.is_dir():
+        return
+    for child in out_dir.iterdir():
+        if not child.is_dir() or not (child / PLAYLIST).exists():
+            continue
+        for f in child.iterdir():
+            if f.is_file() and f.name.endswith(OUR_SUFFIXES):
+                f.unlink(missing_ok=True)
+        if not any(child.iterdir()):
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def end_playlist(path: Path) -> bool:
+    """Append ``#EXT-X-ENDLIST`` (once). Returns whether the playlist exists."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return False
+    if ENDLIST not in text:
+        write_atomically(path, text.rstrip("\n") + f"\n{ENDLIST}\n")
+    return True
+
+
+def end(out_dir: Path, names: Iterable[str]) -> list[str]:
+    """End every media playlist; returns the names that had one."""
+    return [name for name in names if end_playlist(out_dir / name / PLAYLIST)]
+
+
+def segment_count(text: str) -> int:
+    """Media sequence number just past the last segment listed (a running count)."""
+    match = _MEDIA_SEQUENCE.search(text)
+    first = int(match.group(1)) if match else 0
+    return first + text.count("#EXTINF:")
+
+
+# -- media playlists -------------------------------------------------------------------
+
+
+class HlsWriter:
+    """One rendition's playlist and segments, via FFmpeg's hls muxer. One thread owns it.
+
+    ``container`` gets its streams from the encoder (ladder.Encoder/Copier)
+    before the first ``write()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        packaging: Packaging,
+        state: RenditionState,
+        epoch: str,
+        append: bool,
+        session_start: float,
+    ) -> None:
+        self.state = state
+        self.session_start = session_start
+        self.directory = packaging.out_dir / state.name
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.playlist = self.directory / PLAYLIST
+        append = append and self.playlist.exists()
+        suffix = SEGMENT_SUFFIX[packaging.segment_type]
+        flags = ["temp_file", "independent_segments", "omit_endlist", "program_date_time"]
+        if not packaging.event:
+            flags.append("delete_segments")
+        if append:
+            flags.append("append_list")
+        options = {
+            "hls_time": str(packaging.segment_seconds),
+            "hls_list_size": "0" if packaging.event else str(packaging.window_segments),
+            "hls_flags": "+".join(flags),
+            "hls_segment_type": "fmp4" if packaging.segment_type == "fmp4" else "mpegts",
+            "hls_segment_filename": str(self.directory / f"{epoch}-%05d{suffix}"),
+            # NB: encoders with B-frames (and AAC priming) start with negative decode
+            # times, and the muxer would shift each rendition by its own amount to
+            # avoid them: a constant offset keeps every rendition, passthrough
+            # included, on exactly the same timestamps.
+            "output_ts_offset": str(TIMESTAMP_OFFSET),
+        }
+        if packaging.segment_type == "fmp4":
+            options["hls_fmp4_init_filename"] = f"{epoch}-init.mp4"
+        if packaging.event:
+            options["hls_playlist_type"] = "event"
+        self._seen = segment_count(self.playlist.read_text()) if append else 0
+        self._mtime = 0
+        self.container: av.container.OutputContainer = av.open(
+            str(self.playlist), mode="w", format="hls", options=options
+        )
+
+    def write(self, packets: Iterable[Packet], *, media_time: float | None = None) -> None:
+        state = self.state
+        written = 0
+        for packet in packets:
+            if packet.size == 0:
+                continue
+            size = packet.size
+            video = packet.stream.type == "video"
+            keyframe = video and packet.is_keyframe
+            self.container.mux(packet)
+            written += size
+            state.frames_out += video
+            if keyframe:
+                # A segment can only have been closed when a keyframe arrived.
+                self._check_playlist()
+        state.bytes_out += written
+        if media_time is not None:
+            state.media_time = media_time
+        if written:
+            state.meter.add(written, state.media_time)
+
+    def _check_playlist(self) -> None:
+        try:
+            stat = self.playlist.stat()
+        except FileNotFoundError:
+            return
+        if stat.st_mtime_ns == self._mtime:
+            return
+        self._mtime = stat.st_mtime_ns
+        try:
+            count = segment_count(self.playlist.read_text())
+        except FileNotFoundError:
+            return
+        new = count - self._seen
+        if new <= 0:
+            return
+        state = self.state
+        if state.segments == 0:
+            state.first_segment_seconds = round(time.time() - self.session_start, 3)
+        state.segments += new
+        self._seen = count
+
+    def close(self) -> None:
+        """Flush the last segment and the playlist (without ENDLIST: see the module doc)."""
+        try:
+            self.container.close()
+        finally:
+            self._mtime = 0
+            self._check_playlist()
+
+
+# -- master playlist -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    uri: str
+    bandwidth: int
+    average_bandwidth: int
+    width: int
+    height: int
+    codecs: str
+    frame_rate: float | None
+
+
+def variant(
+    state: RenditionState,
+    *,
+    segment_type: str,
+    audio_kbps: int | None,
+    video_codecs: str,
+    measured_kbps: int | None = None,
+) -> Variant:
+    """BANDWIDTH is the peak (maxrate + audio + container overhead), AVERAGE-BANDWIDTH
+    the target; a passthrough rendition uses what its first segments measured."""
+    overhead = OVERHEAD[segment_type]
+    audio = audio_kbps or 0
+    if state.passthrough or state.nominal_kbps is None:
+        measured = measured_kbps or 0
+        peak, average = measured * 1.2, float(measured)
+    else:
+        peak = ((state.peak_kbps or state.nominal_kbps) + audio) * overhead
+        average = (state.nominal_kbps + audio) * overhead
+    codecs = video_codecs + (f",{AAC_LC}" if audio_kbps else "")
+    return Variant(
+        uri=f"{state.name}/{PLAYLIST}",
+        bandwidth=max(1, round(peak * 1000)),
+        average_bandwidth=max(1, round(average * 1000)),
+        width=state.width or 0,
+        height=state.height or 0,
+        codecs=codecs,
+        frame_rate=state.fps,
+    )
+
+
+def render_master(variants: Sequence[Variant], *, segment_type: str = "ts") -> str:
+    lines = [
+        "#EXTM3U",
+        f"#EXT-X-VERSION:{7 if segment_type == 'fmp4' else 6}",
+        "#EXT-X-INDEPENDENT-SEGMENTS",
+    ]
+    for v in variants:
+        attributes = [
+            f"BANDWIDTH={v.bandwidth}",
+            f"AVERAGE-BANDWIDTH={v.average_bandwidth}",
+            f"RESOLUTION={v.width}x{v.height}",
+        ]
+        if v.frame_rate:
+            attributes.append(f"FRAME-RATE={v.frame_rate:.3f}")
+        attributes.append(f'CODECS="{v.codecs}"')
+        lines += ["#EXT-X-STREAM-INF:" + ",".join(attributes), v.uri]
+    return "\n".join(lines) + "\n"
+
+
+def write_master(out_dir: Path, variants: Sequence[Variant], *, segment_type: str) -> None:
+    write_atomically(out_dir / MASTER, render_master(variants, segment_type=segment_type))

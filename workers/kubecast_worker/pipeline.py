@@ -1,0 +1,492 @@
+"""One session of media — from an opened input to packaged renditions — in threads.
+
+::
+
+    ingest thread     Source: demux, decode once, rebase the timeline
+                      Fanout: one reference of each frame per rendition
+                        │ a queue per rendition (bounded; see "Falling behind")
+    rendition threads Encoder: fps → scale → libx264 + AAC   (or Copier: passthrough)
+     (one each)       HlsWriter: FFmpeg's hls muxer → segments + media playlist
+                        │
+    ingest thread     the master playlist, once every rendition has a segment
+
+The ingest thread is the caller's (worker.py runs ``run()`` through
+``asyncio.to_thread``). Every PyAV object is owned by one thread: sources,
+fanout graphs and decoders by the ingest thread; encoders, their filter graphs
+and muxers by their rendition's thread. Frames cross over through the queues
+and are never touched by the sender again.
+
+Audio is encoded once per distinct bitrate: the first rendition with a bitrate
+encodes it and hands copies of its AAC packets to the others with the same one
+(the default ladder has two 128 kbit/s renditions: three AAC encoders, not four).
+
+Why a thread per rendition: PyAV drops the GIL in decode, filtering, encode and
+mux calls, and x264's own threads never hold it, so a rendition's thread
+overlaps with the others and with decoding. ``docs/benchmarks.md`` has the
+measurements against a single sequential loop (``threads=False``).
+
+Falling behind: a live session never lets a rendition lag more than
+``LIVE_BACKLOG_SECONDS`` behind the input. When its queue is that deep, that
+rendition skips the frame and its ``fps`` filter repeats the previous one in its
+place: the rendition keeps its frame rate and its keyframes (forced by
+timestamp, see ladder.Encoder), so it stays aligned with the others, which
+lose nothing. The renditions that are cheap to make stay smooth when the
+machine cannot keep up with the expensive one. A one-shot transcode
+(``live=False``) waits instead and never drops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from av.audio.frame import AudioFrame
+from av.packet import Packet
+from av.video.frame import VideoFrame
+
+from kubecast_api import TranscodeProfileSpec
+from kubecast_worker import ingest, ladder, packager
+from kubecast_worker.ingest import Media, Source
+from kubecast_worker.logs import Log
+from kubecast_worker.status import RenditionState, Status
+
+#: How far (in seconds of media) a live rendition may lag before frames are dropped.
+LIVE_BACKLOG_SECONDS = 2.0
+#: A frame decoded this long after real time (live sessions only) counts as late.
+LATE_SECONDS = 1.0
+#: Queue depth of a one-shot transcode: enough to keep every thread busy.
+TRANSCODE_QUEUE = 8
+
+_DONE = object()
+
+
+class PipelineError(Exception):
+    """The session failed; the message says why (it becomes ``/status`` lastError)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile: TranscodeProfileSpec
+    packaging: packager.Packaging
+    #: live: bounded latency (drop when behind); not live: never drop, go as fast as possible
+    live: bool = True
+    #: one thread per rendition (False: everything in the ingest thread, sequentially)
+    threads: bool = True
+    #: libx264 threads per encoder (0: x264 decides from the core count)
+    x264_threads: int = 0
+    #: "frame" (overlapping frames, as the ffmpeg CLI) or "slice" (PyAV's default)
+    x264_thread_type: str = "frame"
+
+
+@dataclass
+class Outcome:
+    reason: Literal["eof", "stopped"]
+    media_seconds: float
+    wall_seconds: float
+    renditions: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Rendition:
+    """One rung: its encoder (or copier) and its HLS writer, in its own thread."""
+
+    def __init__(
+        self,
+        *,
+        rung: ladder.Rung,
+        plan: ladder.Ladder,
+        settings: Settings,
+        state: RenditionState,
+        source: Source,
+        epoch: str,
+        append: bool,
+        started_at: float,
+        stop: threading.Event,
+    ) -> None:
+        self.rung = rung
+        self.state = state
+        self.stop = stop
+        self.error: BaseException | None = None
+        self.writer = packager.HlsWriter(
+            packaging=settings.packaging,
+            state=state,
+            epoch=epoch,
+            append=append,
+            session_start=started_at,
+        )
+        container = self.writer.container
+        self.encoder: ladder.Encoder | None = None
+        self.copier: ladder.Copier | None = None
+        if rung.passthrough:
+            self.copier = ladder.Copier(container=container, video=source.video, audio=source.audio)
+            state.codecs = self.copier.codecs
+        else:
+            self.encoder = ladder.Encoder(
+                rung=rung,
+                ladder=plan,
+                container=container,
+                with_audio=source.audio is not None,
+                x264_threads=settings.x264_threads,
+                x264_thread_type=settings.x264_thread_type,
+            )
+        self.threaded = settings.threads
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=0 if settings.live else TRANSCODE_QUEUE)
+        self.thread: threading.Thread | None = None
+        # Video frames queued and taken; each has one writer thread, so their
+        # difference is an exact backlog (audio is not counted: it is light).
+        self.video_in = 0
+        self.video_out = 0
+        #: renditions with the same audio bitrate, which get copies of our AAC packets
+        self.audio_followers: list[Rendition] = []
+
+    # -- the ingest thread's side
+
+    def start(self) -> None:
+        if self.threaded:
+            self.thread = threading.Thread(
+                target=self._run, name=f"rendition-{self.rung.name}", daemon=True
+            )
+            self.thread.start()
+
+    def submit(self, media: Media) -> None:
+        if not self.threaded:
+            if self.error is None:
+                self._guarded(media)
+            return
+        if media.kind == "video":
+            self.video_in += 1
+        self.queue.put(media)
+
+    def backlog(self) -> int:
+        """Video frames waiting for this rendition's thread."""
+        return self.video_in - self.video_out
+
+    def finish(self) -> None:
+        if self.threaded and self.thread is not None:
+            self.queue.put(_DONE)
+            self.thread.join()
+        else:
+            self._guarded(_DONE)
+
+    # -- the rendition thread's side
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if self.error is None:
+                self._guarded(item)
+            if isinstance(item, Media) and item.kind == "video":
+                self.video_out += 1
+            if item is _DONE:
+                return
+
+    def _guarded(self, item: Any) -> None:
+        try:
+            if item is _DONE:
+                self._close()
+            else:
+                self._handle(item)
+        except BaseException as e:  # reported by the ingest thread, which stops the session
+            self.error = e
+            self.stop.set()
+            if item is _DONE or not self.threaded:
+                self._close_quietly()
+
+    def _handle(self, media: Media) -> None:
+        if media.packet is not None:
+            packet = self._adopt(media.packet)
+            if packet is not None:
+                self.writer.write([packet], media_time=media.time if self.copier else None)
+            return
+        assert self.encoder is not None and media.frame is not None
+        if media.kind == "video":
+            self.writer.write(self.encoder.video(media.frame), media_time=media.time)  # type: ignore[arg-type]
+        else:
+            self.writer.write(self._share(self.encoder.audio(media.frame)))  # type: ignore[arg-type]
+        if self.encoder.codecs and not self.state.codecs:
+            self.state.codecs = self.encoder.codecs
+
+    def _adopt(self, packet: Packet) -> Packet | None:
+        """A packet made elsewhere: the source's (passthrough) or a leader's AAC."""
+        if self.copier is not None:
+            return self.copier.copy(packet)
+        assert self.encoder is not None and self.encoder.audio_stream is not None
+        packet.stream = self.encoder.audio_stream
+        return packet
+
+    def _share(self, packets: list[Packet]) -> list[Packet]:
+        """Send copies of our AAC packets to the renditions with the same audio bitrate.
+
+        NB: copies, made before muxing, because muxing rewrites a packet's timestamps
+        into its stream's time base, and each follower is its own thread.
+        """
+        for follower in self.audio_followers:
+            for packet in packets:
+                follower.submit(Media("audio", packet=_copy(packet)))
+        return packets
+
+    def _close(self) -> None:
+        if self.encoder is not None:
+            packets = self.encoder.flush()
+            audio = [p for p in packets if p.stream.type == "audio"]
+            self._share(audio)
+            self.writer.write(packets)
+            if self.encoder.codecs and not self.state.codecs:
+                self.state.codecs = self.encoder.codecs
+        self.writer.close()
+
+    def _close_quietly(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+
+def _copy(packet: Packet) -> Packet:
+    copy = Packet(bytes(packet))
+    copy.pts, copy.dts, copy.duration = packet.pts, packet.dts, packet.duration
+    copy.time_base = packet.time_base
+    copy.is_keyframe = packet.is_keyframe
+    return copy
+
+
+def _rendition_states(plan: ladder.Ladder, source: Source) -> list[RenditionState]:
+    states = []
+    for rung in plan.rungs:
+        states.append(
+            RenditionState(
+                name=rung.name,
+                width=rung.width,
+                height=rung.height,
+                fps=round(float(rung.fps), 3) if rung.fps else None,
+                passthrough=rung.passthrough,
+                nominal_kbps=rung.video_kbps,
+                peak_kbps=rung.maxrate_kbps,
+                playlist=f"/{rung.name}/{packager.PLAYLIST}",
+            )
+        )
+    for dropped in plan.dropped:
+        states.append(RenditionState(name=dropped.name, state="Dropped", reason=dropped.reason))
+    return states
+
+
+def run(
+    *,
+    source: Source,
+    settings: Settings,
+    status: Status,
+    stop: threading.Event,
+    claim: Callable[[], bool] | None = None,
+    started_at: float | None = None,
+    log: Log | None = None,
+) -> Outcome:
+    """Transcode and package one session until its input ends or ``stop`` is set.
+
+    ``claim()`` is called once the input is open and the ladder planned; it
+    answers whether to append to the previous session's playlists (a publisher
+    back within the reconnect window) rather than start new ones. Without it the
+    output directory starts afresh.
+    Raises ``ingest.SourceError``, ``ladder.LadderError`` or ``PipelineError``.
+    """
+    log = log or logging.getLogger("kubecast.pipeline")
+    started_at = started_at or time.time()
+    packaging = settings.packaging
+    info = source.open()
+    try:
+        plan = ladder.plan(settings.profile, source=info)
+        with status.lock:
+            status.input = info
+        source.copy_video = source.copy_audio = any(r.passthrough for r in plan.rungs)
+        states = _rendition_states(plan, source)
+        continuing = claim() if claim is not None else False
+        status.set_renditions(states)
+        log.info(
+            "input opened",
+            extra={
+                "input": f"{info.video_codec} {info.width}x{info.height} {info.fps}fps"
+                + (f" + {info.audio_codec}" if info.audio_codec else ""),
+                "renditions": [r.name for r in plan.rungs],
+                "dropped": {d.name: d.reason for d in plan.dropped},
+                "continuing": continuing,
+            },
+        )
+        if not continuing:
+            packager.reset(packaging.out_dir)
+        packaging.out_dir.mkdir(parents=True, exist_ok=True)
+        epoch = packager.new_epoch()
+        renditions = [
+            Rendition(
+                rung=rung,
+                plan=plan,
+                settings=settings,
+                state=state,
+                source=source,
+                epoch=epoch,
+                append=continuing,
+                started_at=started_at,
+                stop=stop,
+            )
+            for rung, state in zip(plan.rungs, states, strict=False)
+        ]
+        status.playlists_open = True
+    except BaseException:
+        source.close()
+        raise
+    return _transcode(
+        source=source,
+        plan=plan,
+        renditions=renditions,
+        settings=settings,
+        status=status,
+        stop=stop,
+        started_at=started_at,
+        log=log,
+    )
+
+
+def _transcode(
+    *,
+    source: Source,
+    plan: ladder.Ladder,
+    renditions: list[Rendition],
+    settings: Settings,
+    status: Status,
+    stop: threading.Event,
+    started_at: float,
+    log: Log,
+) -> Outcome:
+    encoded = [r for r in renditions if r.encoder is not None]
+    copied = [r for r in renditions if r.copier is not None]
+    leaders: dict[int, Rendition] = {}  # audio bitrate -> the rendition that encodes it
+    for r in encoded:
+        leader = leaders.setdefault(r.rung.audio_kbps, r)
+        if leader is not r:
+            leader.audio_followers.append(r)
+    # NB: renditions finish in ladder order, so a leader has handed its last AAC
+    # packets to its followers before they are told that the session is over.
+    audio_encoders = list(leaders.values())
+    fanout = ladder.Fanout(
+        video_outputs=len(encoded),
+        audio_outputs=len(audio_encoders),
+        audio_rate=plan.audio_rate,
+        audio_channels=plan.audio_channels,
+    )
+    fps = max((float(r.rung.fps) for r in encoded if r.rung.fps), default=30.0)
+    backlog_limit = max(2, int(LIVE_BACKLOG_SECONDS * fps))
+    master_written = False
+    media_time = 0.0
+    wall0 = time.time()
+    reason: Literal["eof", "stopped"]
+    skipped: dict[Rendition, Media] = {}
+
+    def master() -> bool:
+        if not all(r.state.segments and r.state.codecs for r in renditions):
+            return False
+        _write_master(renditions, plan=plan, settings=settings, has_audio=source.audio is not None)
+        with status.lock:
+            status.master_url = f"/{packager.MASTER}"
+        log.info(
+            "playable",
+            extra={
+                "first_segment_seconds": {
+                    r.rung.name: r.state.first_segment_seconds for r in renditions
+                }
+            },
+        )
+        return True
+
+    def video(frame: VideoFrame, at: float) -> None:
+        """Hand a decoded frame to every encoded rendition (see "Falling behind")."""
+        now = time.time()
+        anchor = source.wall_anchor if settings.live else None
+        if anchor is not None and now - (anchor + at) > LATE_SECONDS:
+            status.frames_late += 1
+        dropped = False
+        for r, ref in zip(encoded, fanout.video(frame), strict=True):
+            item = Media("video", frame=ref, time=at)
+            if anchor is not None and r.backlog() >= backlog_limit:
+                r.state.frames_dropped += 1
+                dropped = True
+                skipped[r] = item  # kept in case it is the last one: see below
+                continue
+            skipped.pop(r, None)
+            r.submit(item)
+        status.frames_dropped += dropped
+        status.sample_speed(wall=now, media=min(r.state.media_time for r in renditions))
+
+    def audio(frame: AudioFrame | None, at: float) -> None:
+        for r, chunks in zip(audio_encoders, fanout.audio(frame), strict=True):
+            for chunk in chunks:
+                r.submit(Media("audio", frame=chunk, time=at))
+
+    for r in renditions:
+        r.start()
+    try:
+        for media in source:
+            if media.packet is not None:
+                for r in copied:
+                    r.submit(media)
+            elif media.kind == "video":
+                assert isinstance(media.frame, VideoFrame)
+                media_time = media.time
+                if encoded:
+                    video(media.frame, media.time)
+                if not master_written:
+                    master_written = master()
+            elif encoded:
+                assert isinstance(media.frame, AudioFrame)
+                audio(media.frame, media.time)
+            if stop.is_set():
+                break
+        reason = "stopped" if stop.is_set() else "eof"
+        # A rendition that skipped the last frames still gets the very last one, so
+        # that its fps filter fills up to the end of the input like the others.
+        for r, item in skipped.items():
+            r.submit(item)
+        if reason == "eof" and encoded and source.audio is not None:
+            audio(None, media_time)  # the last audio samples, in AAC-sized frames
+    finally:
+        for r in renditions:
+            r.finish()
+        source.close()
+    errors = [r for r in renditions if r.error is not None]
+    if errors:
+        first = errors[0]
+        raise PipelineError(
+            f"rendition {first.rung.name} failed: {ingest.describe(first.error)}"  # type: ignore[arg-type]
+        ) from first.error
+    if not master_written:
+        master()
+    wall = time.time() - wall0
+    return Outcome(
+        reason=reason,
+        media_seconds=media_time,
+        wall_seconds=wall,
+        renditions=[r.state.to_json() for r in renditions],
+    )
+
+
+def _write_master(
+    renditions: list[Rendition], *, plan: ladder.Ladder, settings: Settings, has_audio: bool
+) -> None:
+    variants = []
+    for r in renditions:
+        state = r.state
+        measured = None
+        if state.passthrough and state.media_time > 0:
+            measured = round(state.bytes_out * 8 / state.media_time / 1000)
+        variants.append(
+            packager.variant(
+                state,
+                segment_type=settings.packaging.segment_type,
+                audio_kbps=r.rung.audio_kbps if has_audio else None,
+                video_codecs=state.codecs or "avc1.640028",
+                measured_kbps=measured,
+            )
+        )
+    packager.write_master(
+        settings.packaging.out_dir, variants, segment_type=settings.packaging.segment_type
+    )

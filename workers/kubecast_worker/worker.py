@@ -1,0 +1,337 @@
+"""The worker: one stream, from ingest to the HTTP origin.
+
+``Worker.run()`` reads in the order data flows::
+
+    origin      HTTP: playlists, segments, /status, /metrics, /healthz, /readyz
+    ingest      the RTMP front (checks app and stream key) or a pull loop
+    per publish pipeline.run() in a thread: decode once → ladder → packager
+    afterwards  reconnecting for reconnectWindowSeconds, then ENDLIST and idle
+
+asyncio owns the sockets, the HTTP server and the timers; the media work runs
+in one thread per session (plus its rendition threads, see pipeline.py), and
+the two sides meet in ``Status`` and in the publish queue.
+
+Between publishes the playlists stay open (no ENDLIST) for the reconnect
+window. A publisher that returns in time continues them after an
+``#EXT-X-DISCONTINUITY``; after the window they end, the worker is idle, and
+the next publish starts new playlists (see packager.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from kubecast_api import WorkerConfig
+from kubecast_worker import config as config_mod
+from kubecast_worker import ingest, ladder, metrics, origin, packager, pipeline
+from kubecast_worker.logs import for_stream
+from kubecast_worker.status import Status
+
+#: Pull retries wait 1, 2, 4 … seconds, at most this long.
+MAX_BACKOFF = 30.0
+COUNTER_FIELDS = (
+    "accepted",
+    "refused_wrong_key",
+    "refused_unknown_app",
+    "refused_busy",
+    "protocol_errors",
+)
+
+
+def safe_url(url: str) -> str:
+    """A pull URL fit for logs and /status: no credentials, query, or RTMP stream key."""
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    path = parts.path
+    if parts.scheme in ("rtmp", "rtmps") and path.count("/") >= 2:
+        path = path.rsplit("/", 1)[0] + "/***"  # rtmp://host/app/<key>
+    return f"{parts.scheme}://{host}{path}"
+
+
+class Worker:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        *,
+        stream_key: str | None = None,
+        threads: bool = True,
+        x264_threads: int = 0,
+        x264_thread_type: str = "frame",
+        event: bool = False,
+    ) -> None:
+        self.config = config
+        self.stream_key = stream_key
+        self.log = for_stream(config.stream)
+        self.out_dir = Path(config.output_dir)
+        self.listen = config_mod.listen_address(config)
+        pull = config.ingest.pull
+        self.status = Status(
+            stream=config.stream,
+            mode="push" if self.listen else "pull",
+            ingest_url=self.listen.url if self.listen else safe_url(pull.url if pull else ""),
+        )
+        self.registry = metrics.registry_for(self.status)
+        self.settings = pipeline.Settings(
+            profile=config.profile,
+            packaging=packager.Packaging(
+                out_dir=self.out_dir,
+                segment_seconds=config.profile.segment_seconds,
+                segment_type=config.outputs.hls.segment_type.value,
+                window_segments=config.outputs.hls.window_segments,
+                event=event,
+            ),
+            live=True,
+            threads=threads,
+            x264_threads=x264_threads,
+            x264_thread_type=x264_thread_type,
+        )
+        self.http_port: int | None = None
+        self.rtmp_port: int | None = None
+        self._publishes: asyncio.Queue[Any] = asyncio.Queue()
+        self._session_stop: threading.Event | None = None
+        self._session_close: Callable[[], None] | None = None
+        self._end_timer: asyncio.TimerHandle | None = None
+        self._stopping = asyncio.Event()
+
+    # -- the data flow -------------------------------------------------------------
+
+    async def run(self, *, started: asyncio.Event | None = None) -> None:
+        """Serve until ``stop()``; ``started`` is set once both ports listen."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        host, port = config_mod.parse_host_port(self.config.http, what="http")
+        runner, self.http_port = await origin.start(
+            host=host, port=port, root=self.out_dir, status=self.status, registry=self.registry
+        )
+        self.log.info("origin listening", extra={"http": f"{host}:{self.http_port}"})
+        try:
+            if self.listen is not None:
+                await self._serve_push(started)
+            else:
+                await self._serve_pull(started)
+        finally:
+            self.status.ready = False
+            self._end_playlists()
+            await runner.cleanup()
+            self.log.info("stopped")
+
+    async def _serve_push(self, started: asyncio.Event | None) -> None:
+        from kubecast_worker import rtmp  # the RTMP front checks app and key
+
+        assert self.listen is not None and self.stream_key
+        server = rtmp.RtmpIngestServer(
+            host=self.listen.host,
+            port=self.listen.port,
+            app=self.listen.app,
+            stream_key=self.stream_key,
+            on_publish=self._publishes.put_nowait,
+            logger=logging.getLogger("kubecast.rtmp"),
+        )
+        await server.start()
+        self.rtmp_port = server.port
+        self.status.ingest_url = f"rtmp://{self.listen.host}:{server.port}/{self.listen.app}"
+        self.status.ingest_counters = lambda: _counters(server.counters)
+        self.status.ready = True
+        self.log.info("ingest listening", extra={"ingest": self.status.ingest_url})
+        if started:
+            started.set()
+        try:
+            while not self._stopping.is_set():
+                session = await self._next(self._publishes.get())
+                if session is None:
+                    break
+                self._session_close = session.close
+                try:
+                    await self._session(
+                        opener=ingest.open_push(session.flv),
+                        publisher=session.peer,
+                        realtime=False,
+                    )
+                finally:
+                    self._session_close = None
+                    session.close()
+                self._between_sessions()
+        finally:
+            await server.stop()
+
+    async def _serve_pull(self, started: asyncio.Event | None) -> None:
+        pull = self.config.ingest.pull
+        assert pull is not None
+        is_file = urlsplit(pull.url).scheme == "file"
+        self.status.ready = True
+        self.log.info("pulling", extra={"source": safe_url(pull.url), "loop": pull.loop})
+        if started:
+            started.set()
+        backoff = 1.0
+        while not self._stopping.is_set():
+            outcome = await self._session(
+                opener=ingest.open_pull(pull.url),
+                publisher=safe_url(pull.url),
+                realtime=ingest.paced_by_default(pull.url),
+                loop=pull.loop,
+            )
+            if outcome is not None and outcome.reason == "eof" and is_file and not pull.loop:
+                self.log.info("the input file ended", extra={"seconds": outcome.media_seconds})
+                self._end_playlists()
+                await self._stopping.wait()  # a finished file stays finished
+                return
+            if outcome is not None and outcome.media_seconds > 0:
+                backoff = 1.0
+            self._between_sessions()
+            if self._stopping.is_set():
+                return
+            self.log.info("pull source dropped; retrying", extra={"in_seconds": backoff})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), backoff)
+            backoff = min(MAX_BACKOFF, backoff * 2)
+
+    async def _session(
+        self,
+        *,
+        opener: ingest.Opener,
+        publisher: str,
+        realtime: bool,
+        loop: bool = False,
+    ) -> pipeline.Outcome | None:
+        """One publish, ingest to playlists. Errors end up in /status, not raised."""
+        started_at = time.time()
+        stop = self._session_stop = threading.Event()
+        self.status.begin_session(publisher=publisher)
+        self.log.info("publish started", extra={"publisher": publisher})
+        loop_ = asyncio.get_running_loop()
+
+        def claim() -> bool:
+            """From the session thread, once the input is open: go live (on the loop)."""
+            answer: concurrent.futures.Future[bool] = concurrent.futures.Future()
+
+            def go_live() -> None:
+                # NB: on the loop, so it cannot interleave with the reconnect timer:
+                # either the playlists are still open and continue, or they ended.
+                self._cancel_end_timer()
+                self.status.set_state("live")
+                self.status.set_error(None)
+                answer.set_result(self.status.playlists_open)
+
+            loop_.call_soon_threadsafe(go_live)
+            return answer.result(timeout=30)
+
+        source = ingest.Source(
+            opener=opener,
+            status=self.status,
+            stop=stop,
+            loop=loop,
+            realtime=realtime,
+            log=self.log,
+        )
+        outcome = None
+        try:
+            outcome = await asyncio.to_thread(
+                pipeline.run,
+                source=source,
+                settings=self.settings,
+                status=self.status,
+                stop=stop,
+                claim=claim,
+                started_at=started_at,
+                log=self.log,
+            )
+            self.status.set_error(None)
+            self.log.info(
+                "publish ended",
+                extra={
+                    "publisher": publisher,
+                    "media_seconds": round(outcome.media_seconds, 3),
+                    "wall_seconds": round(outcome.wall_seconds, 3),
+                },
+            )
+        except (ingest.SourceError, ladder.LadderError, pipeline.PipelineError) as e:
+            self.status.set_error(str(e))
+            self.log.warning("publish failed", extra={"publisher": publisher, "error": str(e)})
+        except Exception as e:  # a bug: keep serving, say what happened
+            self.status.set_error(f"internal error: {ingest.describe(e)}")
+            self.log.exception("publish crashed", extra={"publisher": publisher})
+        finally:
+            self._session_stop = None
+            self.status.end_session()
+        return outcome
+
+    def _between_sessions(self) -> None:
+        """Keep the playlists open for the reconnect window, then end them.
+
+        The window runs from when the publisher left: failed reconnect attempts (a
+        pull source that is still down) do not restart it.
+        """
+        if not self.status.playlists_open:
+            self.status.set_state("idle")
+            return
+        window = self.config.reconnect_window_seconds
+        if window <= 0:
+            self._end_playlists()
+            return
+        self.status.set_state("reconnecting")
+        if self._end_timer is None:
+            self._end_timer = asyncio.get_running_loop().call_later(window, self._end_playlists)
+
+    def _end_playlists(self) -> None:
+        self._cancel_end_timer()
+        if self.status.playlists_open:
+            names = [r.name for r in self.config.profile.renditions]
+            ended = packager.end(self.out_dir, names)
+            self.status.playlists_open = False
+            self.log.info("playlists ended", extra={"renditions": ended})
+        self.status.set_state("idle")
+
+    def _cancel_end_timer(self) -> None:
+        if self._end_timer is not None:
+            self._end_timer.cancel()
+            self._end_timer = None
+
+    # -- stopping ------------------------------------------------------------------
+
+    async def _next(self, waiter: Any) -> Any:
+        """Await ``waiter`` unless the worker is told to stop first (then None)."""
+        task = asyncio.ensure_future(waiter)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        done, _ = await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            stopping.cancel()
+            return task.result()
+        task.cancel()
+        return None
+
+    def stop(self) -> None:
+        """Finish the current publish (its last segment is kept), end playlists, exit."""
+        if not self._stopping.is_set():
+            self.log.info("stopping")
+        self._stopping.set()
+        if self._session_stop is not None:
+            self._session_stop.set()
+        if self._session_close is not None:
+            self._session_close()
+
+
+def _counters(counters: Any) -> dict[str, int]:
+    return {name: int(getattr(counters, name, 0)) for name in COUNTER_FIELDS}
+
+
+async def serve(config: WorkerConfig, *, stream_key: str | None, **options: Any) -> None:
+    """Run a worker until SIGINT/SIGTERM (the CLI's ``run``)."""
+    import signal
+
+    worker = Worker(config, stream_key=stream_key, **options)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, worker.stop)
+    await worker.run()

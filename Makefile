@@ -64,5 +64,8 @@ cluster-up:  ## start a local control plane (etcd, kube-apiserver, controllers, 
 cluster-down:  ## stop the local control plane
 	hack/cluster-down.sh
 
+bench: $(PY)  ## the worker's ladder against the ffmpeg CLI on the same input (docs/benchmarks.md)
+	$(PY) bench/ladder.py --runs 3
+
 clean:  ## remove build and test leftovers (not the binary cache)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info test-artifacts

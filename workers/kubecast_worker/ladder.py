@@ -13,7 +13,7 @@
   of ``gopSeconds * fps``, no scene-cut keyframes and a forced IDR on every GOP
   boundary of the session timeline, so all renditions have keyframes on the
   same timestamps and players switch cleanly at segment boundaries. Audio is
-  AAC per rendition bitrate.
+  AAC at the rendition's bitrate (encoded once per distinct bitrate: pipeline.py).
 - ``Copier`` is the passthrough rendition: the source packets, remuxed.
 """
 
@@ -76,10 +76,6 @@ class Ladder:
     segment_seconds: int
     audio_rate: int
     audio_channels: int
-
-    @property
-    def encoded(self) -> tuple[Rung, ...]:
-        return tuple(r for r in self.rungs if not r.passthrough)
 
 
 def plan(profile: TranscodeProfileSpec, *, source: InputState) -> Ladder:

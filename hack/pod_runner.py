@@ -100,6 +100,7 @@ class PodRunner:
                 )
                 run.process = self._spawn(run.argv, run.env, run.log_path)
         self.expose_load_balancers(alive.values())
+        self.provision_claims()
 
     # -- a pod -------------------------------------------------------------------
 
@@ -221,6 +222,44 @@ class PodRunner:
         pods = self.core.list_namespaced_pod(namespace, label_selector=selector).items
         ips = [p.status.pod_ip for p in pods if p.status.phase == "Running" and p.status.pod_ip]
         return ips[0] if ips else None
+
+    # -- storage ---------------------------------------------------------------------
+
+    def provision_claims(self) -> None:
+        """Bind each pending claim to a hostPath volume, as a local-path provisioner would.
+
+        Without a provisioner a claim stays Pending and the scheduler never
+        places the pod that mounts it. The directory is the one ``_materialize``
+        gives the pod, so what the pod writes is where the test looks.
+        """
+        claims = self.core.list_persistent_volume_claim_for_all_namespaces(
+            label_selector=self.selector
+        ).items
+        for claim in claims:
+            if claim.status.phase != "Pending" or claim.spec.volume_name:
+                continue
+            ns, name = claim.metadata.namespace, claim.metadata.name
+            path = self.workdir / "claims" / ns / name
+            path.mkdir(parents=True, exist_ok=True)
+            volume = {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"local-{claim.metadata.uid}"},
+                "spec": {
+                    "capacity": {"storage": claim.spec.resources.requests["storage"]},
+                    "accessModes": claim.spec.access_modes,
+                    "persistentVolumeReclaimPolicy": "Delete",
+                    "storageClassName": claim.spec.storage_class_name or "",
+                    "hostPath": {"path": str(path)},
+                    "claimRef": {"namespace": ns, "name": name, "uid": claim.metadata.uid},
+                },
+            }
+            try:
+                self.core.create_persistent_volume(volume)
+                log.info("provisioned %s/%s at %s", ns, name, path)
+            except client.ApiException as error:
+                if error.status != 409:
+                    raise
 
     # -- load balancers --------------------------------------------------------------
 

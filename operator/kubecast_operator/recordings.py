@@ -190,6 +190,17 @@ async def finalize(memo: kopf.Memo, body: dict[str, Any], logger: kopf.Logger) -
             if recorder is not None:
                 status = compute_status(body, recorder=recorder, problem=None, pod_phase=None)
                 await asyncio.to_thread(kube.patch_status, "Recording", namespace, name, status)
+                # The Event outlives the Recording: it is how a user learns what was kept.
+                files = ", ".join(
+                    f"{f['name']} ({f['sizeBytes']} bytes, {f.get('durationSeconds') or 0:.1f} s)"
+                    for f in status.get("files") or []
+                )
+                kopf.event(
+                    cast(kopf.Body, body),
+                    type="Normal",
+                    reason="Finalized",
+                    message=f"recording {status.get('phase')}: {files or 'no files'}",
+                )
         await asyncio.to_thread(kube.remove_finalizer, "Recording", namespace, name, FINALIZER)
         logger.info("recording finalized before deletion")
     finally:

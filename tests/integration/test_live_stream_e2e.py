@@ -238,3 +238,146 @@ def _try(fn: Any, *args: Any) -> Any:
         return fn(*args)
     except OSError:
         return None
+
+
+def test_recording_a_live_stream_is_finalized_before_it_is_deleted(
+    control_plane: ControlPlane,
+    namespace: str,
+    running: tuple[harness.Process, harness.Process],
+    tmp_path: Path,
+) -> None:
+    op, runner = running
+
+    def logs() -> str:
+        pods = "\n".join(
+            p.read_text(errors="replace")[-2000:]
+            for p in (tmp_path / "pods").rglob("container.log")
+        )
+        return op.output()[-3000:] + "\n--- runner\n" + runner.output()[-2000:] + "\n" + pods
+
+    recording = {
+        "apiVersion": "kubecast.dev/v1alpha1",
+        "kind": "Recording",
+        "metadata": {"name": "show"},
+        "spec": {
+            "streamRef": {"name": "e2e"},
+            "formats": ["hls", "mp4"],
+            "rendition": "180p",
+            "storage": {"size": "1Gi"},
+        },
+    }
+    control_plane.kubectl(
+        "-n", namespace, "apply", "-f", "-", input=yaml.safe_dump_all([PROFILE, STREAM, recording])
+    )
+    ready = harness.eventually(
+        "the stream Idle",
+        lambda: (s := status(control_plane, namespace)).get("phase") == "Idle" and s,
+        timeout=90,
+        logs=logs,
+    )
+    secret = json.loads(
+        control_plane.kubectl(
+            "-n", namespace, "get", "secret", ready["streamKeySecret"], "-o", "json"
+        ).stdout
+    )
+    key = base64.b64decode(secret["data"]["streamKey"]).decode()
+    publisher = subprocess.Popen(
+        [
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=640x360:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=44100",
+            "-t",
+            "60",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+            "-c:a",
+            "aac",
+            "-b:a",
+            "96k",
+            "-f",
+            "flv",
+            f"{ready['ingestUrl']}/{key}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def recording_status() -> dict[str, Any]:
+        doc = harness.get_json(control_plane.kubectl, "-n", namespace, "recording", "show")
+        result: dict[str, Any] = (doc or {}).get("status") or {}
+        return result
+
+    try:
+        harness.eventually(
+            "the Recording to record a few seconds",
+            lambda: (
+                (s := recording_status()).get("phase") == "Recording"
+                and (s.get("durationSeconds") or 0) >= 3
+            ),
+            timeout=90,
+            logs=logs,
+        )
+        claim = harness.get_json(control_plane.kubectl, "-n", namespace, "pvc", "show-data")
+        assert claim is not None and claim["metadata"]["ownerReferences"][0]["name"] == "show"
+        # Deleting a running Recording first asks the recorder to finish the MP4.
+        control_plane.kubectl("-n", namespace, "delete", "recording", "show", "--wait=false")
+        # (Completed is written, then the finalizer goes: too quick to poll for, so
+        # the Event the operator posts, which outlives the Recording, tells.)
+        harness.eventually(
+            "the Recording to be deleted once finalized",
+            lambda: (
+                harness.get_json(control_plane.kubectl, "-n", namespace, "recording", "show")
+                is None
+            ),
+            timeout=60,
+            logs=logs,
+        )
+        events = json.loads(
+            control_plane.kubectl(
+                "-n",
+                namespace,
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=show,reason=Finalized",
+                "-o",
+                "json",
+            ).stdout
+        )["items"]
+        assert events and "recording Completed: " in events[0]["message"], events
+        assert "recording.mp4" in events[0]["message"]
+        files = list((tmp_path / "pods" / "claims" / namespace / "show-data").rglob("*.mp4"))
+        assert files, "the MP4 is on the claim"
+        probe = subprocess.run(
+            [
+                "ffprobe",
+                "-v",
+                "error",
+                "-show_entries",
+                "format=duration",
+                "-of",
+                "json",
+                str(files[0]),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert float(json.loads(probe.stdout)["format"]["duration"]) >= 3
+    finally:
+        publisher.kill()
+        publisher.wait()

@@ -248,7 +248,9 @@ class PodRunner:
                 "spec": {
                     "capacity": {"storage": claim.spec.resources.requests["storage"]},
                     "accessModes": claim.spec.access_modes,
-                    "persistentVolumeReclaimPolicy": "Delete",
+                    # Retain: the controller-manager's hostPath deleter would wipe the
+                    # directory with the claim, and tests read the files afterwards.
+                    "persistentVolumeReclaimPolicy": "Retain",
                     "storageClassName": claim.spec.storage_class_name or "",
                     "hostPath": {"path": str(path)},
                     "claimRef": {"namespace": ns, "name": name, "uid": claim.metadata.uid},

@@ -15,6 +15,7 @@ import asyncio
 import copy
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import aiohttp
@@ -271,16 +272,12 @@ async def run_profile(
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
-    key = ("TranscodeProfile", meta["namespace"], meta["name"])
-    while not stopped:
-        snapshot = copy.deepcopy(dict(body))
-        try:
-            await asyncio.to_thread(profiles.reconcile, memo.kube, snapshot)
-            metrics.RECONCILES.labels("TranscodeProfile", "ok").inc()
-        except Exception as error:
-            metrics.RECONCILES.labels("TranscodeProfile", "error").inc()
-            logger.warning("reconcile failed, will retry: %s", error)
-        await _sleep(memo, key, stopped, memo.settings.resync_seconds)
+    async def step() -> None:
+        await asyncio.to_thread(profiles.reconcile, memo.kube, copy.deepcopy(dict(body)))
+
+    await _reconcile_loop(
+        "TranscodeProfile", meta, stopped, memo, logger, step, every=memo.settings.resync_seconds
+    )
 
 
 # --- Recording -------------------------------------------------------------------
@@ -309,12 +306,34 @@ async def run_recording(
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
-    key = ("Recording", meta["namespace"], meta["name"])
+    async def step() -> None:
+        await recordings.step(memo, copy.deepcopy(dict(body)), logger)
+
+    await _reconcile_loop(
+        "Recording", meta, stopped, memo, logger, step, every=memo.settings.poll_seconds
+    )
+
+
+async def _reconcile_loop(
+    kind: str,
+    meta: kopf.Meta,
+    stopped: kopf.DaemonStopped,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    step: Callable[[], Awaitable[None]],
+    *,
+    every: float,
+) -> None:
+    """Run ``step`` until stopped: when woken by an event, or every ``every`` seconds.
+
+    A failed pass is counted and logged, and the next pass retries it.
+    """
+    key = (kind, meta["namespace"], meta["name"])
     while not stopped:
         try:
-            await recordings.step(memo, copy.deepcopy(dict(body)), logger)
-            metrics.RECONCILES.labels("Recording", "ok").inc()
+            await step()
+            metrics.RECONCILES.labels(kind, "ok").inc()
         except Exception as error:
-            metrics.RECONCILES.labels("Recording", "error").inc()
+            metrics.RECONCILES.labels(kind, "error").inc()
             logger.warning("reconcile failed, will retry: %s", error)
-        await _sleep(memo, key, stopped, memo.settings.poll_seconds)
+        await _sleep(memo, key, stopped, every)

@@ -88,6 +88,33 @@ def status(cp: ControlPlane, namespace: str) -> dict[str, Any]:
     return result
 
 
+def pod_logs(tmp_path: Path, op: harness.Process, runner: harness.Process) -> str:
+    """The tails of the operator's, the runner's and every pod's log, for failures."""
+    pods = "\n".join(
+        p.read_text(errors="replace")[-3000:] for p in (tmp_path / "pods").rglob("container.log")
+    )
+    return op.output()[-3000:] + "\n--- runner\n" + runner.output()[-2000:] + "\n" + pods
+
+
+def stream_key(cp: ControlPlane, namespace: str, secret_name: str) -> str:
+    secret = json.loads(
+        cp.kubectl("-n", namespace, "get", "secret", secret_name, "-o", "json").stdout
+    )
+    return base64.b64decode(secret["data"]["streamKey"]).decode()
+
+
+def publish(url: str, *, seconds: int) -> subprocess.Popen[bytes]:
+    """The ffmpeg CLI publishing a 640x360 test pattern and a tone at real time."""
+    return subprocess.Popen(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re",
+         "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100",
+         "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-g", "25",
+         "-c:a", "aac", "-b:a", "96k", "-f", "flv", url],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def fetch(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         text: str = response.read().decode()
@@ -103,11 +130,7 @@ def test_published_stream_goes_live_and_plays(
     op, runner = running
 
     def logs() -> str:
-        pods = "\n".join(
-            p.read_text(errors="replace")[-3000:]
-            for p in (tmp_path / "pods").rglob("container.log")
-        )
-        return op.output()[-3000:] + "\n--- runner\n" + runner.output()[-2000:] + "\n" + pods
+        return pod_logs(tmp_path, op, runner)
 
     control_plane.kubectl(
         "-n", namespace, "apply", "-f", "-", input=yaml.safe_dump_all([PROFILE, STREAM])
@@ -122,47 +145,9 @@ def test_published_stream_goes_live_and_plays(
         timeout=90,
         logs=logs,
     )
-    secret = json.loads(
-        control_plane.kubectl(
-            "-n", namespace, "get", "secret", ready["streamKeySecret"], "-o", "json"
-        ).stdout
-    )
-    key = base64.b64decode(secret["data"]["streamKey"]).decode()
+    key = stream_key(control_plane, namespace, ready["streamKeySecret"])
 
-    publisher = subprocess.Popen(
-        [
-            "ffmpeg",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x360:rate=25",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=44100",
-            "-t",
-            "40",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-g",
-            "25",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "96k",
-            "-f",
-            "flv",
-            f"{ready['ingestUrl']}/{key}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    publisher = publish(f"{ready['ingestUrl']}/{key}", seconds=40)
     started = time.monotonic()
     try:
         live = harness.eventually(
@@ -249,11 +234,7 @@ def test_recording_a_live_stream_is_finalized_before_it_is_deleted(
     op, runner = running
 
     def logs() -> str:
-        pods = "\n".join(
-            p.read_text(errors="replace")[-2000:]
-            for p in (tmp_path / "pods").rglob("container.log")
-        )
-        return op.output()[-3000:] + "\n--- runner\n" + runner.output()[-2000:] + "\n" + pods
+        return pod_logs(tmp_path, op, runner)
 
     recording = {
         "apiVersion": "kubecast.dev/v1alpha1",
@@ -275,46 +256,8 @@ def test_recording_a_live_stream_is_finalized_before_it_is_deleted(
         timeout=90,
         logs=logs,
     )
-    secret = json.loads(
-        control_plane.kubectl(
-            "-n", namespace, "get", "secret", ready["streamKeySecret"], "-o", "json"
-        ).stdout
-    )
-    key = base64.b64decode(secret["data"]["streamKey"]).decode()
-    publisher = subprocess.Popen(
-        [
-            "ffmpeg",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-re",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=640x360:rate=25",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=frequency=440:sample_rate=44100",
-            "-t",
-            "60",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-g",
-            "25",
-            "-c:a",
-            "aac",
-            "-b:a",
-            "96k",
-            "-f",
-            "flv",
-            f"{ready['ingestUrl']}/{key}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    key = stream_key(control_plane, namespace, ready["streamKeySecret"])
+    publisher = publish(f"{ready['ingestUrl']}/{key}", seconds=60)
 
     def recording_status() -> dict[str, Any]:
         doc = harness.get_json(control_plane.kubectl, "-n", namespace, "recording", "show")

@@ -91,6 +91,11 @@ class SegmentType(StrEnum):
     FMP4 = "fmp4"
 
 
+class PlaylistType(StrEnum):
+    LIVE = "live"
+    EVENT = "event"
+
+
 class HlsOutput(ApiModel):
     segment_type: SegmentType = Field(
         default=SegmentType.TS,
@@ -99,14 +104,24 @@ class HlsOutput(ApiModel):
     window_segments: int = Field(
         default=6,
         description="Segments kept in the live playlist (the DVR window is this times"
-        " segmentSeconds).",
+        " segmentSeconds). Ignored by an event playlist, which keeps every segment.",
         ge=3,
         le=1000,
+    )
+    playlist_type: PlaylistType = Field(
+        default=PlaylistType.LIVE,
+        description="live: a sliding window of windowSegments. event: every segment of the"
+        " publish stays listed (#EXT-X-PLAYLIST-TYPE:EVENT), so viewers can seek back to the"
+        " start; each new publish starts a new playlist.",
     )
 
 
 class DashOutput(ApiModel):
-    enabled: bool = Field(default=False, description="Also publish a DASH manifest.")
+    enabled: bool = Field(
+        default=False,
+        description="Also publish a DASH manifest. Not produced by this version yet: the"
+        " OutputsReady condition says so while it is asked for.",
+    )
 
 
 class Outputs(ApiModel):
@@ -213,7 +228,8 @@ class LiveStreamSpec(ApiModel):
     )
     restream: list[RestreamTarget] = Field(
         default_factory=list,
-        description="Other RTMP destinations that receive a copy of the stream.",
+        description="Other RTMP destinations that receive a copy of the stream. Not sent by"
+        " this version yet: the OutputsReady condition says so while targets are listed.",
         max_length=8,
     )
     resources: WorkerResources = Field(
@@ -301,7 +317,9 @@ class LiveStreamStatus(ApiModel):
         default=None, description="Name of the Secret holding the stream key (never the key)."
     )
     playback_url: str | None = Field(default=None, description="HLS master playlist URL.")
-    dash_url: str | None = Field(default=None, description="DASH manifest URL, when enabled.")
+    dash_url: str | None = Field(
+        default=None, description="DASH manifest URL, once DASH is produced."
+    )
     input: InputStatus | None = Field(default=None, description="What the worker receives.")
     renditions: list[RenditionStatus] = Field(
         default_factory=list, description="Per-rendition output state and bitrate."

@@ -27,6 +27,11 @@ class WorkerIngest(ApiModel):
     stream_key_file: str | None = Field(
         default=None, description="File holding the stream key (a mounted Secret)."
     )
+    stream_key_secret: str | None = Field(
+        default=None,
+        description="Name of the Secret holding the key, for the preview page's hint; the"
+        " key itself never appears in the config.",
+    )
     pull: PullIngest | None = Field(default=None, description="Source to pull instead.")
 
     @model_validator(mode="after")

@@ -154,6 +154,7 @@ def worker_config(
             listen=f"0.0.0.0:{WORKER_RTMP_PORT}",
             app=spec.ingest.push.app,
             stream_key_file=f"{KEY_DIR}/{key_ref[1]}" if key_ref else None,
+            stream_key_secret=key_ref[0] if key_ref else None,
         )
     else:
         ingest = WorkerIngest(pull=spec.ingest.pull)

@@ -217,6 +217,29 @@ def _worker_figures(worker: dict[str, Any], playback_base: str | None) -> dict[s
     return out
 
 
+def outputs_condition(spec: LiveStreamSpec | None) -> dict[str, Any]:
+    """OutputsReady: whether the worker produces every output the spec asks for.
+
+    DASH and restream targets are part of the API but this worker version does
+    not produce them yet. Saying so here (and leaving dashUrl unset) is what a
+    user can act on; a URL that answers 404 is not.
+    """
+    missing = []
+    if spec is not None and spec.outputs.dash.enabled:
+        missing.append("DASH (spec.outputs.dash)")
+    if spec is not None and spec.restream:
+        names = ", ".join(t.name for t in spec.restream)
+        missing.append(f"restream to {names} (spec.restream)")
+    if missing:
+        return conditions.condition(
+            "OutputsReady",
+            False,
+            "OutputNotImplemented",
+            "this kubecast version does not produce " + "; ".join(missing) + "; HLS is served",
+        )
+    return conditions.condition("OutputsReady", True, "HlsServed", "every requested output")
+
+
 WORKER_PHASES = {"live": "Live", "reconnecting": "Reconnecting", "idle": "Idle", "error": "Error"}
 
 
@@ -242,8 +265,6 @@ def compute_status(
         status["streamKeySecret"] = key_ref[0] if key_ref else None
     if playback_base:
         status["playbackUrl"] = f"{playback_base}/master.m3u8"
-        if seen.spec and seen.spec.outputs.dash.enabled:
-            status["dashUrl"] = f"{playback_base}/manifest.mpd"
 
     ready_deployment = bool((seen.deployment or {}).get("status", {}).get("availableReplicas"))
     worker_state = (seen.worker or {}).get("state")
@@ -284,7 +305,10 @@ def compute_status(
         "LadderRunning" if live else "NotLive",
     )
     status["conditions"] = conditions.merge(
-        previous.get("conditions"), [ready, ingest, transcoding], generation=generation, at=at
+        previous.get("conditions"),
+        [ready, ingest, transcoding, outputs_condition(seen.spec)],
+        generation=generation,
+        at=at,
     )
     if seen.worker is not None:
         status.update(_worker_figures(seen.worker, playback_base))

@@ -151,3 +151,30 @@ def test_worker_runs_from_the_config_file_the_operator_renders(
     playlist = http_get(worker.url("/360p/index.m3u8")).text
     assert playlist.count("#EXTINF") <= 3  # windowSegments
     assert playlist.rstrip().endswith("#EXT-X-ENDLIST")
+
+
+def test_event_playlist_from_the_config_keeps_every_segment_from_the_start(
+    start_worker: StartWorker, tmp_path: Path
+) -> None:
+    """outputs.hls.playlistType: event — DVR from the first segment, not a window."""
+    source = make_media(tmp_path / "ten.mp4", seconds=10)
+    worker = start_worker(
+        config={
+            "stream": "dvr",
+            "ingest": {"pull": {"url": source.as_uri()}},
+            "profile": SMALL_PROFILE,  # 2 s segments
+            "outputs": {"hls": {"playlistType": "event", "windowSegments": 3}},
+            "reconnectWindowSeconds": 0,
+            "http": "127.0.0.1:0",
+        }
+    )
+    worker.wait_logged("the input file ended", timeout=30)
+    worker.wait_state("idle")
+    for name in ("360p", "180p"):
+        playlist = m3u8.loads(http_get(worker.url(f"/{name}/index.m3u8")).text)
+        assert playlist.playlist_type == "event"
+        assert playlist.media_sequence in (None, 0), "the first segment is still listed"
+        assert len(playlist.segments) >= 5, "more than windowSegments: nothing slid out"
+        assert playlist.is_endlist
+        assert abs(sum(s.duration for s in playlist.segments) - 10) < 2.1
+        assert all((worker.out / name / s.uri).is_file() for s in playlist.segments)

@@ -14,7 +14,7 @@ import json
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,26 @@ def pod_logs(tmp_path: Path, op: harness.Process, runner: harness.Process) -> st
     return op.output()[-3000:] + "\n--- runner\n" + runner.output()[-2000:] + "\n" + pods
 
 
+def ready_to_publish(cp: ControlPlane, namespace: str, logs: Callable[[], str]) -> dict[str, Any]:
+    """Wait for the stream to be Idle with an ingest URL a publisher here can reach.
+
+    Idle comes from the worker and the URL from the Service's load-balancer address;
+    the two arrive independently, and until the address does the URL names the
+    in-cluster DNS name, which this machine cannot resolve.
+    """
+    ready: dict[str, Any] = harness.eventually(
+        "phase Idle with a reachable ingest URL",
+        lambda: (
+            (s := status(cp, namespace)).get("phase") == "Idle"
+            and s.get("ingestUrl", "").startswith("rtmp://127.")
+            and s
+        ),
+        timeout=90,
+        logs=logs,
+    )
+    return ready
+
+
 def stream_key(cp: ControlPlane, namespace: str, secret_name: str) -> str:
     secret = json.loads(
         cp.kubectl("-n", namespace, "get", "secret", secret_name, "-o", "json").stdout
@@ -135,16 +155,7 @@ def test_published_stream_goes_live_and_plays(
     control_plane.kubectl(
         "-n", namespace, "apply", "-f", "-", input=yaml.safe_dump_all([PROFILE, STREAM])
     )
-    ready = harness.eventually(
-        "phase Idle with a reachable ingest URL",
-        lambda: (
-            (s := status(control_plane, namespace)).get("phase") == "Idle"
-            and s.get("ingestUrl", "").startswith("rtmp://127.")
-            and s
-        ),
-        timeout=90,
-        logs=logs,
-    )
+    ready = ready_to_publish(control_plane, namespace, logs)
     key = stream_key(control_plane, namespace, ready["streamKeySecret"])
 
     publisher = publish(f"{ready['ingestUrl']}/{key}", seconds=40)
@@ -250,12 +261,7 @@ def test_recording_a_live_stream_is_finalized_before_it_is_deleted(
     control_plane.kubectl(
         "-n", namespace, "apply", "-f", "-", input=yaml.safe_dump_all([PROFILE, STREAM, recording])
     )
-    ready = harness.eventually(
-        "the stream Idle",
-        lambda: (s := status(control_plane, namespace)).get("phase") == "Idle" and s,
-        timeout=90,
-        logs=logs,
-    )
+    ready = ready_to_publish(control_plane, namespace, logs)
     key = stream_key(control_plane, namespace, ready["streamKeySecret"])
     publisher = publish(f"{ready['ingestUrl']}/{key}", seconds=60)
 

@@ -73,9 +73,22 @@ def test_restarting_the_operator_mid_reconcile_creates_no_duplicates(
             )
 
         wait("every child of 20 streams", all_children, second, timeout=120)
-        replicasets = json.loads(
-            control_plane.kubectl("-n", namespace, "get", "replicasets", "-o", "json").stdout
-        )["items"]
+
+        def items(kind: str) -> list[dict]:
+            doc = control_plane.kubectl("-n", namespace, "get", kind, "-o", "json").stdout
+            result: list[dict] = json.loads(doc)["items"]
+            return result
+
+        # A Deployment whose spec changed after creation has generation > 1: that is
+        # the restarted operator rolling a worker it should have left alone.
+        rolled = [
+            d["metadata"]["name"] for d in items("deployments") if d["metadata"]["generation"] != 1
+        ]
+        assert not rolled, f"a restarted operator rolled workers: {rolled}"
+        # The Deployment controller makes ReplicaSets on its own time; wait for all
+        # of them, then check there is exactly one per stream.
+        wait("a ReplicaSet per stream", lambda: len(items("replicasets")) >= 20, second, timeout=60)
+        replicasets = items("replicasets")
         assert len(replicasets) == 20, "a restarted operator rolled or duplicated workers"
     finally:
         second.stop()

@@ -57,6 +57,7 @@ def test_worker_config_resolves_profile_and_never_holds_the_key() -> None:
     config = WorkerConfig.model_validate(yaml.safe_load(rendered))
     assert config.ingest.listen == "0.0.0.0:1935" and config.ingest.app == "live"
     assert config.ingest.stream_key_file == "/etc/kubecast/stream-key/streamKey"
+    assert config.ingest.stream_key_secret == "studio-stream-key"  # the name, for the page
     assert [r.name for r in config.profile.renditions] == ["1080p", "720p", "480p", "360p"]
     secret = children.generated_key_secret(stream, key="s3cret-key-value")
     assert "s3cret-key-value" not in rendered
@@ -162,8 +163,10 @@ def test_condition_transition_time_changes_only_on_a_real_transition() -> None:
     assert flipped[0]["lastTransitionTime"] == "2026-01-01T00:02:00Z"
 
 
-def _observed(worker: dict[str, Any] | None, **extra: Any) -> streams.Observation:
-    stream = body("livestream-push.yaml")
+def _observed(
+    worker: dict[str, Any] | None, stream: dict[str, Any] | None = None, **extra: Any
+) -> streams.Observation:
+    stream = stream or body("livestream-push.yaml")
     service = children.ingest_service(stream, LiveStreamSpec.model_validate(stream["spec"]))
     service["spec"]["ports"][0]["nodePort"] = 31935
     return streams.Observation(
@@ -256,3 +259,29 @@ def test_profile_status_counts_users_and_reports_deferred_deletion() -> None:
     profile_body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     deleting = profiles.compute_status(profile_body, ["studio"])
     assert "studio" in deleting["conditions"][1]["message"]
+
+
+def test_outputs_this_version_cannot_produce_are_reported_not_advertised() -> None:
+    stream = body("livestream-push.yaml")
+    plain = streams.compute_status(stream, _observed(LIVE_WORKER))
+    outputs = next(c for c in plain["conditions"] if c["type"] == "OutputsReady")
+    assert (outputs["status"], outputs["reason"]) == ("True", "HlsServed")
+
+    stream["spec"]["outputs"] = {"dash": {"enabled": True}}
+    stream["spec"]["restream"] = [{"name": "youtube", "url": "rtmp://a.rtmp.youtube.com/live2"}]
+    status = streams.compute_status(stream, _observed(LIVE_WORKER, stream))
+    assert "dashUrl" not in status, "a DASH URL that answers 404 is worse than none"
+    assert status["phase"] == "Live", "HLS still plays"
+    outputs = next(c for c in status["conditions"] if c["type"] == "OutputsReady")
+    assert (outputs["status"], outputs["reason"]) == ("False", "OutputNotImplemented")
+    assert "DASH (spec.outputs.dash)" in outputs["message"]
+    assert "restream to youtube (spec.restream)" in outputs["message"]
+
+
+def test_event_playlist_is_asked_for_in_the_stream_and_reaches_the_worker() -> None:
+    stream = body("livestream-push.yaml")
+    stream["spec"]["outputs"] = {"hls": {"playlistType": "event"}}
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    rendered = children.render_config(children.worker_config(stream, spec, profile()))
+    config = WorkerConfig.model_validate(yaml.safe_load(rendered))
+    assert config.outputs.hls.playlist_type == "event"

@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--event-playlist",
         action="store_true",
-        help="keep every segment (an EVENT playlist, DVR from the start) instead of a window",
+        help="keep every segment (an EVENT playlist, DVR from the start) instead of a window"
+        " (the config's outputs.hls.playlistType: event)",
     )
     _tuning(run)
     _logging(run)
@@ -114,6 +115,10 @@ def _run(args: argparse.Namespace) -> int:
                 f"--config already says where media comes from and goes; drop --{flags[0]}"
             )
         config = config_mod.load_config(args.config)
+        if args.event_playlist:
+            hls = config.outputs.hls.model_copy(update={"playlist_type": "event"})
+            outputs = config.outputs.model_copy(update={"hls": hls})
+            config = config.model_copy(update={"outputs": outputs})
     else:
         if not args.out:
             raise config_mod.ConfigError("--out DIR is required (or use --config)")
@@ -128,6 +133,7 @@ def _run(args: argparse.Namespace) -> int:
             segment_type=args.segment_type,
             window_segments=args.window_segments,
             reconnect_window=args.reconnect_window,
+            event_playlist=args.event_playlist,
         )
     if args.bind_host:
         config = config_mod.with_bind_host(config, args.bind_host)
@@ -142,7 +148,6 @@ def _run(args: argparse.Namespace) -> int:
             threads=not args.sequential,
             x264_threads=args.x264_threads,
             x264_thread_type=args.x264_thread_type,
-            event=args.event_playlist,
         )
     )
     return 0

@@ -133,6 +133,7 @@ def config_from_flags(
     segment_type: str | None = None,
     window_segments: int | None = None,
     reconnect_window: int | None = None,
+    event_playlist: bool = False,
 ) -> WorkerConfig:
     """The WorkerConfig a person means by ``kubecast-worker run --listen ... --profile ...``."""
     if (listen is None) == (pull is None):
@@ -157,6 +158,8 @@ def config_from_flags(
             hls["segmentType"] = segment_type
         if window_segments:
             hls["windowSegments"] = window_segments
+        if event_playlist:
+            hls["playlistType"] = "event"
         if hls:
             document["outputs"] = {"hls": hls}
         if reconnect_window is not None:

@@ -72,7 +72,13 @@ def _not_found() -> web.Response:
     return web.Response(status=404, text="not found\n", headers={"Cache-Control": NO_CACHE})
 
 
-def make_app(*, root: Path, status: Status, registry: CollectorRegistry) -> web.Application:
+def make_app(
+    *,
+    root: Path,
+    status: Status,
+    registry: CollectorRegistry,
+    stream_key_secret: str | None = None,
+) -> web.Application:
     @web.middleware
     async def cors(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -134,16 +140,29 @@ def make_app(*, root: Path, status: Status, registry: CollectorRegistry) -> web.
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     # The preview page (/, /player): before the catch-all below, which would take /player.
-    player.add_player_routes(app, ingest_url=status.ingest_url if status.mode == "push" else None)
+    player.add_player_routes(
+        app,
+        ingest_url=status.ingest_url if status.mode == "push" else None,
+        stream_key_secret=stream_key_secret,
+    )
     app.router.add_get("/{tail:.+}", media)  # also answers HEAD
     return app
 
 
 async def start(
-    *, host: str, port: int, root: Path, status: Status, registry: CollectorRegistry
+    *,
+    host: str,
+    port: int,
+    root: Path,
+    status: Status,
+    registry: CollectorRegistry,
+    stream_key_secret: str | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Serve until ``runner.cleanup()``. Returns the runner and the bound port."""
-    runner = web.AppRunner(make_app(root=root, status=status, registry=registry), access_log=None)
+    app = make_app(
+        root=root, status=status, registry=registry, stream_key_secret=stream_key_secret
+    )
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()

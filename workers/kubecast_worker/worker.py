@@ -70,7 +70,6 @@ class Worker:
         threads: bool = True,
         x264_threads: int = 0,
         x264_thread_type: str = "frame",
-        event: bool = False,
     ) -> None:
         self.config = config
         self.stream_key = stream_key
@@ -91,7 +90,7 @@ class Worker:
                 segment_seconds=config.profile.segment_seconds,
                 segment_type=config.outputs.hls.segment_type.value,
                 window_segments=config.outputs.hls.window_segments,
-                event=event,
+                event=config.outputs.hls.playlist_type == "event",
             ),
             live=True,
             threads=threads,
@@ -113,7 +112,12 @@ class Worker:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         host, port = config_mod.parse_host_port(self.config.http, what="http")
         runner, self.http_port = await origin.start(
-            host=host, port=port, root=self.out_dir, status=self.status, registry=self.registry
+            host=host,
+            port=port,
+            root=self.out_dir,
+            status=self.status,
+            registry=self.registry,
+            stream_key_secret=self.config.ingest.stream_key_secret,
         )
         self.log.info("origin listening", extra={"http": f"{host}:{self.http_port}"})
         try:

@@ -1,34 +1,35 @@
 """The preview page in a real browser: Debian's Chromium driven by Playwright.
 
-One live source, one origin and one browser page are shared by the module (they take
-a few seconds to start and the machine's two cores are shared): the tests run in file
-order against the page while it keeps playing.
-
-The live source is the ffmpeg CLI writing a two-rendition HLS ladder (aligned GOPs,
-1 s segments) into a temporary directory, served next to ``add_player_routes`` and a
-``/status`` shaped like the worker's ``Status.snapshot()``.
-TODO(kubecast): switch to ``kubecast-worker run`` with an ffmpeg RTMP publish once the
-worker's origin serves HLS; the page and the assertions stay the same.
+The page is served by the real worker (``kubecast-worker run``) while the ffmpeg CLI
+publishes to it over RTMP: what the viewer sees is what the worker makes. One worker,
+one publisher and one browser page are shared by the module (they take a few seconds
+to start and the machine's two cores are shared); the tests run in file order against
+the page while it keeps playing. The publisher is stopped and restarted only by the
+last test that uses the shared page.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
-import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
-from aiohttp import web
+from conftest import (
+    SMALL_PROFILE,
+    WorkerProcess,
+    launch_worker,
+    needs_ffmpeg,
+    publish,
+    until,
+)
 
 from kubecast_worker.player import routes
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.e2e, needs_ffmpeg, pytest.mark.timeout(180)]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -42,205 +43,98 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 KEY = "sk-4e1d9b7c2a6f3058"
 KEY_SECRET = "demo-stream-key"
-# NB: a configured ingest URL that wrongly carries the key: the page must still not show it.
-CONFIGURED_INGEST_URL = f"rtmp://127.0.0.1:1935/live/{KEY}"
-SHOWN_INGEST_URL = "rtmp://127.0.0.1:1935/live"
-
-
-class Rung(NamedTuple):
-    name: str
-    width: int
-    height: int
-    kbps: int
-
-
-LADDER = [Rung("360p", 640, 360, 800), Rung("180p", 320, 180, 300)]
+LADDER = [(r["name"], r["width"], r["height"]) for r in SMALL_PROFILE["renditions"]]
 SEGMENT_KINDS = (".ts", ".m4s", ".mp4", ".aac")
 X = "\N{MULTIPLICATION SIGN}"  # the page writes sizes and speed with it, as typographers do
+RATE = re.compile(r"^\d+(\.\d\d)? [kM]b/s$")
 
 
-# -- the live source and the origin -------------------------------------------------
+# -- the worker and its publisher -------------------------------------------------------
 
 
-def start_ffmpeg_hls(out: Path) -> subprocess.Popen[bytes]:
-    """A live 640x360 + 320x180 H.264/AAC ladder, the shape the worker writes."""
-    split = f"[0:v]split={len(LADDER)}" + "".join(f"[s{i}]" for i in range(len(LADDER)))
-    scales = "".join(f";[s{i}]scale={r.width}:{r.height}[v{i}]" for i, r in enumerate(LADDER))
-    args = ["ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-re"]
-    args += ["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30"]
-    args += ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]
-    args += ["-filter_complex", split + scales, "-t", "300"]
-    for i, rung in enumerate(LADDER):
-        args += ["-map", f"[v{i}]", "-map", "1:a"]
-        args += [f"-b:v:{i}", f"{rung.kbps}k", f"-maxrate:v:{i}", f"{rung.kbps}k"]
-        args += [f"-bufsize:v:{i}", f"{rung.kbps * 2}k"]
-    args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
-    args += ["-g", "30", "-keyint_min", "30", "-sc_threshold", "0"]
-    args += ["-c:a", "aac", "-b:a", "64k"]
-    args += ["-f", "hls", "-hls_time", "1", "-hls_list_size", "6"]
-    args += ["-hls_flags", "delete_segments+independent_segments+temp_file"]
-    args += ["-master_pl_name", "master.m3u8"]
-    args += [
-        "-var_stream_map",
-        " ".join(f"v:{i},a:{i},name:{r.name}" for i, r in enumerate(LADDER)),
-    ]
-    args += ["-hls_segment_filename", "%v/seg_%05d.ts", "%v/index.m3u8"]
-    return subprocess.Popen(args, cwd=out, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def stop(ffmpeg: subprocess.Popen[bytes]) -> None:
-    ffmpeg.terminate()
-    try:
-        ffmpeg.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        ffmpeg.kill()
-        ffmpeg.wait()
-
-
-def wait_for_playlists(out: Path, ffmpeg: subprocess.Popen[bytes], *, segments: int = 3) -> None:
-    deadline = time.monotonic() + 30
-    playlists = [out / r.name / "index.m3u8" for r in LADDER]
-    while time.monotonic() < deadline:
-        if ffmpeg.poll() is not None:
-            stderr = ffmpeg.stderr.read().decode() if ffmpeg.stderr else ""
-            pytest.fail(f"ffmpeg (the live HLS source) exited {ffmpeg.returncode}: {stderr}")
-        ready = (out / "master.m3u8").is_file() and all(
-            p.is_file() and p.read_text().count("#EXTINF") >= segments for p in playlists
-        )
-        if ready:
-            return
-        time.sleep(0.2)
-    pytest.fail("ffmpeg wrote no live HLS within 30 s")
-
-
-class StatusSource:
-    """A ``/status`` shaped like the worker's ``Status.snapshot()``; counts its readers."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.state = "live"
-
-    def document(self) -> dict[str, Any]:
-        self.requests += 1
-        live = self.state != "idle"
-        return {
+def start_worker(directory: Path) -> WorkerProcess:
+    """The worker as the operator runs it: from a config, the key in a file, the
+    key's Secret named for the page (the name only)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key_file = directory / "stream-key"
+    key_file.write_text(KEY)
+    return launch_worker(
+        directory,
+        config={
             "stream": "demo",
-            "state": self.state,
-            "ready": True,
-            "ingest": {"mode": "push", "url": "rtmp://0.0.0.0:1935/live", "counters": {}},
-            "publisher": "127.0.0.1:50312",
-            "input": None
-            if not live
-            else {
-                "videoCodec": "h264",
-                "audioCodec": "aac",
-                "width": 640,
-                "height": 360,
-                "resolution": "640x360",
-                "fps": 30.0,
-                "bitrateKbps": 1450,
+            "ingest": {
+                "listen": "127.0.0.1:0",
+                "app": "live",
+                "streamKeyFile": str(key_file),
+                "streamKeySecret": KEY_SECRET,
             },
-            "renditions": [
-                {
-                    "name": r.name,
-                    "state": "Active",
-                    "width": r.width,
-                    "height": r.height,
-                    "bitrateKbps": r.kbps - 20,
-                    "targetBitrateKbps": r.kbps,
-                    "playbackUrl": f"{r.name}/index.m3u8",
-                }
-                for r in LADDER
-                if live
-            ],
-            "playbackUrl": "master.m3u8",
-            "droppedFrames": self.requests,  # changes on every poll: proves the page polls
-            "encodeSpeed": 1.0 if live else None,
-        }
+            "profile": SMALL_PROFILE,
+            "reconnectWindowSeconds": 60,
+            "http": "127.0.0.1:0",
+        },
+    )
 
 
-def origin_app(media: Path, status: StatusSource) -> web.Application:
-    app = web.Application()
-    routes.add_player_routes(app, ingest_url=CONFIGURED_INGEST_URL, stream_key_secret=KEY_SECRET)
-
-    async def serve_status(request: web.Request) -> web.Response:
-        return web.json_response(status.document(), headers={"Cache-Control": "no-store"})
-
-    async def serve_media(request: web.Request) -> web.Response:
-        relative = request.match_info["path"]
-        path = (media / relative).resolve()
-        if media not in path.parents or not path.is_file():
-            raise web.HTTPNotFound()
-        playlist = path.suffix == ".m3u8"
-        return web.Response(
-            body=path.read_bytes(),
-            content_type="application/vnd.apple.mpegurl" if playlist else "video/mp2t",
-            headers={"Cache-Control": "no-cache" if playlist else "max-age=60"},
-        )
-
-    app.router.add_get("/status", serve_status)
-    app.router.add_get(r"/{path:[A-Za-z0-9_./-]+\.(?:m3u8|ts)}", serve_media)
-    return app
+def start_publisher(worker: WorkerProcess) -> subprocess.Popen[bytes]:
+    return publish(worker.rtmp(key=KEY), seconds=600, wait=False)
 
 
-class ThreadedOrigin:
-    """An aiohttp app on a free loopback port, in its own thread and event loop."""
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
-    def __init__(self, app: web.Application) -> None:
-        self.app = app
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.runner = web.AppRunner(app, access_log=None)
-        self.port = 0
 
-    def start(self) -> None:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=10)
+def wait_for_segments(worker: WorkerProcess, *, segments: int = 3) -> None:
+    """Every rendition has ``segments`` segments listed: enough for hls.js to start."""
 
-    async def _start(self) -> None:
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self.runner.addresses[0][1]
+    def ready() -> bool:
+        playlists = [worker.out / name / "index.m3u8" for name, _, _ in LADDER]
+        return all(p.is_file() and p.read_text().count("#EXTINF") >= segments for p in playlists)
 
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    until(ready, timeout=45, what=f"{segments} segments of every rendition", every=0.2)
 
 
 # -- fixtures -----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def status() -> StatusSource:
-    return StatusSource()
+class Live:
+    """The shared worker and its publisher."""
+
+    def __init__(self, worker: WorkerProcess) -> None:
+        self.worker = worker
+        self.publisher = start_publisher(worker)
+
+    @property
+    def origin(self) -> str:
+        return self.worker.http
+
+    def restart_publisher(self) -> None:
+        stop(self.publisher)
+        self.publisher = start_publisher(self.worker)
 
 
 @pytest.fixture(scope="module")
-def origin(tmp_path_factory: pytest.TempPathFactory, status: StatusSource) -> Iterator[str]:
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     if not routes.hls_js_built():
         pytest.fail(f"{routes.NOT_BUILT} (make player does it)")
-    if shutil.which("ffmpeg") is None:
-        pytest.fail("the ffmpeg CLI is missing: apt-get install -y ffmpeg")
-    media = tmp_path_factory.mktemp("hls").resolve()
-    for rung in LADDER:
-        (media / rung.name).mkdir()
-    ffmpeg = start_ffmpeg_hls(media)
-    server = ThreadedOrigin(origin_app(media, status))
+    worker = start_worker(tmp_path_factory.mktemp("worker"))
+    live = Live(worker)
     try:
-        wait_for_playlists(media, ffmpeg)
-        server.start()
-        yield server.url
+        worker.wait_state("live", timeout=30)
+        wait_for_segments(worker)
+        yield live
     finally:
-        stop(ffmpeg)
-        if server.port:
-            server.stop()
+        stop(live.publisher)
+        worker.stop()
+
+
+@pytest.fixture(scope="module")
+def origin(live: Live) -> str:
+    return live.origin
 
 
 @pytest.fixture(scope="module")
@@ -345,48 +239,53 @@ def assert_time_advances(page: Any, *, seconds: float, minimum: float) -> None:
 # -- the tests, in the order a viewer would notice ----------------------------------
 
 
-def test_live_stream_plays_and_keeps_playing_for_ten_seconds(
-    page: Any, status: StatusSource
-) -> None:
-    wait_until(page, "window.__played === true", timeout=20)
+def status_reads(network: Recorder) -> int:
+    return sum(1 for url in network.urls if url.split("?")[0].endswith("/status"))
+
+
+def test_live_stream_plays_and_keeps_playing_for_ten_seconds(page: Any, network: Recorder) -> None:
+    wait_until(page, "window.__played === true", timeout=30)
     engine = page.evaluate("window.kubecastPlayer.engine")
     assert engine == "hls.js", "Chromium has MSE: the page must use hls.js, not native HLS"
-    polls_before = status.requests
+    polls_before = status_reads(network)
     assert_time_advances(page, seconds=10, minimum=9.0)
     assert page.evaluate("document.getElementById('video').paused") is False
     # Polled every 2 s: about five reads in ten seconds.
-    assert status.requests - polls_before >= 4
+    assert status_reads(network) - polls_before >= 4
 
 
-def test_state_and_figures_from_status_are_shown(page: Any, status: StatusSource) -> None:
+def test_state_and_figures_from_the_workers_status_are_shown(page: Any, live: Live) -> None:
+    worker = live.worker.status()
+    wait_until(page, "document.getElementById('input-bitrate').textContent !== '—'")
     state = page.locator("#state")
     assert state.inner_text() == "Live"
     assert state.get_attribute("aria-live") == "polite"
-    assert page.locator("#title").inner_text() == "demo"
-    assert page.locator("#input-video").inner_text() == "h264"
-    assert page.locator("#input-audio").inner_text() == "aac"
+    assert page.locator("#title").inner_text() == worker["stream"] == "demo"
+    # What the publisher sends: ffmpeg's 640x360 testsrc2 at 25 fps, H.264 and AAC.
+    assert page.locator("#input-video").inner_text() == worker["input"]["videoCodec"] == "h264"
+    assert page.locator("#input-audio").inner_text() == worker["input"]["audioCodec"] == "aac"
     assert page.locator("#input-resolution").inner_text() == f"640{X}360"
-    assert page.locator("#input-fps").inner_text() == "30 fps"
-    assert page.locator("#input-bitrate").inner_text() == "1.45 Mb/s"
-    assert page.locator("#output-bitrate").inner_text() == "1.06 Mb/s"  # 780 + 280 kb/s
-    assert page.locator("#speed").inner_text() == f"1.00{X}"
-    dropped = int(page.locator("#dropped-frames").inner_text())
-    assert 1 <= dropped <= status.requests
+    assert page.locator("#input-fps").inner_text() == "25 fps"
+    # Bitrates move from poll to poll: the page shows one in the right unit and range.
+    input_rate = page.locator("#input-bitrate").inner_text()
+    assert RATE.match(input_rate), input_rate
+    assert 100 <= kbps(input_rate) <= 2500, "the publisher sends at most 1.3 Mb/s + 128 kb/s"
+    output_rate = page.locator("#output-bitrate").inner_text()
+    assert RATE.match(output_rate), output_rate
+    assert 100 <= kbps(output_rate) <= 2000, "600 + 200 kb/s of video and the audio"
+    assert re.fullmatch(rf"\d+\.\d\d{X}", page.locator("#speed").inner_text())
+    assert int(page.locator("#dropped-frames").inner_text()) >= 0
     rows = page.locator("#renditions tr")
     assert rows.count() == len(LADDER)
-    assert rows.nth(0).inner_text().split("\t") == ["360p", f"640{X}360", "780 kb/s", "active"]
-    assert rows.nth(1).inner_text().split("\t") == ["180p", f"320{X}180", "280 kb/s", "active"]
+    for index, (name, width, height) in enumerate(LADDER):
+        cells = rows.nth(index).inner_text().split("\t")
+        assert cells[:2] == [name, f"{width}{X}{height}"]
+        assert RATE.match(cells[2]) and cells[3] == "active", cells
 
 
-def test_state_changes_reach_the_page_within_a_poll(page: Any, status: StatusSource) -> None:
-    status.state = "reconnecting"
-    try:
-        wait_until(page, "document.getElementById('state').dataset.state === 'reconnecting'")
-        assert page.locator("#state").inner_text().startswith("Reconnecting")
-    finally:
-        status.state = "live"
-    wait_until(page, "document.getElementById('state').dataset.state === 'live'")
-    assert page.locator("#state").inner_text() == "Live"
+def kbps(text: str) -> float:
+    value, unit = text.split(" ")
+    return float(value) * (1000 if unit == "Mb/s" else 1)
 
 
 def test_each_rendition_can_be_picked_and_keeps_playing(page: Any) -> None:
@@ -510,10 +409,12 @@ def test_every_control_has_an_accessible_name_and_text_has_contrast(page: Any) -
 
 
 def test_urls_are_shown_with_copy_buttons_and_never_the_stream_key(
-    page: Any, origin: str, network: Recorder
+    page: Any, origin: str, live: Live, network: Recorder
 ) -> None:
     assert page.get_by_role("textbox", name="Playback URL").input_value() == f"{origin}/master.m3u8"
-    assert page.get_by_role("textbox", name="Ingest URL").input_value() == SHOWN_INGEST_URL
+    # Where the publisher pushed, without the key it pushed with.
+    shown = f"rtmp://127.0.0.1:{live.worker.rtmp_port}/live"
+    assert page.get_by_role("textbox", name="Ingest URL").input_value() == shown
     assert page.locator("#key-hint").inner_text() == (
         f"Stream key: in Secret {KEY_SECRET} (never shown here)."
     )
@@ -545,23 +446,36 @@ def test_everything_comes_from_the_origin_and_relative_urls(
     assert "/status" in fetched
 
 
+def test_a_dropped_publisher_shows_reconnecting_and_its_return_plays_on(
+    page: Any, live: Live
+) -> None:
+    """Last on the shared page: the publisher drops inside the reconnect window."""
+    stop(live.publisher)
+    wait_until(
+        page, "document.getElementById('state').dataset.state === 'reconnecting'", timeout=15
+    )
+    assert page.locator("#state").inner_text().startswith("Reconnecting")
+    live.restart_publisher()
+    wait_until(page, "document.getElementById('state').dataset.state === 'live'", timeout=20)
+    assert page.locator("#state").inner_text() == "Live"
+    # The same playlist goes on after a discontinuity; the page keeps playing it.
+    wait_until(page, "document.getElementById('video').paused === false", timeout=20)
+    page.wait_for_timeout(8000)  # past the segments of the gap
+    assert_time_advances(page, seconds=3, minimum=2.0)
+
+
 def test_page_opened_before_the_publisher_starts_playing_once_it_is_live(
-    browser: Any, tmp_path: Path
+    browser: Any, tmp_path: Path, live: Live
 ) -> None:
     """The usual first visit: the stream was just created and nobody publishes yet."""
-    media = tmp_path.resolve()
-    for rung in LADDER:
-        (media / rung.name).mkdir()
-    status = StatusSource()
-    status.state = "idle"
-    server = ThreadedOrigin(origin_app(media, status))
-    server.start()
+    stop(live.publisher)  # one publisher and one worker at a time on two cores
+    worker = start_worker(tmp_path / "idle-worker")
     context = browser.new_context(viewport={"width": 375, "height": 812})
-    ffmpeg: subprocess.Popen[bytes] | None = None
+    publisher: subprocess.Popen[bytes] | None = None
     try:
         page = context.new_page()
         page.add_init_script(PLAYED)
-        page.goto(f"{server.url}/")
+        page.goto(f"{worker.http}/")
         wait_until(page, "document.getElementById('state').dataset.state === 'idle'")
         assert page.locator("#state").inner_text() == "Idle · waiting for a publisher"
         wait_until(page, "!document.getElementById('notice').hidden")
@@ -569,15 +483,13 @@ def test_page_opened_before_the_publisher_starts_playing_once_it_is_live(
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "player-idle-phone.png"))
 
-        ffmpeg = start_ffmpeg_hls(media)
-        wait_for_playlists(media, ffmpeg, segments=1)
-        status.state = "live"
-        wait_until(page, "window.__played === true", timeout=20)
+        publisher = start_publisher(worker)
+        wait_until(page, "window.__played === true", timeout=40)
         assert_time_advances(page, seconds=2, minimum=1.2)
         assert page.locator("#state").inner_text() == "Live"
         assert page.locator("#notice").is_hidden()
     finally:
         context.close()
-        if ffmpeg is not None:
-            stop(ffmpeg)
-        server.stop()
+        if publisher is not None:
+            stop(publisher)
+        worker.stop()

@@ -140,11 +140,9 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     # The preview page (/, /player): before the catch-all below, which would take /player.
-    player.add_player_routes(
-        app,
-        ingest_url=status.ingest_url if status.mode == "push" else None,
-        stream_key_secret=stream_key_secret,
-    )
+    # NB: no ingest_url: the page reads the worker's from /status, which has the port
+    # really bound (the RTMP listener starts after this app is built).
+    player.add_player_routes(app, stream_key_secret=stream_key_secret)
     app.router.add_get("/{tail:.+}", media)  # also answers HEAD
     return app
 

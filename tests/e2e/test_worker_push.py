@@ -237,3 +237,37 @@ def test_issue_publisher_at_720p_gets_the_default_ladder_without_1080p(tmp_path:
         keyframes.append(t.keyframes)
     assert keyframes[0] == keyframes[1] == keyframes[2]
     assert {round(b - a, 3) for a, b in itertools.pairwise(keyframes[0])} == {2.0}
+
+
+def test_a_rotated_key_in_the_key_file_is_taken_without_a_restart(tmp_path: Path) -> None:
+    """The kubelet rewrites a mounted Secret in place; the worker follows it."""
+    old, new = "old-key-5b1e9d", "new-key-27c4fa"
+    key_file = tmp_path / "stream-key"
+    key_file.write_text(old)
+    worker = launch_worker(
+        tmp_path / "worker",
+        config={
+            "stream": "rotate",
+            "ingest": {"listen": "127.0.0.1:0", "app": "live", "streamKeyFile": str(key_file)},
+            "profile": SMALL_PROFILE,
+            "reconnectWindowSeconds": 0,
+            "http": "127.0.0.1:0",
+        },
+    )
+    try:
+        swap = tmp_path / "stream-key.new"
+        swap.write_text(new + "\n")
+        swap.replace(key_file)  # atomic, as the kubelet's symlink swap is
+        worker.wait_logged("stream key rotated", timeout=15)
+
+        refused = publish(worker.rtmp(key=old), seconds=2)
+        assert refused.returncode != 0, "the old key still publishes"
+        assert worker.status()["ingest"]["counters"]["refused_wrong_key"] == 1
+        accepted = publish(worker.rtmp(key=new), seconds=4, wait=False)
+        worker.wait_state("live", timeout=20)
+        assert accepted.wait(timeout=30) == 0
+        worker.wait_state("idle", timeout=20)
+    finally:
+        worker.stop()
+    logged = "\n".join(worker.raw)
+    assert old not in logged and new not in logged

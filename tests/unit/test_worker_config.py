@@ -123,6 +123,15 @@ def test_the_stream_key_is_redacted_from_every_log_line() -> None:
     assert "s3cr3t" not in line and "<redacted>" in line
 
 
+def test_a_rotated_key_is_redacted_as_well_as_the_one_before() -> None:
+    redactor = logs.Redactor("old-s3cr3t")
+    redactor.add("new-s3cr3t")
+    message = "publish to live/old-s3cr3t then live/new-s3cr3t"
+    record = logging.LogRecord("kubecast", logging.INFO, __file__, 1, message, None, None)
+    redactor.filter(record)
+    assert record.getMessage() == "publish to live/<redacted> then live/<redacted>"
+
+
 def test_pull_urls_are_shown_without_credentials_or_keys() -> None:
     assert worker.safe_url("rtmp://host:1935/live/KEY123") == "rtmp://host:1935/live/***"
     assert worker.safe_url("https://user:pw@cdn.example/a/index.m3u8?token=t") == (

@@ -145,6 +145,9 @@ def _run(args: argparse.Namespace) -> int:
         worker.serve(
             config,
             stream_key=key,
+            stream_key_file=None
+            if args.stream_key
+            else args.stream_key_file or config.ingest.stream_key_file,
             threads=not args.sequential,
             x264_threads=args.x264_threads,
             x264_thread_type=args.x264_thread_type,

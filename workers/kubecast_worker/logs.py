@@ -26,26 +26,39 @@ Log: TypeAlias = "logging.Logger | logging.LoggerAdapter[logging.Logger]"
 
 
 class Redactor(logging.Filter):
-    """Blank out a secret (the stream key) in messages and extra fields."""
+    """Blank out secrets (the stream key, and the keys it was rotated from) in messages
+    and extra fields."""
 
     def __init__(self, secret: str | None) -> None:
         super().__init__()
-        self.secret = secret or None
+        self.secrets: set[str] = {secret} if secret else set()
+
+    def add(self, secret: str) -> None:
+        if secret:
+            self.secrets.add(secret)
+
+    def _scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, REDACTED)
+        return text
+
+    def _holds_secret(self, text: str) -> bool:
+        return any(secret in text for secret in self.secrets)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secret is None:
+        if not self.secrets:
             return True
         message = record.getMessage()
-        if self.secret in message:
-            record.msg, record.args = message.replace(self.secret, REDACTED), None
+        if self._holds_secret(message):
+            record.msg, record.args = self._scrub(message), None
         for key, value in list(vars(record).items()):
-            if key not in _STANDARD and isinstance(value, str) and self.secret in value:
-                setattr(record, key, value.replace(self.secret, REDACTED))
+            if key not in _STANDARD and isinstance(value, str) and self._holds_secret(value):
+                setattr(record, key, self._scrub(value))
         if record.exc_info and record.exc_info[1] is not None:
             text = logging.Formatter().formatException(record.exc_info)
-            if self.secret in text:
+            if self._holds_secret(text):
                 record.exc_info = None
-                record.exc_text = text.replace(self.secret, REDACTED)
+                record.exc_text = self._scrub(text)
         return True
 
 
@@ -101,6 +114,14 @@ def setup(*, fmt: str = "json", level: str = "info", secret: str | None = None) 
     root.setLevel(level.upper())
     # aiohttp's access log line per segment request is noise at info level.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def redact(secret: str) -> None:
+    """From now on, blank out ``secret`` too (a rotated stream key)."""
+    for handler in logging.getLogger().handlers:
+        for log_filter in handler.filters:
+            if isinstance(log_filter, Redactor):
+                log_filter.add(secret)
 
 
 def for_stream(name: str, component: str = "worker") -> StreamAdapter:

@@ -157,9 +157,7 @@ async def start(
     stream_key_secret: str | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Serve until ``runner.cleanup()``. Returns the runner and the bound port."""
-    app = make_app(
-        root=root, status=status, registry=registry, stream_key_secret=stream_key_secret
-    )
+    app = make_app(root=root, status=status, registry=registry, stream_key_secret=stream_key_secret)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

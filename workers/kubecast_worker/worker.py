@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 from kubecast_api import WorkerConfig
 from kubecast_worker import config as config_mod
 from kubecast_worker import ingest, ladder, metrics, origin, packager, pipeline
-from kubecast_worker.logs import for_stream
+from kubecast_worker.logs import for_stream, redact
 from kubecast_worker.status import Status
 
 #: Pull retries wait 1, 2, 4 … seconds, at most this long.
@@ -61,18 +61,24 @@ def safe_url(url: str) -> str:
     return f"{parts.scheme}://{host}{path}"
 
 
+#: How often the key file is re-read for a rotated key.
+KEY_FILE_POLL_SECONDS = 5.0
+
+
 class Worker:
     def __init__(
         self,
         config: WorkerConfig,
         *,
         stream_key: str | None = None,
+        stream_key_file: str | None = None,
         threads: bool = True,
         x264_threads: int = 0,
         x264_thread_type: str = "frame",
     ) -> None:
         self.config = config
         self.stream_key = stream_key
+        self.stream_key_file = stream_key_file  # re-read: a rotated Secret needs no restart
         self.log = for_stream(config.stream)
         self.out_dir = Path(config.output_dir)
         self.listen = config_mod.listen_address(config)
@@ -151,6 +157,7 @@ class Worker:
         self.log.info("ingest listening", extra={"ingest": self.status.ingest_url})
         if started:
             started.set()
+        watcher = asyncio.create_task(self._follow_key_file(server))
         try:
             while not self._stopping.is_set():
                 session = await self._next(self._publishes.get())
@@ -168,7 +175,30 @@ class Worker:
                     session.close()
                 self._between_sessions()
         finally:
+            watcher.cancel()
             await server.stop()
+
+    async def _follow_key_file(self, server: Any) -> None:
+        """Take a new key from the key file without a restart.
+
+        The kubelet updates a mounted Secret in place (an atomic symlink swap), so a
+        rotated key reaches the file within about a minute. The next publish must use
+        it; a publisher already live stays on, and the old key is refused from then.
+        """
+        if not self.stream_key_file:
+            return
+        path, current = Path(self.stream_key_file), self.stream_key
+        while True:
+            await asyncio.sleep(KEY_FILE_POLL_SECONDS)
+            try:
+                value = path.read_text().strip()
+            except OSError:
+                continue  # mid-swap, or the volume went away: keep the key we have
+            if value and value != current:
+                redact(value)
+                server.rotate_key(value)
+                current = value
+                self.log.info("stream key rotated", extra={"file": str(path)})
 
     async def _serve_pull(self, started: asyncio.Event | None) -> None:
         pull = self.config.ingest.pull

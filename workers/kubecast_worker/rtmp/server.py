@@ -84,6 +84,12 @@ class RtmpIngestServer:
         self._connections: dict[RtmpConnection, asyncio.Task[Any]] = {}
         self._callbacks: set[asyncio.Task[None]] = set()
 
+    def rotate_key(self, stream_key: str) -> None:
+        """Accept ``stream_key`` from the next publish on; a live publisher stays."""
+        if not stream_key:
+            raise ValueError("stream_key is empty; an empty key would let anyone publish")
+        self._key = stream_key.encode("utf-8")
+
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]

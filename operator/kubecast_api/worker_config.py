@@ -41,6 +41,17 @@ class WorkerIngest(ApiModel):
         return self
 
 
+class WorkerRestreamTarget(ApiModel):
+    name: str = Field(description="Name of the target, for status and logs.")
+    url: str = Field(description="rtmp(s)://host/app, without the key.")
+    stream_key_file: str | None = Field(
+        default=None, description="File holding the target's key (a mounted Secret)."
+    )
+    rendition: str | None = Field(
+        default=None, description="Rendition to send; the highest active one when unset."
+    )
+
+
 class WorkerConfig(ApiModel):
     stream: str = Field(description="Stream name, used in logs and as the metrics label.")
     namespace: str | None = Field(default=None, description="Namespace of the LiveStream.")
@@ -50,5 +61,8 @@ class WorkerConfig(ApiModel):
     )
     outputs: Outputs = Field(default_factory=Outputs, description="Packaging of the output.")
     reconnect_window_seconds: int = Field(default=30, ge=0, le=3600)
+    restream: list[WorkerRestreamTarget] = Field(
+        default_factory=list, description="Other RTMP destinations that get a copy."
+    )
     output_dir: str = Field(default="/var/lib/kubecast/media", description="Where HLS is written.")
     http: str = Field(default="0.0.0.0:8080", description="HTTP origin listen address host:port.")

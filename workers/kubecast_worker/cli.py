@@ -6,6 +6,7 @@
     kubecast-worker run --pull file:///media/loop.mp4 --loop --profile ... --out ... --http ...
     kubecast-worker transcode input.mp4 --profile ... --out /tmp/hls
     kubecast-worker record ...     (the recorder: kubecast_worker.recorder.cli)
+    kubecast-worker restream ...   (one restream target; the worker starts these itself)
 
 ``transcode`` runs the same pipeline as ``run`` on a file as fast as the CPU
 allows (no pacing, no frame dropping) and prints a JSON summary; the benchmark
@@ -204,6 +205,10 @@ def _transcode(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["restream"]:
+        from kubecast_worker import restream
+
+        return restream.main(argv[1:])
     if argv[:1] == ["record"]:
         from kubecast_worker.recorder import cli as recorder_cli
 

@@ -167,6 +167,7 @@ class Status:
         self.playlists_open = False
         self.master_url: str | None = None
         self.ingest_counters: Callable[[], dict[str, int]] | None = None
+        self.restream: Callable[[], list[dict[str, Any]]] | None = None
         self._speed: deque[tuple[float, float]] = deque()
 
     # -- writers -----------------------------------------------------------------
@@ -252,4 +253,5 @@ class Status:
                 "lastLiveTime": _iso(self.last_live_time),
                 "lastError": self.last_error,
                 "lastErrorTime": _iso(self.last_error_at),
+                "restream": self.restream() if self.restream else [],
             }

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 from kubecast_api import WorkerConfig
 from kubecast_worker import config as config_mod
-from kubecast_worker import ingest, ladder, metrics, origin, packager, pipeline
+from kubecast_worker import ingest, ladder, metrics, origin, packager, pipeline, restream
 from kubecast_worker.logs import for_stream, redact
 from kubecast_worker.status import Status
 
@@ -126,6 +126,7 @@ class Worker:
             stream_key_secret=self.config.ingest.stream_key_secret,
         )
         self.log.info("origin listening", extra={"http": f"{host}:{self.http_port}"})
+        copies = self._restream(host)
         try:
             if self.listen is not None:
                 await self._serve_push(started)
@@ -134,8 +135,42 @@ class Worker:
         finally:
             self.status.ready = False
             self._end_playlists()
+            if copies is not None:
+                await copies.stop()
             await runner.cleanup()
             self.log.info("stopped")
+
+    def _restream(self, host: str) -> restream.Supervisor | None:
+        """Start following the restream targets, if the stream has any."""
+        if not self.config.restream:
+            return None
+        origin_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        base = f"http://{origin_host}:{self.http_port}"
+
+        def is_live() -> bool:
+            return self.status.state in ("live", "reconnecting")
+
+        def source_for(rendition: str | None) -> str | None:
+            # The named rendition, or the highest active one (the ladder is ordered
+            # highest first), once its playlist lists a segment.
+            active = [r for r in self.status.renditions if r.state == "Active"]
+            chosen = next((r for r in active if rendition in (None, r.name)), None)
+            if chosen is None or chosen.segments < 1:
+                return None
+            return f"{base}/{chosen.name}/{packager.PLAYLIST}"
+
+        supervisor = restream.Supervisor(
+            [
+                restream.Target(t.name, t.url, t.stream_key_file, t.rendition)
+                for t in self.config.restream
+            ],
+            is_live=is_live,
+            source_for=source_for,
+            log=self.log,
+        )
+        self.status.restream = supervisor.snapshot
+        supervisor.start()
+        return supervisor
 
     async def _serve_push(self, started: asyncio.Event | None) -> None:
         from kubecast_worker import rtmp  # the RTMP front checks app and key

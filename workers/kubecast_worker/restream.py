@@ -1,0 +1,266 @@
+"""Restream: send a copy of the live stream to other RTMP destinations.
+
+Each target gets its own child process (``kubecast-worker restream``) that reads
+one rendition's live HLS from the worker's origin and remuxes it, without
+re-encoding, to ``rtmp://.../<app>/<key>``. A process per target, not a thread in
+the worker, because PyAV's network output blocks while it holds the GIL: a slow
+or unreachable destination must never stall the ladder or the other targets.
+Reading the worker's own HLS (rather than tapping the encoder) costs a segment or
+two of latency, which nobody notices on a restream, and means a target sees
+exactly what viewers see.
+
+The parent side (``Supervisor``) starts a target's process when the stream goes
+live, restarts it with backoff while the stream stays live, and reports each
+target's state in ``/status``. The key is read from its file (a mounted Secret)
+at every start, so a rotated key is picked up, and is handed to the child in its
+environment, never in argv (``ps`` shows argv) and never in a log line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubecast_worker import logs
+
+KEY_ENV = "KUBECAST_RESTREAM_KEY"
+OPEN_TIMEOUT = 10.0
+READ_TIMEOUT = 20.0
+BACKOFF_FIRST, BACKOFF_MAX = 2.0, 30.0
+
+log = logging.getLogger("kubecast.restream")
+
+
+def target_url(url: str, key: str | None) -> str:
+    """``rtmp://host/app`` plus the key as the stream name, as every RTMP service expects."""
+    return f"{url.rstrip('/')}/{key}" if key else url
+
+
+# -- the child: one target, one remux ----------------------------------------------------
+
+
+def remux(source: str, target: str, *, name: str) -> int:
+    """Copy ``source`` (a live HLS playlist) to ``target`` (RTMP) until the source ends.
+
+    Returns the number of packets sent. Timestamps are rebased so that the target
+    sees the stream start at zero (the packager writes them with an offset).
+    """
+    import av
+
+    # NB: live_start_index -1 starts at the newest segment: the least latency.
+    inp = av.open(
+        source,
+        options={"live_start_index": "-1"},
+        timeout=(OPEN_TIMEOUT, READ_TIMEOUT),
+    )
+    try:
+        out = av.open(target, "w", format="flv", timeout=(OPEN_TIMEOUT, READ_TIMEOUT))
+        try:
+            streams = {
+                s.index: out.add_stream_from_template(s)
+                for s in inp.streams
+                if s.type in ("video", "audio")
+            }
+            base: int | None = None
+            last_dts: dict[int, int] = {}
+            sent = 0
+            for packet in inp.demux(*[inp.streams[i] for i in streams]):
+                if packet.dts is None or packet.pts is None or packet.time_base is None:
+                    continue
+                index = packet.stream.index
+                if base is None:
+                    base = packet.dts
+                dts, pts = packet.dts - base, packet.pts - base
+                if dts < 0 or dts <= last_dts.get(index, -1):
+                    continue  # before the start, or a repeat across a playlist reload
+                packet.dts, packet.pts = dts, pts
+                packet.stream = streams[index]
+                out.mux(packet)
+                last_dts[index] = dts
+                sent += 1
+                if sent == 1:
+                    log.info("restreaming", extra={"target": name})
+            return sent
+        finally:
+            out.close()
+    finally:
+        inp.close()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="kubecast-worker restream",
+        description="Copy a live HLS rendition to an RTMP destination (the key comes from"
+        f" ${KEY_ENV}).",
+    )
+    parser.add_argument("--source", required=True, help="the rendition's live HLS playlist URL")
+    parser.add_argument("--target", required=True, help="rtmp(s)://host/app, without the key")
+    parser.add_argument("--name", default="target", help="the target's name, for logs")
+    parser.add_argument("--log-format", choices=("json", "text"), default="json")
+    args = parser.parse_args(argv)
+    key = os.environ.get(KEY_ENV, "").strip() or None
+    logs.setup(fmt=args.log_format, secret=key)
+    try:
+        sent = remux(args.source, target_url(args.target, key), name=args.name)
+    except Exception as error:  # every failure is reported the same way
+        log.error("restream failed", extra={"target": args.name, "error": _describe(error)})
+        return 1
+    log.info("restream ended", extra={"target": args.name, "packets": sent})
+    return 0
+
+
+def _describe(error: BaseException) -> str:
+    import av
+
+    if isinstance(error, av.error.FFmpegError):
+        return error.strerror or type(error).__name__
+    return str(error) or type(error).__name__
+
+
+# -- the parent: start, restart and report ------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    key_file: str | None
+    rendition: str | None
+
+
+@dataclass
+class TargetState:
+    name: str
+    url: str
+    state: str = "Idle"  # Idle, Connecting, Live, Retrying
+    last_error: str | None = None
+    since: float = 0.0
+    restarts: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "url": self.url,  # never holds the key: the key is not part of it
+            "state": self.state,
+            "lastError": self.last_error,
+            "restarts": self.restarts,
+        }
+
+
+class Supervisor:
+    """Run every target's child process while the stream is live."""
+
+    def __init__(
+        self,
+        targets: list[Target],
+        *,
+        is_live: Callable[[], bool],
+        source_for: Callable[[str | None], str | None],
+        log: logs.Log,
+    ) -> None:
+        self.targets = targets
+        self.is_live = is_live
+        self.source_for = source_for
+        self.log = log
+        self.states = {t.name: TargetState(t.name, t.url, since=time.time()) for t in targets}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [state.to_json() for state in self.states.values()]
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._follow(t)) for t in self.targets]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _set(self, name: str, state: str, error: str | None = None) -> None:
+        current = self.states[name]
+        if current.state != state:
+            current.state, current.since = state, time.time()
+        if error is not None:
+            current.last_error = error
+
+    async def _follow(self, target: Target) -> None:
+        backoff = BACKOFF_FIRST
+        while True:
+            source = self.source_for(target.rendition) if self.is_live() else None
+            if source is None:
+                self._set(target.name, "Idle")
+                backoff = BACKOFF_FIRST
+                await asyncio.sleep(1.0)
+                continue
+            self._set(target.name, "Connecting")
+            started = time.monotonic()
+            code, error = await self._run_once(target, source)
+            if not self.is_live():
+                continue  # the publish ended, and with it the copy: not a failure
+            state = self.states[target.name]
+            state.restarts += 1
+            if time.monotonic() - started > 60:
+                backoff = BACKOFF_FIRST  # it ran a good while: a fresh failure
+            message = error or f"the restream process exited with code {code}"
+            self._set(target.name, "Retrying", message)
+            self.log.warning(
+                "restream target failed; retrying",
+                extra={"target": target.name, "error": message, "in_seconds": backoff},
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _run_once(self, target: Target, source: str) -> tuple[int, str | None]:
+        env = dict(os.environ)
+        env.pop(KEY_ENV, None)
+        if target.key_file:
+            try:
+                env[KEY_ENV] = Path(target.key_file).read_text().strip()
+            except OSError as e:
+                return 1, f"cannot read the target's key file: {e.strerror}"
+            logs.redact(env[KEY_ENV])
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "kubecast_worker.cli", "restream",
+            "--source", source, "--target", target.url, "--name", target.name,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )  # fmt: skip
+        error: str | None = None
+        try:
+            assert process.stderr is not None
+            async for raw in process.stderr:
+                line = raw.decode(errors="replace").rstrip("\n")
+                # Pass the child's (already redacted) log lines through to the pod's log.
+                sys.stderr.write(line + "\n")
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    if entry.get("msg") == "restreaming":
+                        self._set(target.name, "Live")
+                        self.states[target.name].last_error = None
+                    elif entry.get("msg") == "restream failed":
+                        error = entry.get("error")
+                if not self.is_live() and process.returncode is None:
+                    process.terminate()
+            return await process.wait(), error
+        except asyncio.CancelledError:
+            if process.returncode is None:
+                process.terminate()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(process.wait(), 5)
+                if process.returncode is None:
+                    process.kill()
+            raise

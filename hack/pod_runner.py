@@ -188,7 +188,12 @@ class PodRunner:
             for key, value in (data or {}).items():
                 (path / key).write_text(value)
         elif volume.secret:
-            secret = self.core.read_namespaced_secret(volume.secret.secret_name, namespace)
+            try:
+                secret = self.core.read_namespaced_secret(volume.secret.secret_name, namespace)
+            except client.ApiException as e:
+                if e.status == 404 and volume.secret.optional:
+                    return path  # as the kubelet does: an empty volume
+                raise
             items = volume.secret.items or [
                 client.V1KeyToPath(key=k, path=k) for k in (secret.data or {})
             ]

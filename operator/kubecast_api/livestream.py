@@ -228,8 +228,8 @@ class LiveStreamSpec(ApiModel):
     )
     restream: list[RestreamTarget] = Field(
         default_factory=list,
-        description="Other RTMP destinations that receive a copy of the stream. Not sent by"
-        " this version yet: the OutputsReady condition says so while targets are listed.",
+        description="Other RTMP destinations that receive a copy of one rendition (no"
+        " re-encode) while the stream is live; status.restream shows each one's state.",
         max_length=8,
     )
     resources: WorkerResources = Field(
@@ -299,6 +299,18 @@ class RenditionStatus(ApiModel):
     playback_url: str | None = Field(default=None, description="Media playlist URL.")
 
 
+class RestreamStatus(ApiModel):
+    name: str = Field(description="Target name from spec.restream.")
+    state: Literal["Idle", "Connecting", "Live", "Retrying"] = Field(
+        description="Idle (the stream is not live), Connecting, Live (sending), or"
+        " Retrying after a failure (see message)."
+    )
+    message: str | None = Field(default=None, description="The last failure, if any.")
+    restarts: int | None = Field(
+        default=None, description="Failed attempts since the worker started.", ge=0
+    )
+
+
 class LiveStreamStatus(ApiModel):
     phase: StreamPhase = Field(default=StreamPhase.PENDING, description="Lifecycle phase.")
     observed_generation: int | None = Field(
@@ -307,7 +319,8 @@ class LiveStreamStatus(ApiModel):
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Ready (worker running), IngestConnected (publisher connected),"
-        " Transcoding (ladder producing segments).",
+        " Transcoding (ladder producing segments), OutputsReady (every requested output,"
+        " restream targets included, is produced).",
     )
     ingest_url: str | None = Field(
         default=None,
@@ -323,6 +336,9 @@ class LiveStreamStatus(ApiModel):
     input: InputStatus | None = Field(default=None, description="What the worker receives.")
     renditions: list[RenditionStatus] = Field(
         default_factory=list, description="Per-rendition output state and bitrate."
+    )
+    restream: list[RestreamStatus] = Field(
+        default_factory=list, description="Per-target state of the restream copies."
     )
     dropped_frames: int | None = Field(
         default=None, description="Frames dropped or late since the worker started.", ge=0

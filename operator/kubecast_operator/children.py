@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from kubecast_api import API_VERSION, WorkerConfig, WorkerIngest
+from kubecast_api import API_VERSION, WorkerConfig, WorkerIngest, WorkerRestreamTarget
 from kubecast_api.livestream import LiveStreamSpec
 from kubecast_api.profile import TranscodeProfileSpec
 from kubecast_api.recording import RecordingSpec
@@ -24,6 +24,7 @@ STREAM_KEY_FIELD = "streamKey"
 CONFIG_HASH = "kubecast.dev/config-hash"
 CONFIG_DIR = "/etc/kubecast/config"
 KEY_DIR = "/etc/kubecast/stream-key"
+RESTREAM_KEY_DIR = "/etc/kubecast/restream"  # /<target index>/<key>
 MEDIA_DIR = "/var/lib/kubecast/media"
 RECORDING_DIR = "/var/lib/kubecast/recording"
 
@@ -158,6 +159,17 @@ def worker_config(
         )
     else:
         ingest = WorkerIngest(pull=spec.ingest.pull)
+    restream = [
+        WorkerRestreamTarget(
+            name=target.name,
+            url=target.url,
+            stream_key_file=f"{RESTREAM_KEY_DIR}/{index}/{target.stream_key_secret_ref.key}"
+            if target.stream_key_secret_ref
+            else None,
+            rendition=target.rendition,
+        )
+        for index, target in enumerate(spec.restream)
+    ]
     return WorkerConfig(
         stream=body["metadata"]["name"],
         namespace=body["metadata"]["namespace"],
@@ -165,6 +177,7 @@ def worker_config(
         profile=profile,
         outputs=spec.outputs,
         reconnect_window_seconds=spec.reconnect_window_seconds,
+        restream=restream,
         output_dir=MEDIA_DIR,
         http=f"0.0.0.0:{WORKER_HTTP_PORT}",
     )
@@ -223,6 +236,30 @@ def worker_deployment(
             }
         )
         mounts.append({"name": "stream-key", "mountPath": KEY_DIR, "readOnly": True})
+    for index, target in enumerate(spec.restream):
+        ref = target.stream_key_secret_ref
+        if ref is None:
+            continue
+        # NB: optional: a missing target key must not keep the stream itself from
+        # starting; the worker reports that target as failing instead.
+        volumes.append(
+            {
+                "name": f"restream-key-{index}",
+                "secret": {
+                    "secretName": ref.name,
+                    "items": [{"key": ref.key, "path": ref.key}],
+                    "defaultMode": 0o440,
+                    "optional": True,
+                },
+            }
+        )
+        mounts.append(
+            {
+                "name": f"restream-key-{index}",
+                "mountPath": f"{RESTREAM_KEY_DIR}/{index}",
+                "readOnly": True,
+            }
+        )
     container: dict[str, Any] = {
         "name": "worker",
         "image": settings.worker_image,

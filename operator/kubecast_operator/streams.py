@@ -36,6 +36,8 @@ class Observation:
     node_address: str | None = None
     worker: dict[str, Any] | None = None  # the worker's /status document
     worker_error: str | None = None
+    # Restream targets whose key Secret is missing: reported, not blocking the stream.
+    missing_restream_keys: list[str] = field(default_factory=list)
 
 
 def new_stream_key() -> str:
@@ -112,6 +114,15 @@ def _ensure_children(
                 f"Secret {key_ref[0]!r} {what} in namespace {namespace!r}; create it or fix"
                 " spec.ingest.push.streamKeySecretRef",
             )
+
+    for target in spec.restream:
+        ref = target.stream_key_secret_ref
+        if ref is None:
+            continue
+        secret = kube.get("Secret", namespace, ref.name)
+        if secret is None or ref.key not in (secret.get("data") or {}):
+            what = "not found" if secret is None else f"has no key {ref.key!r}"
+            seen.missing_restream_keys.append(f"{target.name}: Secret {ref.name!r} {what}")
 
     profile, problem = resolve_profile(kube, namespace, spec.profile_ref.name)
     seen.problem = seen.problem or problem
@@ -207,6 +218,15 @@ def _worker_figures(worker: dict[str, Any], playback_base: str | None) -> dict[s
             }
         )
     out["renditions"] = renditions
+    out["restream"] = [
+        {
+            "name": t.get("name"),
+            "state": t.get("state"),
+            "message": t.get("lastError"),
+            "restarts": t.get("restarts"),
+        }
+        for t in worker.get("restream") or []
+    ]
     out["droppedFrames"] = worker.get("droppedFrames")
     out["encodeSpeed"] = worker.get("encodeSpeed")
     counters = (worker.get("ingest") or {}).get("counters") or {}
@@ -217,27 +237,39 @@ def _worker_figures(worker: dict[str, Any], playback_base: str | None) -> dict[s
     return out
 
 
-def outputs_condition(spec: LiveStreamSpec | None) -> dict[str, Any]:
+def outputs_condition(seen: Observation) -> dict[str, Any]:
     """OutputsReady: whether the worker produces every output the spec asks for.
 
-    DASH and restream targets are part of the API but this worker version does
-    not produce them yet. Saying so here (and leaving dashUrl unset) is what a
-    user can act on; a URL that answers 404 is not.
+    DASH is part of the API but this version does not produce it yet: saying so
+    here (and leaving dashUrl unset) is what a user can act on; a URL that answers
+    404 is not. A restream target that keeps failing, or whose key Secret is
+    missing, makes it False too; HLS playback goes on either way.
     """
-    missing = []
+    spec = seen.spec
     if spec is not None and spec.outputs.dash.enabled:
-        missing.append("DASH (spec.outputs.dash)")
-    if spec is not None and spec.restream:
-        names = ", ".join(t.name for t in spec.restream)
-        missing.append(f"restream to {names} (spec.restream)")
-    if missing:
         return conditions.condition(
             "OutputsReady",
             False,
             "OutputNotImplemented",
-            "this kubecast version does not produce " + "; ".join(missing) + "; HLS is served",
+            "this kubecast version does not produce DASH (spec.outputs.dash); HLS is served",
         )
-    return conditions.condition("OutputsReady", True, "HlsServed", "every requested output")
+    if seen.missing_restream_keys:
+        return conditions.condition(
+            "OutputsReady",
+            False,
+            "RestreamKeySecretNotFound",
+            "restream key missing for " + "; ".join(seen.missing_restream_keys),
+        )
+    failing = [
+        f"{t.get('name')}: {t.get('lastError') or 'failing'}"
+        for t in (seen.worker or {}).get("restream") or []
+        if t.get("state") == "Retrying"
+    ]
+    if failing:
+        return conditions.condition(
+            "OutputsReady", False, "RestreamFailing", "retrying " + "; ".join(failing)
+        )
+    return conditions.condition("OutputsReady", True, "OutputsServed", "every requested output")
 
 
 WORKER_PHASES = {"live": "Live", "reconnecting": "Reconnecting", "idle": "Idle", "error": "Error"}
@@ -306,7 +338,7 @@ def compute_status(
     )
     status["conditions"] = conditions.merge(
         previous.get("conditions"),
-        [ready, ingest, transcoding, outputs_condition(seen.spec)],
+        [ready, ingest, transcoding, outputs_condition(seen)],
         generation=generation,
         at=at,
     )

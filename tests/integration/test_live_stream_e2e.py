@@ -82,8 +82,8 @@ def running(
     op.stop()
 
 
-def status(cp: ControlPlane, namespace: str) -> dict[str, Any]:
-    doc = harness.get_json(cp.kubectl, "-n", namespace, "livestream", "e2e") or {}
+def status(cp: ControlPlane, namespace: str, name: str = "e2e") -> dict[str, Any]:
+    doc = harness.get_json(cp.kubectl, "-n", namespace, "livestream", name) or {}
     result: dict[str, Any] = doc.get("status") or {}
     return result
 
@@ -96,7 +96,9 @@ def pod_logs(tmp_path: Path, op: harness.Process, runner: harness.Process) -> st
     return op.output()[-3000:] + "\n--- runner\n" + runner.output()[-2000:] + "\n" + pods
 
 
-def ready_to_publish(cp: ControlPlane, namespace: str, logs: Callable[[], str]) -> dict[str, Any]:
+def ready_to_publish(
+    cp: ControlPlane, namespace: str, logs: Callable[[], str], name: str = "e2e"
+) -> dict[str, Any]:
     """Wait for the stream to be Idle with an ingest URL a publisher here can reach.
 
     Idle comes from the worker and the URL from the Service's load-balancer address;
@@ -106,7 +108,7 @@ def ready_to_publish(cp: ControlPlane, namespace: str, logs: Callable[[], str]) 
     ready: dict[str, Any] = harness.eventually(
         "phase Idle with a reachable ingest URL",
         lambda: (
-            (s := status(cp, namespace)).get("phase") == "Idle"
+            (s := status(cp, namespace, name)).get("phase") == "Idle"
             and s.get("ingestUrl", "").startswith("rtmp://127.")
             and s
         ),
@@ -330,3 +332,96 @@ def test_recording_a_live_stream_is_finalized_before_it_is_deleted(
     finally:
         publisher.kill()
         publisher.wait()
+
+
+def test_a_stream_is_restreamed_to_another_rtmp_ingest_with_a_key_from_a_secret(
+    control_plane: ControlPlane,
+    namespace: str,
+    running: tuple[harness.Process, harness.Process],
+    tmp_path: Path,
+) -> None:
+    """The destination is a second LiveStream (it checks its key, as YouTube would)."""
+    op, runner = running
+
+    def logs() -> str:
+        return pod_logs(tmp_path, op, runner)
+
+    target_key = "yt-8c2e41f7d09b"
+    passthrough = {
+        "apiVersion": "kubecast.dev/v1alpha1",
+        "kind": "TranscodeProfile",
+        "metadata": {"name": "copy"},
+        "spec": {"gopSeconds": 1, "segmentSeconds": 1, "renditions": [
+            {"name": "source", "passthrough": True}]},
+    }  # fmt: skip
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "youtube-key"},
+        "stringData": {"streamKey": target_key},
+    }
+    receiver = {
+        "apiVersion": "kubecast.dev/v1alpha1",
+        "kind": "LiveStream",
+        "metadata": {"name": "receiver"},
+        "spec": {
+            "ingest": {"push": {"app": "live2", "streamKeySecretRef": {"name": "youtube-key"}}},
+            "profileRef": {"name": "copy"},
+            "ingestService": {"type": "LoadBalancer"},
+            "playbackService": {"type": "LoadBalancer"},
+            "reconnectWindowSeconds": 0,
+        },
+    }
+    control_plane.kubectl(
+        "-n", namespace, "apply", "-f", "-",
+        input=yaml.safe_dump_all([PROFILE, passthrough, secret, receiver]),
+    )  # fmt: skip
+    target = ready_to_publish(control_plane, namespace, logs, name="receiver")
+    source = {**STREAM, "spec": {**STREAM["spec"], "restream": [{
+        "name": "youtube",
+        "url": target["ingestUrl"],
+        "streamKeySecretRef": {"name": "youtube-key"},
+        "rendition": "180p",
+    }]}}  # fmt: skip
+    control_plane.kubectl("-n", namespace, "apply", "-f", "-", input=yaml.safe_dump(source))
+    ready = ready_to_publish(control_plane, namespace, logs)
+    assert ready["restream"] == [{"name": "youtube", "state": "Idle", "restarts": 0}]
+    key = stream_key(control_plane, namespace, ready["streamKeySecret"])
+    publisher = publish(f"{ready['ingestUrl']}/{key}", seconds=45)
+    try:
+        sending = harness.eventually(
+            "the restream target Live",
+            lambda: (
+                (s := status(control_plane, namespace)).get("restream")
+                and s["restream"][0]["state"] == "Live"
+                and s
+            ),
+            timeout=60,
+            logs=logs,
+        )
+        outputs = next(c for c in sending["conditions"] if c["type"] == "OutputsReady")
+        assert outputs["status"] == "True"
+        received = harness.eventually(
+            "the receiving stream Live with the 180p rendition's picture",
+            lambda: (
+                (s := status(control_plane, namespace, "receiver")).get("phase") == "Live"
+                and (s.get("input") or {}).get("resolution")
+                and s
+            ),
+            timeout=60,
+            logs=logs,
+        )
+        assert received["input"]["resolution"] == "320x180"
+        assert received.get("refusedPublishes", 0) == 0, "the target key was refused"
+        assert target_key not in json.dumps(sending) + op.output()
+    finally:
+        publisher.kill()
+        publisher.wait()
+    harness.eventually(
+        "the copy ends with the publish",
+        lambda: (
+            status(control_plane, namespace, "receiver").get("phase") in ("Idle", "Reconnecting")
+        ),
+        timeout=60,
+        logs=logs,
+    )

@@ -265,17 +265,79 @@ def test_outputs_this_version_cannot_produce_are_reported_not_advertised() -> No
     stream = body("livestream-push.yaml")
     plain = streams.compute_status(stream, _observed(LIVE_WORKER))
     outputs = next(c for c in plain["conditions"] if c["type"] == "OutputsReady")
-    assert (outputs["status"], outputs["reason"]) == ("True", "HlsServed")
+    assert (outputs["status"], outputs["reason"]) == ("True", "OutputsServed")
 
     stream["spec"]["outputs"] = {"dash": {"enabled": True}}
-    stream["spec"]["restream"] = [{"name": "youtube", "url": "rtmp://a.rtmp.youtube.com/live2"}]
     status = streams.compute_status(stream, _observed(LIVE_WORKER, stream))
     assert "dashUrl" not in status, "a DASH URL that answers 404 is worse than none"
     assert status["phase"] == "Live", "HLS still plays"
     outputs = next(c for c in status["conditions"] if c["type"] == "OutputsReady")
     assert (outputs["status"], outputs["reason"]) == ("False", "OutputNotImplemented")
     assert "DASH (spec.outputs.dash)" in outputs["message"]
-    assert "restream to youtube (spec.restream)" in outputs["message"]
+
+
+RESTREAM = [
+    {
+        "name": "youtube",
+        "url": "rtmp://a.rtmp.youtube.com/live2",
+        "streamKeySecretRef": {"name": "yt", "key": "key"},
+        "rendition": "720p",
+    },
+    {"name": "open", "url": "rtmp://ingest.example/live"},
+]
+
+
+def test_restream_targets_reach_the_worker_with_their_keys_mounted_not_inlined() -> None:
+    stream = body("livestream-push.yaml")
+    stream["spec"]["restream"] = RESTREAM
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    rendered = children.render_config(children.worker_config(stream, spec, profile()))
+    config = WorkerConfig.model_validate(yaml.safe_load(rendered))
+    youtube, open_target = config.restream
+    assert (youtube.url, youtube.rendition) == ("rtmp://a.rtmp.youtube.com/live2", "720p")
+    assert youtube.stream_key_file == "/etc/kubecast/restream/0/key"
+    assert open_target.stream_key_file is None
+    pod = children.worker_deployment(stream, spec, rendered=rendered, settings=SETTINGS)
+    template = pod["spec"]["template"]["spec"]
+    volume = next(v for v in template["volumes"] if v["name"] == "restream-key-0")
+    assert volume["secret"]["secretName"] == "yt" and volume["secret"]["optional"] is True
+    mounts = template["containers"][0]["volumeMounts"]
+    assert {
+        "name": "restream-key-0",
+        "mountPath": "/etc/kubecast/restream/0",
+        "readOnly": True,
+    } in mounts
+
+
+def test_restream_state_is_shown_and_a_failing_target_is_a_condition() -> None:
+    stream = body("livestream-push.yaml")
+    stream["spec"]["restream"] = RESTREAM
+    worker = {
+        **LIVE_WORKER,
+        "restream": [
+            {"name": "youtube", "state": "Live", "lastError": None, "restarts": 0},
+            {"name": "open", "state": "Retrying", "lastError": "Connection refused", "restarts": 3},
+        ],
+    }
+    status = streams.compute_status(stream, _observed(worker, stream))
+    assert status["restream"] == [
+        {"name": "youtube", "state": "Live", "restarts": 0},
+        {"name": "open", "state": "Retrying", "message": "Connection refused", "restarts": 3},
+    ]
+    outputs = next(c for c in status["conditions"] if c["type"] == "OutputsReady")
+    assert (outputs["status"], outputs["reason"]) == ("False", "RestreamFailing")
+    assert outputs["message"] == "retrying open: Connection refused"
+    assert status["phase"] == "Live"
+
+    missing = streams.compute_status(
+        stream,
+        _observed(LIVE_WORKER, stream, missing_restream_keys=["youtube: Secret 'yt' not found"]),
+    )
+    outputs = next(c for c in missing["conditions"] if c["type"] == "OutputsReady")
+    assert (outputs["reason"], outputs["message"]) == (
+        "RestreamKeySecretNotFound",
+        "restream key missing for youtube: Secret 'yt' not found",
+    )
 
 
 def test_event_playlist_is_asked_for_in_the_stream_and_reaches_the_worker() -> None:

@@ -130,6 +130,7 @@ async def run_stream(
     memo.wakeups.setdefault(key, asyncio.Event()).set()  # first pass: reconcile at once
     seen: streams.Observation | None = None
     last_full = 0.0
+    last_written = 0.0
     last_generation = None
     while not stopped:
         wake = memo.wakeups[key]
@@ -153,7 +154,9 @@ async def run_stream(
                 )
             assert seen is not None
             await _poll_worker(memo, seen)
-            await _write_stream_status(kube, snapshot, seen, logger)
+            figures_due = time.monotonic() - last_written >= settings.status_figures_seconds
+            if await _write_stream_status(kube, snapshot, seen, logger, figures_due=figures_due):
+                last_written = time.monotonic()
         except Exception as error:  # keep the loop alive: the next pass retries
             metrics.RECONCILES.labels("LiveStream", "error").inc()
             logger.warning("reconcile failed, will retry: %s", error)
@@ -181,12 +184,20 @@ async def _poll_worker(memo: kopf.Memo, seen: streams.Observation) -> None:
 
 
 async def _write_stream_status(
-    kube: Kube, body: dict[str, Any], seen: streams.Observation, logger: kopf.Logger
-) -> None:
+    kube: Kube,
+    body: dict[str, Any],
+    seen: streams.Observation,
+    logger: kopf.Logger,
+    *,
+    figures_due: bool = True,
+) -> bool:
+    """Write the status if it changed; only-figures changes wait for ``figures_due``."""
     previous = body.get("status") or {}
     status = streams.compute_status(body, seen)
     if _same(previous, status):
-        return
+        return False
+    if not figures_due and streams.only_figures_changed(previous, status):
+        return False
     meta = body["metadata"]
     await asyncio.to_thread(
         kube.patch_status,
@@ -215,6 +226,7 @@ async def _write_stream_status(
             message=f"{refused_now - refused_before} publish attempt(s) refused"
             " (wrong stream key, unknown app, or already live)",
         )
+    return True
 
 
 async def _report_failure(kube: Kube, body: dict[str, Any], error: Exception) -> None:

@@ -19,6 +19,9 @@ class Settings:
     public_host: str | None = None
     #: Seconds between two polls of a worker's /status.
     poll_seconds: float = 2.0
+    #: At most one status write per this many seconds when only the live figures
+    #: (bitrates, speed, dropped frames) changed; state changes are written at once.
+    status_figures_seconds: float = 10.0
     #: Seconds between two full re-applies of a stream's children (self-healing).
     resync_seconds: float = 30.0
     #: Namespaces to watch; empty means all.
@@ -36,5 +39,8 @@ class Settings:
             public_host=env.get("KUBECAST_PUBLIC_HOST") or None,
             poll_seconds=float(env.get("KUBECAST_POLL_SECONDS", cls.poll_seconds)),
             resync_seconds=float(env.get("KUBECAST_RESYNC_SECONDS", cls.resync_seconds)),
+            status_figures_seconds=float(
+                env.get("KUBECAST_STATUS_FIGURES_SECONDS", cls.status_figures_seconds)
+            ),
             namespaces=namespaces,
         )

@@ -272,6 +272,30 @@ def outputs_condition(seen: Observation) -> dict[str, Any]:
     return conditions.condition("OutputsReady", True, "OutputsServed", "every requested output")
 
 
+def only_figures_changed(previous: dict[str, Any], status: dict[str, Any]) -> bool:
+    """True when the two statuses differ only in figures that move on every poll.
+
+    Bitrates, speed and frame counters change every poll while a stream is live;
+    writing each of them would cost the API server one write per stream per poll.
+    The operator writes those at a slower pace and everything else at once.
+    """
+    return _without_figures(previous) == _without_figures(status)
+
+
+def _without_figures(status: dict[str, Any]) -> dict[str, Any]:
+    rest = {
+        k: v
+        for k, v in status.items()
+        if k not in ("lastLiveTime", "droppedFrames", "encodeSpeed", "input", "renditions")
+    }
+    source = status.get("input") or {}
+    rest["input"] = {k: v for k, v in source.items() if k not in ("bitrateKbps", "fps")}
+    rest["renditions"] = [
+        {k: v for k, v in r.items() if k != "bitrateKbps"} for r in status.get("renditions") or []
+    ]
+    return rest
+
+
 WORKER_PHASES = {"live": "Live", "reconnecting": "Reconnecting", "idle": "Idle", "error": "Error"}
 
 

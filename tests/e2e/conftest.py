@@ -226,6 +226,37 @@ def launch_worker(
     return _launch(command, out=out, env=env, push=not pull)
 
 
+def launch_configured_worker(
+    directory: Path,
+    *,
+    key: str,
+    stream: str = "e2e",
+    app: str = "live",
+    profile: dict[str, Any] = SMALL_PROFILE,
+    reconnect_window: int = 0,
+    ingest: dict[str, Any] | None = None,
+    **config: Any,
+) -> WorkerProcess:
+    """A push worker as the operator runs it: from a WorkerConfig, the key in a file
+    (``directory/stream-key``, a mounted Secret's stand-in). ``config``: more
+    WorkerConfig fields by their API names (``restream=[...]``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key_file = directory / "stream-key"
+    key_file.write_text(key)
+    return launch_worker(
+        directory,
+        config={
+            "stream": stream,
+            "ingest": {"listen": "127.0.0.1:0", "app": app, "streamKeyFile": str(key_file)}
+            | (ingest or {}),
+            "profile": profile,
+            "reconnectWindowSeconds": reconnect_window,
+            "http": "127.0.0.1:0",
+            **config,
+        },
+    )
+
+
 def _write(path: Path, document: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(document))
     return path

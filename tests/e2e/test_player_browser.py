@@ -21,7 +21,7 @@ import pytest
 from conftest import (
     SMALL_PROFILE,
     WorkerProcess,
-    launch_worker,
+    launch_configured_worker,
     needs_ffmpeg,
     publish,
     until,
@@ -53,25 +53,13 @@ RATE = re.compile(r"^\d+(\.\d\d)? [kM]b/s$")
 
 
 def start_worker(directory: Path) -> WorkerProcess:
-    """The worker as the operator runs it: from a config, the key in a file, the
-    key's Secret named for the page (the name only)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    key_file = directory / "stream-key"
-    key_file.write_text(KEY)
-    return launch_worker(
+    """The key's Secret is named for the page (the name only, never the key)."""
+    return launch_configured_worker(
         directory,
-        config={
-            "stream": "demo",
-            "ingest": {
-                "listen": "127.0.0.1:0",
-                "app": "live",
-                "streamKeyFile": str(key_file),
-                "streamKeySecret": KEY_SECRET,
-            },
-            "profile": SMALL_PROFILE,
-            "reconnectWindowSeconds": 60,
-            "http": "127.0.0.1:0",
-        },
+        key=KEY,
+        stream="demo",
+        reconnect_window=60,
+        ingest={"streamKeySecret": KEY_SECRET},
     )
 
 

@@ -25,6 +25,7 @@ from conftest import (
     WorkerProcess,
     codecs,
     http_get,
+    launch_configured_worker,
     launch_worker,
     needs_ffmpeg,
     publish,
@@ -242,18 +243,8 @@ def test_issue_publisher_at_720p_gets_the_default_ladder_without_1080p(tmp_path:
 def test_a_rotated_key_in_the_key_file_is_taken_without_a_restart(tmp_path: Path) -> None:
     """The kubelet rewrites a mounted Secret in place; the worker follows it."""
     old, new = "old-key-5b1e9d", "new-key-27c4fa"
+    worker = launch_configured_worker(tmp_path, key=old, stream="rotate")
     key_file = tmp_path / "stream-key"
-    key_file.write_text(old)
-    worker = launch_worker(
-        tmp_path / "worker",
-        config={
-            "stream": "rotate",
-            "ingest": {"listen": "127.0.0.1:0", "app": "live", "streamKeyFile": str(key_file)},
-            "profile": SMALL_PROFILE,
-            "reconnectWindowSeconds": 0,
-            "http": "127.0.0.1:0",
-        },
-    )
     try:
         swap = tmp_path / "stream-key.new"
         swap.write_text(new + "\n")

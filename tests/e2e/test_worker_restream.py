@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 from conftest import (
-    SMALL_PROFILE,
     codecs,
     free_port,
-    launch_worker,
+    launch_configured_worker,
     needs_ffmpeg,
     publish,
     until,
@@ -36,37 +35,17 @@ def test_a_live_stream_is_restreamed_to_another_rtmp_server_with_its_key(
 ) -> None:
     key_file = tmp_path / "target-key"
     key_file.write_text(TARGET_KEY + "\n")
-    receiver_key = tmp_path / "receiver-key"
-    receiver_key.write_text(TARGET_KEY)
-    receiver = launch_worker(
-        tmp_path / "receiver",
-        config={
-            "stream": "youtube",
-            "ingest": {"listen": "127.0.0.1:0", "app": "live2", "streamKeyFile": str(receiver_key)},
-            "profile": PASSTHROUGH,
-            "reconnectWindowSeconds": 0,
-            "http": "127.0.0.1:0",
-        },
+    receiver = launch_configured_worker(
+        tmp_path / "receiver", key=TARGET_KEY, stream="youtube", app="live2", profile=PASSTHROUGH
     )
-    source_key = tmp_path / "source-key"
-    source_key.write_text("source-key-51d0")
-    worker = launch_worker(
-        tmp_path / "worker",
-        config={
-            "stream": "studio",
-            "ingest": {"listen": "127.0.0.1:0", "app": "live", "streamKeyFile": str(source_key)},
-            "profile": SMALL_PROFILE,
-            "reconnectWindowSeconds": 0,
-            "http": "127.0.0.1:0",
-            "restream": [
-                {
-                    "name": "youtube",
-                    "url": f"rtmp://127.0.0.1:{receiver.rtmp_port}/live2",
-                    "streamKeyFile": str(key_file),
-                    "rendition": "180p",
-                }
-            ],
-        },
+    target = {
+        "name": "youtube",
+        "url": f"rtmp://127.0.0.1:{receiver.rtmp_port}/live2",
+        "streamKeyFile": str(key_file),
+        "rendition": "180p",
+    }
+    worker = launch_configured_worker(
+        tmp_path / "worker", key="source-key-51d0", stream="studio", restream=[target]
     )
     try:
         assert worker.status()["restream"][0]["state"] == "Idle"
@@ -106,19 +85,12 @@ def test_a_live_stream_is_restreamed_to_another_rtmp_server_with_its_key(
 def test_an_unreachable_target_is_retried_and_reported_while_the_stream_plays_on(
     tmp_path: Path,
 ) -> None:
-    key = tmp_path / "key"
-    key.write_text("source-key-77aa")
     nobody = free_port()  # nothing listens here
-    worker = launch_worker(
-        tmp_path / "worker",
-        config={
-            "stream": "studio",
-            "ingest": {"listen": "127.0.0.1:0", "app": "live", "streamKeyFile": str(key)},
-            "profile": SMALL_PROFILE,
-            "reconnectWindowSeconds": 0,
-            "http": "127.0.0.1:0",
-            "restream": [{"name": "gone", "url": f"rtmp://127.0.0.1:{nobody}/live"}],
-        },
+    worker = launch_configured_worker(
+        tmp_path,
+        key="source-key-77aa",
+        stream="studio",
+        restream=[{"name": "gone", "url": f"rtmp://127.0.0.1:{nobody}/live"}],
     )
     try:
         publisher = publish(worker.rtmp(key="source-key-77aa"), seconds=12, wait=False)

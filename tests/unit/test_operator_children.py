@@ -347,3 +347,26 @@ def test_event_playlist_is_asked_for_in_the_stream_and_reaches_the_worker() -> N
     rendered = children.render_config(children.worker_config(stream, spec, profile()))
     config = WorkerConfig.model_validate(yaml.safe_load(rendered))
     assert config.outputs.hls.playlist_type == "event"
+
+
+def test_only_moving_figures_wait_for_the_slower_status_pace() -> None:
+    stream = body("livestream-push.yaml")
+    first = streams.compute_status(stream, _observed(LIVE_WORKER), now="2026-01-01T00:00:00Z")
+    busier = {
+        **LIVE_WORKER,
+        "input": {**LIVE_WORKER["input"], "bitrateKbps": 2890.0, "fps": 29.97},
+        "droppedFrames": 4,
+        "encodeSpeed": 1.1,
+    }
+    stream["status"] = first
+    later = streams.compute_status(stream, _observed(busier), now="2026-01-01T00:00:02Z")
+    assert later != first
+    assert streams.only_figures_changed(first, later)
+    idle = streams.compute_status(
+        stream, _observed({**LIVE_WORKER, "state": "idle", "input": None})
+    )
+    assert not streams.only_figures_changed(first, idle), "a phase change is written at once"
+    refused = {**LIVE_WORKER, "ingest": {"counters": {"refused_wrong_key": 3}}}
+    assert not streams.only_figures_changed(
+        first, streams.compute_status(stream, _observed(refused))
+    )

@@ -15,6 +15,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,33 @@ STREAM = {
 }
 
 
+@dataclass
+class Running:
+    """The operator and the pod runner of one test, and their logs for failures."""
+
+    op: harness.Process
+    runner: harness.Process
+    workdir: Path
+
+    def logs(self) -> str:
+        """The tails of the operator's, the runner's and every pod's log."""
+        pods = "\n".join(
+            p.read_text(errors="replace")[-3000:]
+            for p in (self.workdir / "pods").rglob("container.log")
+        )
+        return (
+            self.op.output()[-3000:] + "\n--- runner\n" + self.runner.output()[-2000:]
+            + "\n" + pods
+        )  # fmt: skip
+
+
 @pytest.fixture
 def running(
     control_plane: ControlPlane, kubecast_crds: list[str], tmp_path: Path
-) -> Iterator[tuple[harness.Process, harness.Process]]:
+) -> Iterator[Running]:
     op, _ = harness.operator(control_plane.env, tmp_path)
     runner = harness.pod_runner(control_plane.env, tmp_path)
-    yield op, runner
+    yield Running(op, runner, tmp_path)
     runner.stop()
     op.stop()
 
@@ -86,14 +107,6 @@ def status(cp: ControlPlane, namespace: str, name: str = "e2e") -> dict[str, Any
     doc = harness.get_json(cp.kubectl, "-n", namespace, "livestream", name) or {}
     result: dict[str, Any] = doc.get("status") or {}
     return result
-
-
-def pod_logs(tmp_path: Path, op: harness.Process, runner: harness.Process) -> str:
-    """The tails of the operator's, the runner's and every pod's log, for failures."""
-    pods = "\n".join(
-        p.read_text(errors="replace")[-3000:] for p in (tmp_path / "pods").rglob("container.log")
-    )
-    return op.output()[-3000:] + "\n--- runner\n" + runner.output()[-2000:] + "\n" + pods
 
 
 def ready_to_publish(
@@ -146,14 +159,9 @@ def fetch(url: str) -> str:
 def test_published_stream_goes_live_and_plays(
     control_plane: ControlPlane,
     namespace: str,
-    running: tuple[harness.Process, harness.Process],
-    tmp_path: Path,
+    running: Running,
 ) -> None:
-    op, runner = running
-
-    def logs() -> str:
-        return pod_logs(tmp_path, op, runner)
-
+    op, logs = running.op, running.logs
     control_plane.kubectl(
         "-n", namespace, "apply", "-f", "-", input=yaml.safe_dump_all([PROFILE, STREAM])
     )
@@ -241,14 +249,9 @@ def _try(fn: Any, *args: Any) -> Any:
 def test_recording_a_live_stream_is_finalized_before_it_is_deleted(
     control_plane: ControlPlane,
     namespace: str,
-    running: tuple[harness.Process, harness.Process],
-    tmp_path: Path,
+    running: Running,
 ) -> None:
-    op, runner = running
-
-    def logs() -> str:
-        return pod_logs(tmp_path, op, runner)
-
+    logs = running.logs
     recording = {
         "apiVersion": "kubecast.dev/v1alpha1",
         "kind": "Recording",
@@ -311,7 +314,7 @@ def test_recording_a_live_stream_is_finalized_before_it_is_deleted(
         )["items"]
         assert events and "recording Completed: " in events[0]["message"], events
         assert "recording.mp4" in events[0]["message"]
-        files = list((tmp_path / "pods" / "claims" / namespace / "show-data").rglob("*.mp4"))
+        files = list((running.workdir / "pods" / "claims" / namespace / "show-data").rglob("*.mp4"))
         assert files, "the MP4 is on the claim"
         probe = subprocess.run(
             [
@@ -337,15 +340,10 @@ def test_recording_a_live_stream_is_finalized_before_it_is_deleted(
 def test_a_stream_is_restreamed_to_another_rtmp_ingest_with_a_key_from_a_secret(
     control_plane: ControlPlane,
     namespace: str,
-    running: tuple[harness.Process, harness.Process],
-    tmp_path: Path,
+    running: Running,
 ) -> None:
     """The destination is a second LiveStream (it checks its key, as YouTube would)."""
-    op, runner = running
-
-    def logs() -> str:
-        return pod_logs(tmp_path, op, runner)
-
+    op, logs = running.op, running.logs
     target_key = "yt-8c2e41f7d09b"
     passthrough = {
         "apiVersion": "kubecast.dev/v1alpha1",

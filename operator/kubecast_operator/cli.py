@@ -9,10 +9,12 @@ import os
 import sys
 
 import kopf
-from aiohttp import web
 from prometheus_client import start_http_server
 
-from kubecast_operator import handlers  # noqa: F401  (registers the kopf handlers)
+from kubecast_operator import (
+    handlers,  # noqa: F401  (registers the kopf handlers)
+    health,
+)
 from kubecast_operator.kube import Kube, load_config
 from kubecast_operator.leader import LeaderElector
 
@@ -35,7 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--liveness-port",
         type=int,
         default=8081,
-        help="port of /healthz (0 disables); it answers while standing by too",
+        help="port of /healthz (liveness) and /readyz (readiness), 0 disables;"
+        " both answer while standing by too",
     )
     parser.add_argument(
         "--leader-election",
@@ -53,44 +56,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve_health(port: int, state: dict[str, str]) -> web.AppRunner:
-    """/healthz: the process is alive, leading or standing by.
-
-    NB: kopf's own liveness endpoint only starts with the operator, i.e. after
-    this replica leads; a standby would fail its probe and be restarted.
-    """
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response(state)
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port).start()
-    return runner
-
-
 async def run(args: argparse.Namespace) -> int:
     load_config()
-    state = {"role": "standby" if args.leader_election else "leader"}
-    health = await serve_health(args.liveness_port, state) if args.liveness_port else None
+    elector = (
+        LeaderElector(Kube(), namespace=args.lease_namespace) if args.leader_election else None
+    )
+    state = health.Health(elector)
+    # NB: up before the Lease is asked for, so that a standby answers its probes.
+    runner = (await health.serve(state, port=args.liveness_port))[0] if args.liveness_port else None
     try:
         return await _operate(args, state)
     finally:
-        if health is not None:
-            await health.cleanup()
+        if runner is not None:
+            await runner.cleanup()
 
 
-async def _operate(args: argparse.Namespace, state: dict[str, str]) -> int:
+async def _operate(args: argparse.Namespace, state: health.Health) -> int:
     namespaces = args.namespace or [
         n for n in os.environ.get("KUBECAST_NAMESPACES", "").split(",") if n
     ]
-    elector = None
-    if args.leader_election:
-        elector = LeaderElector(Kube(), namespace=args.lease_namespace)
+    elector = state.elector
+    if elector is not None:
         await elector.acquire()
-        state["role"] = "leader"
+        state.lead()
     stop = asyncio.Event()
     operator = asyncio.create_task(
         kopf.operator(
@@ -98,6 +86,8 @@ async def _operate(args: argparse.Namespace, state: dict[str, str]) -> int:
             namespaces=namespaces,
             standalone=True,
             stop_flag=stop,
+            # Raised once the startup handlers ran and the watch tasks start: /readyz.
+            ready_flag=state.watching,
         )
     )
     if elector is None:

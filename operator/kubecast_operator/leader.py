@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -55,6 +56,16 @@ class LeaderElector:
         self.kube, self.namespace, self.name = kube, namespace, name
         self.identity = identity or default_identity()
         self.lease_seconds, self.renew_seconds = lease_seconds, renew_seconds
+        #: time.monotonic() when the API server last answered an attempt (a
+        #: renewal while leading, a look at the holder while standing by); None
+        #: before the first. health.py tells from it whether we are in touch.
+        self.answered_at: float | None = None
+
+    async def _attempt(self) -> bool:
+        """``try_acquire`` off the event loop, noting when it got an answer."""
+        held = await asyncio.to_thread(self.try_acquire)
+        self.answered_at = time.monotonic()
+        return held
 
     def try_acquire(self) -> bool:
         """One attempt to take or renew the lease; True when we hold it."""
@@ -108,7 +119,7 @@ class LeaderElector:
         announced = False
         while True:
             try:
-                if await asyncio.to_thread(self.try_acquire):
+                if await self._attempt():
                     log.info(
                         "leading as %s (lease %s/%s)", self.identity, self.namespace, self.name
                     )
@@ -148,7 +159,7 @@ class LeaderElector:
         while True:
             await asyncio.sleep(self.renew_seconds)
             try:
-                if not await asyncio.to_thread(self.try_acquire):
+                if not await self._attempt():
                     log.error("lost the lease to another replica")
                     return
             except Exception as error:

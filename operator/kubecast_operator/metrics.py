@@ -28,6 +28,10 @@ WORKER_POLL_ERRORS = Counter(
     "Polls of a worker's /status that failed (unreachable, bad answer).",
     ["resource"],
 )
+LEADER = Gauge(
+    "kubecast_operator_leader",
+    "1 while this replica leads (holds the Lease, or runs without leader election), else 0.",
+)
 STATUS_WRITES = Counter(
     "kubecast_operator_status_writes_total",
     "Status patches written, by resource kind.",

@@ -9,12 +9,14 @@ operator can find what it owns.
 from __future__ import annotations
 
 import hashlib
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from kubecast_api import API_VERSION, WorkerConfig, WorkerIngest, WorkerRestreamTarget
-from kubecast_api.livestream import LiveStreamSpec
+from kubecast_api.livestream import LiveStreamSpec, PlaylistType
 from kubecast_api.profile import TranscodeProfileSpec
 from kubecast_api.recording import RecordingSpec
 from kubecast_operator.settings import WORKER_HTTP_PORT, WORKER_RTMP_PORT, Settings
@@ -111,13 +113,93 @@ def restricted_security_context() -> dict[str, Any]:
     }
 
 
-def _resources(spec: LiveStreamSpec) -> dict[str, Any]:
+def _resources(spec: LiveStreamSpec, storage: WorkerStorage | None) -> dict[str, Any]:
+    """The stream's CPU and memory, and the ephemeral storage its worker needs."""
     out: dict[str, Any] = {}
     for kind in ("requests", "limits"):
         values = getattr(spec.resources, kind).model_dump(exclude_none=True)
+        if storage is not None:
+            mi = storage.request_mi if kind == "requests" else storage.limit_mi
+            if mi is not None:
+                values["ephemeral-storage"] = f"{mi}Mi"
         if values:
             out[kind] = values
     return out
+
+
+# --- local disk of media pods ---------------------------------------------------
+
+#: kbit/s assumed for a passthrough rendition, whose bitrate is the source's and
+#: not known in advance: above what OBS and the big platforms suggest for 1080p60.
+PASSTHROUGH_KBITS = 20_000
+#: Container overhead on top of the codec bitrates (MPEG-TS, the larger of ts and fmp4).
+SEGMENT_OVERHEAD = 1.10
+#: Headroom on the estimate: bitrate peaks, segments longer than segmentSeconds
+#: (a passthrough source's own keyframes), playlists and temp files.
+MEDIA_HEADROOM = 2
+MEDIA_MIN_MI = 256
+#: /tmp of media pods: the root filesystem is read-only and nothing of ours writes there.
+TMP_SIZE_LIMIT_MI = 64
+#: Container logs (the kubelet keeps 5 x 10Mi by default) and the writable layer.
+EPHEMERAL_OVERHEAD_MI = 128
+
+
+@dataclass(frozen=True)
+class WorkerStorage:
+    """The worker's local disk: its HLS output lives in an emptyDir ("media").
+
+    A live playlist keeps a sliding window of segments, so the volume has a
+    bound, computed from the ladder: the volume gets it as ``sizeLimit``, and
+    the container requests (and is limited to) it plus /tmp and logs, so the
+    scheduler places the worker where that much disk is free and a runaway
+    worker is evicted before it fills the node.
+
+    NB: an event playlist keeps every segment of a publish, by design (DVR from
+    the start), so no bound holds: any sizeLimit or ephemeral-storage limit
+    would evict the worker mid-event, and its playlist with it. It requests
+    the same amount and has no limit; the node's own disk-pressure eviction
+    is what remains.
+    """
+
+    media_mi: int
+    bounded: bool
+
+    @classmethod
+    def of(cls, spec: LiveStreamSpec, profile: TranscodeProfileSpec) -> WorkerStorage:
+        kbits = sum(
+            PASSTHROUGH_KBITS
+            if rendition.passthrough
+            else (rendition.maxrate or rendition.video_bitrate or 0) + rendition.audio_bitrate
+            for rendition in profile.renditions
+        )
+        # On disk: the window, the segment FFmpeg keeps past it
+        # (hls_delete_threshold) and the one being written.
+        seconds = (spec.outputs.hls.window_segments + 2) * profile.segment_seconds
+        size = kbits * 1000 / 8 * SEGMENT_OVERHEAD * seconds * MEDIA_HEADROOM
+        return cls(
+            media_mi=max(MEDIA_MIN_MI, math.ceil(size / 2**20)),
+            bounded=spec.outputs.hls.playlist_type != PlaylistType.EVENT,
+        )
+
+    @property
+    def request_mi(self) -> int:
+        return self.media_mi + TMP_SIZE_LIMIT_MI + EPHEMERAL_OVERHEAD_MI
+
+    @property
+    def limit_mi(self) -> int | None:
+        return self.request_mi if self.bounded else None
+
+    def media_volume(self) -> dict[str, Any]:
+        empty_dir = {"sizeLimit": f"{self.media_mi}Mi"} if self.bounded else {}
+        return {"name": "media", "emptyDir": empty_dir}
+
+
+def tmp_volume() -> dict[str, Any]:
+    return {"name": "tmp", "emptyDir": {"sizeLimit": f"{TMP_SIZE_LIMIT_MI}Mi"}}
+
+
+#: The recorder writes to its claim; locally only /tmp, logs and the writable layer.
+RECORDER_EPHEMERAL = {"ephemeral-storage": f"{TMP_SIZE_LIMIT_MI + EPHEMERAL_OVERHEAD_MI}Mi"}
 
 
 # --- LiveStream children ----------------------------------------------------
@@ -202,22 +284,29 @@ def worker_config_map(body: dict[str, Any], rendered: str) -> dict[str, Any]:
 
 
 def worker_deployment(
-    body: dict[str, Any], spec: LiveStreamSpec, *, rendered: str, settings: Settings
+    body: dict[str, Any],
+    spec: LiveStreamSpec,
+    *,
+    rendered: str,
+    settings: Settings,
+    profile: TranscodeProfileSpec | None = None,
 ) -> dict[str, Any]:
     """One worker pod per stream.
 
     ``Recreate``: a stream has one ingest endpoint; two workers side by side
     during a rolling update would race for the publisher.
     The pod template carries the config hash, so any change to the stream or
-    its profile rolls the worker.
+    its profile rolls the worker. The profile also sizes its disk
+    (WorkerStorage); without one (only in tests) the media volume is unsized.
     """
     name = body["metadata"]["name"]
     pod_labels = labels(instance=name, component="worker", stream=name)
     key_ref = stream_key_secret_ref(body, spec)
+    storage = None if profile is None else WorkerStorage.of(spec, profile)
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": config_name(name)}},
-        {"name": "media", "emptyDir": {}},
-        {"name": "tmp", "emptyDir": {}},
+        {"name": "media", "emptyDir": {}} if storage is None else storage.media_volume(),
+        tmp_volume(),
     ]
     mounts = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -287,7 +376,7 @@ def worker_deployment(
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
-        "resources": _resources(spec),
+        "resources": _resources(spec, storage),
         "securityContext": restricted_security_context(),
         "volumeMounts": mounts,
     }
@@ -464,6 +553,10 @@ def recorder_pod(
                     ],
                     "ports": [{"name": "http", "containerPort": WORKER_HTTP_PORT}],
                     "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}},
+                    "resources": {
+                        "requests": dict(RECORDER_EPHEMERAL),
+                        "limits": dict(RECORDER_EPHEMERAL),
+                    },
                     "securityContext": restricted_security_context(),
                     "volumeMounts": [
                         {"name": "data", "mountPath": RECORDING_DIR},
@@ -476,7 +569,7 @@ def recorder_pod(
                     "name": "data",
                     "persistentVolumeClaim": {"claimName": recording_claim_name(name)},
                 },
-                {"name": "tmp", "emptyDir": {}},
+                tmp_volume(),
             ],
         },
     }

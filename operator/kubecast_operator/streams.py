@@ -133,7 +133,11 @@ def _ensure_children(
     rendered = children.render_config(children.worker_config(body, spec, profile))
     seen.config_hash = children.config_hash(rendered)
     kube.apply(children.worker_config_map(body, rendered))
-    kube.apply(children.worker_deployment(body, spec, rendered=rendered, settings=settings))
+    kube.apply(
+        children.worker_deployment(
+            body, spec, rendered=rendered, settings=settings, profile=profile
+        )
+    )
 
 
 def _node_address(kube: Kube) -> str | None:

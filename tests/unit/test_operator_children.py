@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
 from kubecast_api import LiveStreamSpec, RecordingSpec, TranscodeProfileSpec, WorkerConfig
 from kubecast_operator import children, conditions, profiles, streams
+from kubecast_operator.kube import Kube
 from kubecast_operator.settings import Settings
 
 SAMPLES = Path(__file__).parents[2] / "samples"
@@ -370,3 +372,104 @@ def test_only_moving_figures_wait_for_the_slower_status_pace() -> None:
     assert not streams.only_figures_changed(
         first, streams.compute_status(stream, _observed(refused))
     )
+
+
+def _worker(stream: dict[str, Any], prof: TranscodeProfileSpec) -> dict[str, Any]:
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    rendered = children.render_config(children.worker_config(stream, spec, prof))
+    deployment = children.worker_deployment(
+        stream, spec, rendered=rendered, settings=SETTINGS, profile=prof
+    )
+    pod: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return pod
+
+
+def _volumes(pod: dict[str, Any]) -> dict[str, Any]:
+    return {v["name"]: v for v in pod["volumes"]}
+
+
+def test_worker_disk_is_requested_limited_and_sized_from_the_ladder() -> None:
+    stream = body("livestream-push.yaml")
+    pod = _worker(stream, profile())
+    # 4 rungs at maxrate + audio (9511 kbit/s) + 10 % TS overhead, a 6-segment
+    # window of 4 s plus 2 segments, twice: 80 MiB, below the 256 MiB floor.
+    assert _volumes(pod)["media"] == {"name": "media", "emptyDir": {"sizeLimit": "256Mi"}}
+    assert _volumes(pod)["tmp"] == {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}
+    (container,) = pod["containers"]
+    # media + /tmp + 128 MiB for logs and the writable layer; the stream's own
+    # CPU and memory are kept as they are.
+    assert container["resources"] == {
+        "requests": {"cpu": "2", "memory": "1Gi", "ephemeral-storage": "448Mi"},
+        "limits": {"memory": "2Gi", "ephemeral-storage": "448Mi"},
+    }
+
+    # A long DVR window needs more: 1000 segments of the same ladder.
+    stream["spec"]["outputs"]["hls"]["windowSegments"] = 1000
+    pod = _worker(stream, profile())
+    assert _volumes(pod)["media"]["emptyDir"] == {"sizeLimit": "9998Mi"}
+    limits = pod["containers"][0]["resources"]["limits"]
+    assert limits["ephemeral-storage"] == f"{9998 + 64 + 128}Mi"
+
+
+def test_passthrough_rendition_is_sized_at_an_assumed_source_bitrate() -> None:
+    stream = body("livestream-push.yaml")
+    stream["spec"]["outputs"]["hls"]["windowSegments"] = 100
+    prof = TranscodeProfileSpec.model_validate(
+        {"renditions": [{"name": "source", "passthrough": True}]}
+    )
+    sized = children.WorkerStorage.of(LiveStreamSpec.model_validate(stream["spec"]), prof)
+    seconds = (100 + 2) * prof.segment_seconds
+    expected = children.PASSTHROUGH_KBITS * 1000 / 8 * 1.10 * seconds * 2 / 2**20
+    assert sized.media_mi == math.ceil(expected)
+    assert sized.media_mi > children.MEDIA_MIN_MI
+
+
+def test_event_playlist_worker_requests_disk_but_is_never_evicted_for_its_dvr() -> None:
+    stream = body("livestream-push.yaml")
+    stream["spec"]["outputs"] = {"hls": {"playlistType": "event"}}
+    pod = _worker(stream, profile())
+    # Every segment of the publish stays: no bound holds, so no limit.
+    assert _volumes(pod)["media"] == {"name": "media", "emptyDir": {}}
+    resources = pod["containers"][0]["resources"]
+    assert resources["requests"]["ephemeral-storage"] == "448Mi"
+    assert "ephemeral-storage" not in resources["limits"]
+
+
+def test_recorder_requests_and_limits_its_small_local_disk() -> None:
+    recording = body("recording.yaml")
+    spec = RecordingSpec.model_validate(recording["spec"])
+    pod = children.recorder_pod(recording, spec, source="http://x:8080", settings=SETTINGS)
+    (container,) = pod["spec"]["containers"]
+    assert container["resources"] == {
+        "requests": {"ephemeral-storage": "192Mi"},
+        "limits": {"ephemeral-storage": "192Mi"},
+    }
+    assert _volumes(pod["spec"])["tmp"]["emptyDir"] == {"sizeLimit": "64Mi"}
+
+
+class _Cluster:
+    """Just enough of Kube for one reconcile pass: reads from a dict, records applies."""
+
+    def __init__(self, objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+        self.objects = objects
+        self.applied: list[dict[str, Any]] = []
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return self.objects.get((kind, name))
+
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        return manifest
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.applied.append(manifest)
+        return manifest
+
+
+def test_the_reconcile_pass_sizes_the_worker_disk_from_the_stream_profile() -> None:
+    stream = body("livestream-push.yaml")
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    kube = _Cluster({("TranscodeProfile", "default"): body("transcodeprofile-default.yaml")})
+    streams._ensure_children(cast(Kube, kube), stream, spec, SETTINGS, streams.Observation())
+    (deployment,) = [m for m in kube.applied if m["kind"] == "Deployment"]
+    volumes = _volumes(deployment["spec"]["template"]["spec"])
+    assert volumes["media"]["emptyDir"] == {"sizeLimit": "256Mi"}

@@ -87,3 +87,21 @@ def test_security_defaults_are_restrictive() -> None:
     assert container["readOnlyRootFilesystem"] is True
     assert container["allowPrivilegeEscalation"] is False
     assert container["capabilities"] == {"drop": ["ALL"]}
+
+
+def test_operator_requests_and_limits_ephemeral_storage_by_default() -> None:
+    resources = VALUES["resources"]
+    assert resources["requests"]["ephemeral-storage"] == "64Mi"
+    assert resources["limits"]["ephemeral-storage"] == "256Mi"
+    # No CPU limit on purpose (values.yaml says why).
+    assert "cpu" not in resources["limits"]
+
+
+def test_pod_disruption_budget_is_off_by_default_and_then_lets_one_pod_go() -> None:
+    assert VALUES["podDisruptionBudget"] == {
+        "enabled": False,
+        "maxUnavailable": 1,
+        "minAvailable": "",
+    }
+    declared = SCHEMA["properties"]["podDisruptionBudget"]
+    assert declared["additionalProperties"] is False

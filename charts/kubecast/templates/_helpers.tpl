@@ -76,6 +76,73 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
+{{/* Scheduling ------------------------------------------------------------- */}}
+
+{{/*
+The pod's affinity: the user's, or with more than one replica a preferred
+anti-affinity per node, so that one node going away leaves a standby. Only
+preferred: a single-node cluster (kind, k3d) still runs every replica.
+*/}}
+{{- define "kubecast.affinity" -}}
+{{- if .Values.affinity }}
+{{- toYaml .Values.affinity }}
+{{- else if gt (int .Values.replicaCount) 1 }}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "kubecast.selectorLabels" . | nindent 12 }}
+{{- end }}
+{{- end }}
+
+{{/*
+podDisruptionBudget.minAvailable when it is set ("" and null are not; 0 is),
+else nothing.
+*/}}
+{{- define "kubecast.pdbMinAvailable" -}}
+{{- $min := .Values.podDisruptionBudget.minAvailable }}
+{{- if not (or (kindIs "invalid" $min) (eq (toString $min) "")) }}
+{{- toString $min }}
+{{- end }}
+{{- end }}
+
+{{/* An int or a percentage, as YAML: numbers bare, percentages quoted. */}}
+{{- define "kubecast.intOrPercent" -}}
+{{- if kindIs "string" . }}{{ quote . }}{{ else }}{{ int64 . }}{{ end }}
+{{- end }}
+
+{{/*
+A budget that no eviction can ever meet blocks every `kubectl drain` (and
+managed node upgrades) of a node running the operator: refuse it.
+*/}}
+{{- define "kubecast.validatePdb" -}}
+{{- $pdb := .Values.podDisruptionBudget }}
+{{- $replicas := int .Values.replicaCount }}
+{{- $min := include "kubecast.pdbMinAvailable" . }}
+{{- if $min }}
+{{- $need := 0 }}
+{{- if hasSuffix "%" $min }}
+{{- $need = ceil (divf (mul (trimSuffix "%" $min | int) $replicas) 100) | int }}
+{{- else }}
+{{- $need = int $min }}
+{{- end }}
+{{- if and (gt $replicas 0) (ge $need $replicas) }}
+{{- fail (printf "podDisruptionBudget.minAvailable=%s with replicaCount=%d would keep every operator pod from being evicted, so a node drain could never finish: use podDisruptionBudget.maxUnavailable (default 1), or raise replicaCount" $min $replicas) }}
+{{- end }}
+{{- else }}
+{{- $max := $pdb.maxUnavailable }}
+{{- if or (kindIs "invalid" $max) (eq (toString $max) "") }}
+{{- fail "podDisruptionBudget.enabled=true needs podDisruptionBudget.maxUnavailable or podDisruptionBudget.minAvailable" }}
+{{- end }}
+{{- if eq (trimSuffix "%" (toString $max) | int) 0 }}
+{{- fail (printf "podDisruptionBudget.maxUnavailable=%v would keep every operator pod from being evicted, so a node drain could never finish: use 1 (the default) or more" $max) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{/* Checks the schema cannot express, with what to do about them. */}}
 {{- define "kubecast.validate" -}}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.operator.leaderElection) }}

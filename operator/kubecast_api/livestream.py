@@ -352,6 +352,15 @@ class LiveStreamStatus(ApiModel):
     last_live_time: datetime | None = Field(
         default=None, description="When the stream was last seen Live."
     )
+    worker_restarts: int | None = Field(
+        default=None,
+        description="How often the kubelet restarted the worker container of the current pod.",
+        ge=0,
+    )
+    last_worker_exit: str | None = Field(
+        default=None,
+        description="How the worker container last ended, e.g. 'exit code 137 (Error) at <time>'.",
+    )
     message: str | None = Field(default=None, description="Last error or notable event.")
 
 

@@ -283,6 +283,16 @@ def worker_config_map(body: dict[str, Any], rendered: str) -> dict[str, Any]:
     }
 
 
+def placement(settings: Settings) -> dict[str, Any]:
+    """nodeSelector and tolerations of media pods, when the operator is given any."""
+    out: dict[str, Any] = {}
+    if settings.worker_node_selector:
+        out["nodeSelector"] = dict(settings.worker_node_selector)
+    if settings.worker_tolerations:
+        out["tolerations"] = [dict(t) for t in settings.worker_tolerations]
+    return out
+
+
 def worker_deployment(
     body: dict[str, Any],
     spec: LiveStreamSpec,
@@ -354,9 +364,9 @@ def worker_deployment(
         "image": settings.worker_image,
         "imagePullPolicy": settings.worker_image_pull_policy,
         "command": ["kubecast-worker"],
-        # NB: $(POD_IP) is expanded by the kubelet; the worker binds to its own
-        # address (it is also how the local test harness runs the pod).
-        "args": ["run", "--config", f"{CONFIG_DIR}/worker.yaml", "--bind-host", "$(POD_IP)"],
+        # NB: the rendered config listens on 0.0.0.0, every address of the pod:
+        # its IP for Services and probes, and localhost for `kubectl port-forward`.
+        "args": ["run", "--config", f"{CONFIG_DIR}/worker.yaml"],
         "env": [
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "KUBECAST_STREAM", "value": name},
@@ -412,6 +422,7 @@ def worker_deployment(
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "terminationGracePeriodSeconds": 15,
+                    **placement(settings),
                     "containers": [container],
                     "volumes": volumes,
                 },
@@ -509,10 +520,9 @@ def recorder_pod(
         ",".join(str(f) for f in spec.formats),
         "--idle-timeout",
         str(spec.idle_timeout_seconds),
+        # Every address of the pod: its IP for the operator, localhost for port-forward.
         "--http",
         f"0.0.0.0:{WORKER_HTTP_PORT}",
-        "--bind-host",
-        "$(POD_IP)",
     ]
     if spec.rendition:
         args += ["--rendition", spec.rendition]
@@ -533,6 +543,7 @@ def recorder_pod(
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             "terminationGracePeriodSeconds": 60,
+            **placement(settings),
             "securityContext": {
                 "runAsNonRoot": True,
                 "fsGroup": 10001,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 WORKER_HTTP_PORT = 8080
 WORKER_RTMP_PORT = 1935
@@ -26,6 +28,10 @@ class Settings:
     resync_seconds: float = 30.0
     #: Namespaces to watch; empty means all.
     namespaces: tuple[str, ...] = field(default_factory=tuple)
+    #: Where media pods (workers, recorders) may run: a nodeSelector and
+    #: tolerations, e.g. for nodes kept for video (GPU, fast NICs).
+    worker_node_selector: dict[str, str] = field(default_factory=dict)
+    worker_tolerations: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -43,4 +49,20 @@ class Settings:
                 env.get("KUBECAST_STATUS_FIGURES_SECONDS", cls.status_figures_seconds)
             ),
             namespaces=namespaces,
+            worker_node_selector=_json(env, "KUBECAST_WORKER_NODE_SELECTOR", dict),
+            worker_tolerations=tuple(_json(env, "KUBECAST_WORKER_TOLERATIONS", list)),
         )
+
+
+def _json(env: dict[str, str], name: str, kind: type) -> Any:
+    """A JSON value from the environment; a wrong one stops the operator with its name."""
+    text = env.get(name, "").strip()
+    if not text:
+        return kind()
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{name} is not JSON: {error}") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{name} must be a JSON {kind.__name__}, got {type(value).__name__}")
+    return value

@@ -241,6 +241,31 @@ def _worker_figures(worker: dict[str, Any], playback_base: str | None) -> dict[s
     return out
 
 
+def worker_restarts(pods: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the kubelet says about restarts of the worker container, from the pods.
+
+    A crash the worker could not report itself (SIGKILL, OOM) shows up only here.
+    """
+    restarts, last = 0, None
+    for pod in pods:
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            restarts += int(container.get("restartCount") or 0)
+            ended = (container.get("lastState") or {}).get("terminated")
+            if ended and (last is None or str(ended.get("finishedAt")) > str(last.get("finishedAt"))):
+                last = ended
+    if not pods:
+        return {}
+    out: dict[str, Any] = {"workerRestarts": restarts}
+    if last:
+        out["lastWorkerExit"] = (
+            f"exit code {last.get('exitCode')} ({last.get('reason') or 'Error'})"
+            f" at {last.get('finishedAt')}"
+        )
+    return out
+
+
 def outputs_condition(seen: Observation) -> dict[str, Any]:
     """OutputsReady: whether the worker produces every output the spec asks for.
 
@@ -375,6 +400,7 @@ def compute_status(
     message = seen.problem[1] if seen.problem else (seen.worker or {}).get("lastError")
     status["message"] = message
     status["lastLiveTime"] = at if live else previous.get("lastLiveTime")
+    status.update(worker_restarts(seen.pods))
     # One schema: what we write must be what the CRD describes.
     return LiveStreamStatus.model_validate(
         {k: v for k, v in status.items() if v is not None}

@@ -121,6 +121,11 @@ class ControlPlane:
         """``kubectl apply -f -`` with the given YAML."""
         return self.kubectl("apply", "-f", "-", *args, input=manifest)
 
+    @property
+    def netns(self) -> str:
+        """Path of the cluster's network namespace (for nsenter and tests.integration.netns)."""
+        return self.env["KUBECAST_NETNS_PATH"]
+
     def log(self, component: str) -> str:
         """The log of a component (etcd, kube-apiserver, kube-controller-manager, ...)."""
         path = self.cluster_dir / "logs" / f"{component}.log"
@@ -212,6 +217,12 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
                 f"{_tail(up.stderr, 80)}",
                 pytrace=False,
             )
+        # The namespace, the node and the in-namespace kubeconfig, for the
+        # processes a test runs inside the cluster's network namespace.
+        for line in (cluster_dir / "cluster.env").read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not key.startswith("#") and key != "KUBECONFIG":
+                env[key] = value
         yield cp
     finally:
         # Keep the logs next to pytest's other temp files for a post-mortem;

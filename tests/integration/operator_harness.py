@@ -1,4 +1,10 @@
-"""Start and stop the real operator (and the pod runner) as processes, for tests."""
+"""Start and stop the real operator as a process, for tests.
+
+The operator runs inside the cluster's network namespace (``nsenter --net``),
+where pod IPs and ClusterIPs exist; the host has none of them. That is the
+process a developer iterates on; the end-to-end tests run the operator image
+as a real pod instead (``helm install``).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from . import netns
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -59,19 +66,40 @@ class Process:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+# Media pods of operator-only tests go to the kwok nodes: nothing runs there,
+# so the tests see what the operator does, not what a worker does.
+ON_KWOK = {
+    "KUBECAST_WORKER_NODE_SELECTOR": json.dumps({"type": "kwok"}),
+    "KUBECAST_WORKER_TOLERATIONS": json.dumps(
+        [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]
+    ),
+}
+
+
+def in_netns(env: dict[str, str]) -> list[str]:
+    """The command prefix that runs a program inside the cluster's network namespace."""
+    return ["nsenter", f"--net={env['KUBECAST_NETNS_PATH']}", "--"]
+
+
 def operator(
-    env: dict[str, str], workdir: Path, name: str = "operator", **settings: str
+    env: dict[str, str], workdir: Path, name: str = "operator", *, kwok: bool = True, **settings: str
 ) -> tuple[Process, int]:
-    """An operator process; returns it and its metrics port."""
+    """An operator process inside the cluster's namespace; returns it and its metrics port.
+
+    ``kwok``: put the streams' media pods on the kwok nodes (see ON_KWOK).
+    """
     metrics_port = free_port()
     proc_env = {
         **env,
+        "KUBECONFIG": env["KUBECONFIG_NETNS"],
         "KUBECAST_POLL_SECONDS": "1",
         "KUBECAST_RESYNC_SECONDS": "10",
         "KUBECAST_PUBLIC_HOST": "127.0.0.1",
+        **(ON_KWOK if kwok else {}),
         **settings,
     }
     argv = [
+        *in_netns(env),
         str(BIN / "kubecast-operator"),
         "--metrics-port",
         str(metrics_port),
@@ -83,18 +111,6 @@ def operator(
     return Process(argv, env=proc_env, log=workdir / f"{name}.log").start(), metrics_port
 
 
-def pod_runner(env: dict[str, str], workdir: Path) -> Process:
-    argv = [
-        sys.executable,
-        str(REPO / "hack" / "pod_runner.py"),
-        "--workdir",
-        str(workdir / "pods"),
-        "--bin-dir",
-        str(BIN),
-    ]
-    return Process(argv, env=env, log=workdir / "pod-runner.log").start()
-
-
 def get_json(kubectl: Callable[..., Any], *args: str) -> dict[str, Any] | None:
     proc = kubectl("get", *args, "-o", "json", check=False)
     if proc.returncode != 0:
@@ -103,10 +119,11 @@ def get_json(kubectl: Callable[..., Any], *args: str) -> dict[str, Any] | None:
     return doc
 
 
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text: str = response.read().decode()
-        return text
+def scrape(env: dict[str, str], port: int) -> str:
+    """GET /metrics of a process inside the cluster's namespace (real HTTP)."""
+    status, body = netns.http_get(env["KUBECAST_NETNS_PATH"], f"http://127.0.0.1:{port}/metrics")
+    assert status == 200, f"/metrics answered {status}"
+    return body.decode()
 
 
 def eventually(

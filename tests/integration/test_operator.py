@@ -150,7 +150,7 @@ def test_stream_gets_owned_children_and_a_status(
     )
     assert condition(profile_status, "Valid")["status"] == "True"
 
-    metrics = harness.scrape(metrics_port)
+    metrics = harness.scrape(control_plane.env, metrics_port)
     assert 'kubecast_operator_reconciles_total{resource="LiveStream",result="ok"}' in metrics
     assert "kubecast_operator_reconcile_duration_seconds_bucket" in metrics
     assert 'kubecast_operator_streams{phase="Pending"}' in metrics

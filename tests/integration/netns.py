@@ -1,0 +1,64 @@
+"""Reaching into the local cluster's network namespace from a test.
+
+The cluster (API server, node, pods, ClusterIPs) lives in a network namespace
+of its own; the host has none of its addresses. A test that must talk to a pod
+IP or a ClusterIP does it from a thread that entered that namespace: setns(2)
+moves only the calling thread, and a socket stays in the namespace it was made
+in, so nothing in the host's own namespace ever sends to a private address.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+import urllib.request
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
+
+
+def _enter(path: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({path}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def call(path: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``fn(*args, **kwargs)`` in a fresh thread inside the namespace at ``path``."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            _enter(path)
+            result.append(fn(*args, **kwargs))
+        except BaseException as error:  # handed to the caller's thread
+            errors.append(error)
+
+    thread = threading.Thread(target=target, name="in-netns", daemon=True)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+def http_get(path: str, url: str, timeout: float = 5) -> tuple[int, bytes]:
+    """GET ``url`` from inside the namespace; returns (status, body)."""
+
+    def get() -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    return call(path, get)

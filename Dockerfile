@@ -5,6 +5,12 @@
 #   docker build --target operator -t kubecast/operator:0.1.0 .
 #   docker build --target worker   -t kubecast/worker:0.1.0 .
 #
+# Without a Docker daemon or a registry, `make images` (hack/images.sh) builds
+# both with buildah on a Debian bookworm base it bootstraps itself
+# (--build-arg PYTHON_IMAGE=localhost/kubecast/python-base:bookworm: Debian's
+# python3, python3-venv, python-is-python3 and python3-pip). Everything below
+# works on either base: `python`, `pip` and groupadd/useradd exist in both.
+#
 # The worker needs no ffmpeg package: PyAV's wheels bundle FFmpeg (libx264,
 # AAC, the hls/mp4/flv muxers and the rtmp protocol).
 #

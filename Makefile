@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install player demo test test-unit test-integration lint fmt crds crds-check chart binaries cluster-up cluster-down bench clean
+.PHONY: help install player demo test test-unit test-integration lint fmt crds crds-check chart binaries images cluster-up cluster-down bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -57,6 +57,9 @@ chart: $(PY)  ## lint and render the Helm chart (offline: --kube-version)
 
 binaries:  ## build (or reuse) the control-plane binaries in ~/.cache/kubecast
 	hack/build-binaries.sh
+
+images:  ## build the operator and worker images with buildah (no Docker daemon, no registry); prints the archives
+	hack/images.sh
 
 cluster-up:  ## start a local control plane (etcd, kube-apiserver, controllers, kwok); kubeconfig in .cluster/
 	hack/cluster-up.sh

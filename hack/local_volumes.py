@@ -69,7 +69,9 @@ class Provisioner:
             return
         if claim.metadata.deletion_timestamp or claim.status.phase != "Pending":
             return
-        path = self.root / f"{claim.metadata.namespace}-{claim.metadata.name}-{claim.metadata.uid[:8]}"
+        path = (
+            self.root / f"{claim.metadata.namespace}-{claim.metadata.name}-{claim.metadata.uid[:8]}"
+        )
         path.mkdir(parents=True, exist_ok=True)
         path.chmod(0o1777)  # NB: chmod, not mkdir(mode=): the umask would narrow it
         try:

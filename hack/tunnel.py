@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import ipaddress
 import logging
@@ -103,7 +104,9 @@ async def join(
             w.close()
 
 
-async def listen(dialer: Dialer, listen_host: str, listen_port: int, host: str, port: int) -> asyncio.Server:
+async def listen(
+    dialer: Dialer, listen_host: str, listen_port: int, host: str, port: int
+) -> asyncio.Server:
     return await asyncio.start_server(
         lambda r, w: join(dialer, host, port, r, w), listen_host, listen_port, reuse_address=True
     )
@@ -145,8 +148,12 @@ class LoadBalancers:
             and service.spec.cluster_ip not in (None, "", "None")
         )
         current = self.by_service.get(key)
-        ports = tuple(sorted(p.port for p in service.spec.ports or [] if p.protocol in (None, "TCP")))
-        if current and (not wanted or current.ports != ports or current.cluster_ip != service.spec.cluster_ip):
+        ports = tuple(
+            sorted(p.port for p in service.spec.ports or [] if p.protocol in (None, "TCP"))
+        )
+        if current and (
+            not wanted or current.ports != ports or current.cluster_ip != service.spec.cluster_ip
+        ):
             for server in current.servers:
                 server.close()
             del self.by_service[key]
@@ -155,12 +162,16 @@ class LoadBalancers:
                 return
         if not wanted or key in self.by_service:
             return
-        ingress = (service.status.load_balancer.ingress or []) if service.status.load_balancer else []
+        ingress = (
+            (service.status.load_balancer.ingress or []) if service.status.load_balancer else []
+        )
         address = self._free_address(ingress[0].ip if ingress else None)
         entry = Balanced(address=address, cluster_ip=service.spec.cluster_ip, ports=ports)
         for port in ports:
             try:
-                entry.servers.append(await listen(self.dialer, address, port, entry.cluster_ip, port))
+                entry.servers.append(
+                    await listen(self.dialer, address, port, entry.cluster_ip, port)
+                )
             except OSError as error:
                 log.error("cannot listen on %s:%s for %s: %s", address, port, key, error)
         self.by_service[key] = entry
@@ -168,8 +179,13 @@ class LoadBalancers:
         if not ingress or ingress[0].ip != address:
             body = {"status": {"loadBalancer": {"ingress": [{"ip": address, "ipMode": "Proxy"}]}}}
             await asyncio.get_running_loop().run_in_executor(
-                None, partial(api.patch_namespaced_service_status, service.metadata.name,
-                              service.metadata.namespace, body),
+                None,
+                partial(
+                    api.patch_namespaced_service_status,
+                    service.metadata.name,
+                    service.metadata.namespace,
+                    body,
+                ),
             )
 
     def watch_forever(self, post: Callable[[str, Any, Any], None]) -> None:
@@ -244,7 +260,5 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s tunnel %(message)s")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main(parse(sys.argv[1:])))
-    except KeyboardInterrupt:
-        pass

@@ -253,7 +253,9 @@ def worker_restarts(pods: list[dict[str, Any]]) -> dict[str, Any]:
         for container in (pod.get("status") or {}).get("containerStatuses") or []:
             restarts += int(container.get("restartCount") or 0)
             ended = (container.get("lastState") or {}).get("terminated")
-            if ended and (last is None or str(ended.get("finishedAt")) > str(last.get("finishedAt"))):
+            if ended and (
+                last is None or str(ended.get("finishedAt")) > str(last.get("finishedAt"))
+            ):
                 last = ended
     if not pods:
         return {}

@@ -82,7 +82,12 @@ def in_netns(env: dict[str, str]) -> list[str]:
 
 
 def operator(
-    env: dict[str, str], workdir: Path, name: str = "operator", *, kwok: bool = True, **settings: str
+    env: dict[str, str],
+    workdir: Path,
+    name: str = "operator",
+    *,
+    kwok: bool = True,
+    **settings: str,
 ) -> tuple[Process, int]:
     """An operator process inside the cluster's namespace; returns it and its metrics port.
 

@@ -111,8 +111,10 @@ def install(
     release = Release(cp, name, namespace)
     harness.eventually(
         "the operator pod Running and leading",
-        lambda: (pod := release.operator_pod())
-        and all(c.get("ready") for c in pod["status"].get("containerStatuses", [])),
+        lambda: (
+            (pod := release.operator_pod())
+            and all(c.get("ready") for c in pod["status"].get("containerStatuses", []))
+        ),
         timeout=120,
         logs=release.operator_log,
     )
@@ -127,7 +129,9 @@ def uninstall(release: Release) -> None:
 
 def pod_of(cp: ControlPlane, namespace: str, selector: str) -> dict[str, Any] | None:
     """The one running, not terminating, pod matching ``selector``."""
-    doc = json.loads(cp.kubectl("-n", namespace, "get", "pods", "-l", selector, "-o", "json").stdout)
+    doc = json.loads(
+        cp.kubectl("-n", namespace, "get", "pods", "-l", selector, "-o", "json").stdout
+    )
     pods = [
         p for p in doc["items"]
         if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
@@ -156,7 +160,12 @@ def container_pid(cp: ControlPlane, pod: dict[str, Any], container: str) -> int:
 
 
 def run_pod(
-    cp: ControlPlane, namespace: str, name: str, image: str, command: list[str], timeout: float = 120
+    cp: ControlPlane,
+    namespace: str,
+    name: str,
+    image: str,
+    command: list[str],
+    timeout: float = 120,
 ) -> tuple[str, str]:
     """Run a one-shot pod to completion; returns (phase, log)."""
     pod = {

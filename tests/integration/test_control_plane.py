@@ -443,10 +443,16 @@ def _owned_deployment(owner: dict[str, Any], name: str, replicas: int = 1) -> di
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
+                    # The kwok nodes are tainted so that real work lands on the real
+                    # node; this one asks for them.
+                    "nodeSelector": {"type": "kwok"},
+                    "tolerations": [
+                        {"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}
+                    ],
                     "containers": [
                         # kwok never pulls or runs the image; it only plays the kubelet.
                         {"name": "worker", "image": "kubecast/worker:test"}
-                    ]
+                    ],
                 },
             },
         },

@@ -211,8 +211,9 @@ def test_default_install_renders_a_restricted_operator_that_the_cli_understands(
     assert container["image"] == "kubecast/operator:0.1.0"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"metrics": 8080, "healthz": 8081}
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+    for probe in ("startupProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "healthz"}
     pod_namespace = next(e for e in container["env"] if e["name"] == "POD_NAMESPACE")
     assert pod_namespace["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
 

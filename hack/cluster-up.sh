@@ -240,6 +240,8 @@ start_etcd() {
 }
 
 start_apiserver() {
+  # --kubelet-preferred-address-types=InternalIP: reach the kubelet (logs,
+  #   exec, port-forward) at the node's address, never by looking its name up.
   # Listens on every address of the namespace: 127.0.0.1 for the host's tunnel
   # and the node's daemons, the node's address for pods (the `kubernetes`
   # Service's endpoint, kept by the default lease endpoint reconciler).
@@ -258,6 +260,7 @@ start_apiserver() {
     --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
     --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
     --kubelet-certificate-authority="$PKI/ca.crt" \
+    --kubelet-preferred-address-types=InternalIP \
     --authorization-mode=Node,RBAC \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$PKI/sa.pub" \

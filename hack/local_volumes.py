@@ -85,6 +85,8 @@ class Provisioner:
         ours = (volume.metadata.annotations or {}).get("pv.kubernetes.io/provisioned-by")
         if ours != PROVISIONER or volume.status.phase not in ("Released", "Failed"):
             return
+        if volume.spec.persistent_volume_reclaim_policy != "Delete":
+            return  # Retain: the user keeps the data (and deletes the volume when done)
         path = Path(volume.spec.host_path.path)
         if self.root in path.parents:
             shutil.rmtree(path, ignore_errors=True)

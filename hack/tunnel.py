@@ -178,8 +178,9 @@ class LoadBalancers:
         log.info("opened %s at %s ports %s -> %s", key, address, ports, entry.cluster_ip)
         if not ingress or ingress[0].ip != address:
             body = {"status": {"loadBalancer": {"ingress": [{"ip": address, "ipMode": "Proxy"}]}}}
+            # NB: in a dialing thread: the API server is reached from inside the namespace.
             await asyncio.get_running_loop().run_in_executor(
-                None,
+                self.dialer.pool,
                 partial(
                     api.patch_namespaced_service_status,
                     service.metadata.name,

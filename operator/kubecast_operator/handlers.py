@@ -113,6 +113,12 @@ async def stream_changed(
 def child_changed(meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
     for owner in meta.get("ownerReferences") or []:
         _wake(memo, owner.get("kind"), meta["namespace"], owner.get("name"))
+    # NB: a worker pod is owned by its ReplicaSet, not by the stream: without
+    # this, a pod that gets its IP or turns Ready would wait for the next resync
+    # (up to 30 s of Pending after the worker already listens).
+    labels = meta.get("labels") or {}
+    if labels.get("app.kubernetes.io/component") == "worker" and labels.get("kubecast.dev/stream"):
+        _wake(memo, "LiveStream", meta["namespace"], labels["kubecast.dev/stream"])
 
 
 @kopf.daemon(*STREAMS, cancellation_timeout=5.0)

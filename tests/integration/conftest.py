@@ -272,3 +272,11 @@ def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> It
     )
     yield name
     control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def kubecast_images(control_plane: ControlPlane) -> dict[str, str]:
+    """Both images built from this tree (``make images``) and loaded into the real node."""
+    from . import release
+
+    return release.build_images(control_plane)

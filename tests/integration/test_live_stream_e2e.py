@@ -1,10 +1,11 @@
-"""End to end: kubectl apply -> operator -> a real worker -> ffmpeg publishes -> Live + HLS.
+"""End to end: helm install -> kubectl apply -> a real worker pod -> ffmpeg publishes -> Live.
 
-The worker pod runs for real: hack/pod_runner.py runs its container command as a
-local process bound to the pod IP kwok assigned (a loopback address), and plays
-a bare-metal load balancer for the stream's Services. Everything a user would
-touch comes from the LiveStream's status: the ingest URL, the Secret with the
-key, the playback URL.
+The operator and the workers run as real pods, from the images built here, on
+the local cluster's real node. The stream's LoadBalancer Services get loopback
+addresses from hack/tunnel.py, the way a bare-metal load balancer would give them
+addresses, so the publisher and the players on this machine reach them through
+kube-proxy. Everything a user would touch comes from the LiveStream's status: the
+ingest URL, the Secret with the key, the playback URL.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 import yaml
 
 from . import operator_harness as harness
+from . import release as rel
 from .conftest import ControlPlane
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
@@ -74,33 +76,27 @@ STREAM = {
 
 @dataclass
 class Running:
-    """The operator and the pod runner of one test, and their logs for failures."""
+    """The release whose operator reconciles this test's namespace, and its logs."""
 
-    op: harness.Process
-    runner: harness.Process
-    workdir: Path
+    release: rel.Release
+    namespace: str
 
     def logs(self) -> str:
-        """The tails of the operator's, the runner's and every pod's log."""
-        pods = "\n".join(
-            p.read_text(errors="replace")[-3000:]
-            for p in (self.workdir / "pods").rglob("container.log")
-        )
-        return (
-            self.op.output()[-3000:] + "\n--- runner\n" + self.runner.output()[-2000:]
-            + "\n" + pods
-        )  # fmt: skip
+        return self.release.logs(self.namespace)
+
+
+@pytest.fixture(scope="module")
+def kubecast(
+    control_plane: ControlPlane, kubecast_crds: list[str], kubecast_images: dict[str, str]
+) -> Iterator[rel.Release]:
+    release = rel.install(control_plane)
+    yield release
+    rel.uninstall(release)
 
 
 @pytest.fixture
-def running(
-    control_plane: ControlPlane, kubecast_crds: list[str], tmp_path: Path
-) -> Iterator[Running]:
-    op, _ = harness.operator(control_plane.env, tmp_path)
-    runner = harness.pod_runner(control_plane.env, tmp_path)
-    yield Running(op, runner, tmp_path)
-    runner.stop()
-    op.stop()
+def running(kubecast: rel.Release, namespace: str) -> Running:
+    return Running(kubecast, namespace)
 
 
 def status(cp: ControlPlane, namespace: str, name: str = "e2e") -> dict[str, Any]:
@@ -161,7 +157,7 @@ def test_published_stream_goes_live_and_plays(
     namespace: str,
     running: Running,
 ) -> None:
-    op, logs = running.op, running.logs
+    logs = running.logs
     control_plane.kubectl(
         "-n", namespace, "apply", "-f", "-", input=yaml.safe_dump_all([PROFILE, STREAM])
     )
@@ -225,7 +221,7 @@ def test_published_stream_goes_live_and_plays(
         assert {"h264", "aac"} <= codecs
         # The key never shows up where users and logs look.
         assert key not in json.dumps(live)
-        assert key not in op.output()
+        assert key not in running.release.operator_log()
         print(f"Live {seconds_to_live:.1f}s after the publisher started")
     finally:
         publisher.kill()
@@ -237,6 +233,15 @@ def test_published_stream_goes_live_and_plays(
         timeout=60,
         logs=logs,
     )
+
+
+def claim_directory(cp: ControlPlane, namespace: str, claim: str) -> Path:
+    """Where a bound claim's data lives on the node (the local volume's hostPath)."""
+    pvc = harness.get_json(cp.kubectl, "-n", namespace, "pvc", claim)
+    assert pvc is not None and pvc["status"].get("phase") == "Bound", pvc
+    pv = harness.get_json(cp.kubectl, "pv", pvc["spec"]["volumeName"])
+    assert pv is not None
+    return Path(pv["spec"]["hostPath"]["path"])
 
 
 def _try(fn: Any, *args: Any) -> Any:
@@ -287,6 +292,13 @@ def test_recording_a_live_stream_is_finalized_before_it_is_deleted(
         )
         claim = harness.get_json(control_plane.kubectl, "-n", namespace, "pvc", "show-data")
         assert claim is not None and claim["metadata"]["ownerReferences"][0]["name"] == "show"
+        # The claim goes with the Recording; keep its volume, as a user keeps a
+        # recording they want, to look at the files afterwards.
+        data = claim_directory(control_plane, namespace, "show-data")
+        control_plane.kubectl(
+            "patch", "pv", claim["spec"]["volumeName"],
+            "-p", '{"spec":{"persistentVolumeReclaimPolicy":"Retain"}}',
+        )  # fmt: skip
         # Deleting a running Recording first asks the recorder to finish the MP4.
         control_plane.kubectl("-n", namespace, "delete", "recording", "show", "--wait=false")
         # (Completed is written, then the finalizer goes: too quick to poll for, so
@@ -314,7 +326,8 @@ def test_recording_a_live_stream_is_finalized_before_it_is_deleted(
         )["items"]
         assert events and "recording Completed: " in events[0]["message"], events
         assert "recording.mp4" in events[0]["message"]
-        files = list((running.workdir / "pods" / "claims" / namespace / "show-data").rglob("*.mp4"))
+        # The claim is real storage on the node: a directory behind a hostPath volume.
+        files = list(data.rglob("*.mp4"))
         assert files, "the MP4 is on the claim"
         probe = subprocess.run(
             [
@@ -343,7 +356,7 @@ def test_a_stream_is_restreamed_to_another_rtmp_ingest_with_a_key_from_a_secret(
     running: Running,
 ) -> None:
     """The destination is a second LiveStream (it checks its key, as YouTube would)."""
-    op, logs = running.op, running.logs
+    logs = running.logs
     target_key = "yt-8c2e41f7d09b"
     passthrough = {
         "apiVersion": "kubecast.dev/v1alpha1",
@@ -375,9 +388,13 @@ def test_a_stream_is_restreamed_to_another_rtmp_ingest_with_a_key_from_a_secret(
         input=yaml.safe_dump_all([PROFILE, passthrough, secret, receiver]),
     )  # fmt: skip
     target = ready_to_publish(control_plane, namespace, logs, name="receiver")
+    # The source worker reaches the receiver by its in-cluster name (CoreDNS, the
+    # ClusterIP): the loopback address in the receiver's status is the host's.
+    assert target["ingestUrl"].startswith("rtmp://127.")
+    in_cluster = f"rtmp://receiver-ingest.{namespace}.svc.cluster.local:1935/live2"
     source = {**STREAM, "spec": {**STREAM["spec"], "restream": [{
         "name": "youtube",
-        "url": target["ingestUrl"],
+        "url": in_cluster,
         "streamKeySecretRef": {"name": "youtube-key"},
         "rendition": "180p",
     }]}}  # fmt: skip
@@ -411,7 +428,7 @@ def test_a_stream_is_restreamed_to_another_rtmp_ingest_with_a_key_from_a_secret(
         )
         assert received["input"]["resolution"] == "320x180"
         assert received.get("refusedPublishes", 0) == 0, "the target key was refused"
-        assert target_key not in json.dumps(sending) + op.output()
+        assert target_key not in json.dumps(sending) + running.release.operator_log()
     finally:
         publisher.kill()
         publisher.wait()

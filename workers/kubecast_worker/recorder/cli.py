@@ -4,8 +4,9 @@
         --out /var/lib/kubecast/recording --formats hls,mp4 --idle-timeout 300 \\
         --http 0.0.0.0:8080 --bind-host "$POD_IP"
 
-Exit status: 0 after SIGTERM (the recording is finalized first if it was still
-running); 1 when the recording failed (after answering /status with the reason
+Exit status: 0 after SIGTERM (what was recorded is written out first: playlist
+and MP4; the recording stays resumable, so the next run on the same --out goes
+on with it; POST /stop is what completes it); 1 when the recording failed (after answering /status with the reason
 for ``--fail-linger`` seconds, so the operator can read it); 2 for bad flags.
 A completed recorder keeps serving /status until it is terminated.
 """
@@ -109,8 +110,11 @@ async def serve(options: Options, logger: logging.LoggerAdapter[logging.Logger])
     terminated = asyncio.Event()
 
     def on_signal(name: str) -> None:
+        # A signal ends this process, not the recording (POST /stop does that):
+        # a pod that is deleted or evicted writes what it has, and the next one
+        # resumes.
         terminated.set()
-        recorder.request_stop(name)
+        recorder.request_stop(name, resumable=True)
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

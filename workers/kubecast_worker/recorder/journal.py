@@ -97,7 +97,7 @@ class Segment:
 class State:
     """What the playlist does not say: lifecycle, times, where the source was."""
 
-    state: str = "waiting"  # waiting | recording | finalizing | completed
+    state: str = "waiting"  # waiting | recording | finalizing | interrupted | completed
     source: str | None = None
     rendition: str | None = None
     start_time: str | None = None

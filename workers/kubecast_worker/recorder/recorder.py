@@ -75,6 +75,7 @@ class Recorder:
         self.fatal_error: str | None = None
         self.source_problem: str | None = None
         self.stop_reason: str | None = None
+        self.resumable = False
         self._wake = asyncio.Event()
         self._media = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder-media")
         self._growing: remux.GrowingMp4 | None = None
@@ -85,11 +86,18 @@ class Recorder:
 
     # --- control ---------------------------------------------------------------
 
-    def request_stop(self, reason: str) -> None:
-        """Finish the recording (POST /stop, SIGTERM); safe to call more than once."""
+    def request_stop(self, reason: str, *, resumable: bool = False) -> None:
+        """Finish the recording (POST /stop, SIGTERM); safe to call more than once.
+
+        ``resumable``: the pod is going away (deleted, evicted, drained), not the
+        recording. What was recorded is written out all the same (playlist, MP4),
+        so nothing is lost if no pod comes back; but the journal stays open, and
+        the next recorder pod on the same claim resumes the same recording.
+        """
         if self.stop_reason is None:
             self.stop_reason = reason
-            self.log.info("stop requested", extra={"reason": reason})
+            self.resumable = resumable
+            self.log.info("stop requested", extra={"reason": reason, "resumable": resumable})
         self._wake.set()
 
     def _set_state(self, state: str) -> None:
@@ -461,6 +469,15 @@ class Recorder:
                 )
             if "hls" not in self.options.formats:
                 await asyncio.to_thread(self.journal.remove_hls)
+        if self.resumable:
+            # NB: not completed: the next pod resumes, and its end is the real end.
+            saved.state, saved.stop_reason, saved.end_time = "interrupted", None, None
+            await asyncio.to_thread(self.journal.save_state)
+            self.log.info(
+                "recording interrupted; what it has is written, and a new pod resumes it",
+                extra={"segments": len(segments)},
+            )
+            return
         saved.state = "completed"
         await asyncio.to_thread(self.journal.save_state)
         self.source_problem = None  # the source's health no longer matters

@@ -48,6 +48,8 @@ def test_helm_upgrade_rolls_the_operator_and_leaves_live_streams_alone(
             assert worker is not None and operator is not None
             # A new operator image: the same build under the next tag, as a registry would have.
             base = rel.image_of(release, "operator").rsplit(":", 1)[0]
+            if "." not in base.split("/", 1)[0]:
+                base = f"docker.io/{base}"  # how containerd names a short reference
             subprocess.run(
                 ["nsenter", f"--net={cp.netns}", "--", "ctr", "--address",
                  cp.env["CONTAINERD_ADDRESS"], "-n", "k8s.io", "images", "tag", "--force",

@@ -6,8 +6,9 @@
 
 Exit status: 0 after SIGTERM (what was recorded is written out first: playlist
 and MP4; the recording stays resumable, so the next run on the same --out goes
-on with it; POST /stop is what completes it); 1 when the recording failed (after answering /status with the reason
-for ``--fail-linger`` seconds, so the operator can read it); 2 for bad flags.
+on with it; POST /stop is what completes it); 1 when the recording failed
+(after answering /status with the reason for ``--fail-linger`` seconds, so the
+operator can read it); 2 for bad flags.
 A completed recorder keeps serving /status until it is terminated.
 """
 

@@ -24,7 +24,7 @@ $(PLAYER_JS): workers/kubecast_worker/player/package-lock.json
 
 player: $(PLAYER_JS)  ## fetch hls.js from the npm registry into the worker's player page
 
-demo: $(PY) $(PLAYER_JS)  ## the whole thing locally: control plane, operator, a live stream, a playable HLS URL
+demo: $(PY) $(PLAYER_JS)  ## the whole thing locally: a cluster with a real node, helm install, a live stream, a playable URL
 	hack/demo.sh
 
 test: $(PY) $(PLAYER_JS)  ## run every test: unit, integration (real kube-apiserver) and end-to-end media
@@ -61,10 +61,11 @@ binaries:  ## build (or reuse) the control-plane binaries in ~/.cache/kubecast
 images:  ## build the operator and worker images with buildah (no Docker daemon, no registry); prints the archives
 	hack/images.sh
 
-cluster-up:  ## start a local control plane (etcd, kube-apiserver, controllers, kwok); kubeconfig in .cluster/
+cluster-up: $(PY)  ## a local cluster in its own network namespace: control plane, one real node, kwok nodes; kubeconfig in .cluster/
+	hack/system-packages.sh
 	hack/cluster-up.sh
 
-cluster-down:  ## stop the local control plane
+cluster-down:  ## stop the local cluster and remove all it made (processes, mounts, cgroups, namespace, sysctls)
 	hack/cluster-down.sh
 
 bench: $(PY)  ## the worker's ladder against the ffmpeg CLI on the same input (docs/benchmarks.md)

@@ -204,9 +204,9 @@ def read_stream_key(
 def with_bind_host(config: WorkerConfig, host: str) -> WorkerConfig:
     """The config with every listener bound to ``host`` (ports unchanged).
 
-    In a pod the operator renders ``0.0.0.0``; binding the pod IP instead is
-    equivalent there, and lets several workers share one machine (the local
-    pod runner gives each its own loopback address).
+    In a pod the operator renders ``0.0.0.0`` (the pod IP for Services and
+    probes, localhost for ``kubectl port-forward``); as a plain program, this
+    lets several workers share one machine, each on its own address.
     """
     ingest = config.ingest
     if ingest.listen is not None:

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install the Debian packages kubecast's local cluster, demo and tests need,
+# when they are missing (a no-op on a machine that has them all).
+#
+#   hack/system-packages.sh          the demo's: media tools and the real node
+#   hack/system-packages.sh --tests  also what the tests need (a browser, npm)
+#
+# The real node: containerd and runc run the pods, the CNI plugins wire them,
+# iptables carries kube-proxy's rules, buildah and debootstrap build the images
+# (no Docker daemon, no registry). ffmpeg publishes, openssl makes the cluster's
+# certificates.
+set -euo pipefail
+
+need=()
+want() { # want COMMAND-OR-PATH PACKAGE
+  if [[ "$1" == /* ]]; then [[ -e "$1" ]] || need+=("$2"); else command -v "$1" > /dev/null || need+=("$2"); fi
+}
+want ffmpeg ffmpeg
+want openssl openssl
+want curl curl
+want column bsdextrautils
+want nsenter util-linux
+want ip iproute2
+want iptables iptables
+want containerd containerd
+want runc runc
+want /usr/lib/cni/bridge containernetworking-plugins
+want buildah buildah
+want debootstrap debootstrap
+if [[ "${1:-}" == --tests ]]; then
+  want npm npm
+  want /usr/bin/chromium chromium
+fi
+((${#need[@]})) || exit 0
+if [[ $EUID -ne 0 ]] || ! command -v apt-get > /dev/null; then
+  echo "please install: ${need[*]} (e.g. sudo apt-get install -y ${need[*]})" >&2
+  exit 1
+fi
+echo "installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${need[@]}" > /dev/null

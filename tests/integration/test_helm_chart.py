@@ -43,7 +43,9 @@ EDGE_VALUES: dict[str, Any] = {
             "repository": "registry.example.com/kubecast/worker",
             "tag": "0.1.0-rc.1",
             "pullPolicy": "Always",
-        }
+        },
+        "nodeSelector": {"kubecast.dev/media": "true"},
+        "tolerations": [{"key": "media", "operator": "Exists", "effect": "NoSchedule"}],
     },
     "imagePullSecrets": [{"name": "regcred"}],
     "operator": {
@@ -282,6 +284,11 @@ def test_every_optional_feature_and_a_namespaced_install_render(
     assert settings.public_host == "live.example.com"
     assert (settings.poll_seconds, settings.resync_seconds) == (0.5, 15.0)
     assert settings.namespaces == ("team-a", "team-b")
+    # Media pods land where the values say.
+    assert settings.worker_node_selector == {"kubecast.dev/media": "true"}
+    assert settings.worker_tolerations == (
+        {"key": "media", "operator": "Exists", "effect": "NoSchedule"},
+    )
     assert env["EXTRA"] == "1"
     args = cli.parse_args(container["args"])
     assert args.verbose and args.log_format == "plain"

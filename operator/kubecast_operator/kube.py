@@ -181,20 +181,33 @@ class Kube:
         )
 
     def add_finalizer(self, kind: str, namespace: str, name: str, finalizer: str) -> None:
-        current = self.get(kind, namespace, name)
-        if current is None or finalizer in (current["metadata"].get("finalizers") or []):
-            return
-        finalizers = [*(current["metadata"].get("finalizers") or []), finalizer]
-        self._call(
-            "PATCH",
-            path(kind, namespace, name),
-            body=[
-                {
-                    "op": "test",
-                    "path": "/metadata/resourceVersion",
-                    "value": current["metadata"]["resourceVersion"],
-                },
-                {"op": "add", "path": "/metadata/finalizers", "value": finalizers},
-            ],
-            content_type="application/json-patch+json",
-        )
+        """Add ``finalizer`` unless present, without dropping one someone else adds.
+
+        NB: the JSON patch tests the resourceVersion; when the object changed
+        between our read and our patch (kopf annotates a new object at the same
+        moment), the API server answers a bare 422. That is a conflict, not an
+        error: read again and retry.
+        """
+        for attempt in range(5):
+            current = self.get(kind, namespace, name)
+            if current is None or finalizer in (current["metadata"].get("finalizers") or []):
+                return
+            finalizers = [*(current["metadata"].get("finalizers") or []), finalizer]
+            try:
+                self._call(
+                    "PATCH",
+                    path(kind, namespace, name),
+                    body=[
+                        {
+                            "op": "test",
+                            "path": "/metadata/resourceVersion",
+                            "value": current["metadata"]["resourceVersion"],
+                        },
+                        {"op": "add", "path": "/metadata/finalizers", "value": finalizers},
+                    ],
+                    content_type="application/json-patch+json",
+                )
+                return
+            except ApiException as error:
+                if error.status != 422 or attempt == 4:
+                    raise

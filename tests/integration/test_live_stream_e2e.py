@@ -124,7 +124,28 @@ def ready_to_publish(
         timeout=90,
         logs=logs,
     )
+    # Idle is what the operator saw at the pod's own address; the Service routes
+    # once its endpoint is ready and kube-proxy has synced (about a second more).
+    harness.eventually(
+        "the ingest Service's endpoint ready",
+        lambda: service_ready(cp, namespace, f"{name}-ingest"),
+        timeout=30,
+        logs=logs,
+    )
+    time.sleep(1.5)
     return ready
+
+
+def service_ready(cp: ControlPlane, namespace: str, service: str) -> bool:
+    slices = harness.get_json(
+        cp.kubectl, "-n", namespace, "endpointslices", "-l",
+        f"kubernetes.io/service-name={service}",
+    )  # fmt: skip
+    return any(
+        (e.get("conditions") or {}).get("ready")
+        for s in (slices or {}).get("items", [])
+        for e in s.get("endpoints") or []
+    )
 
 
 def stream_key(cp: ControlPlane, namespace: str, secret_name: str) -> str:

@@ -43,13 +43,18 @@ def _find_helm() -> str | None:
     return shutil.which("helm")
 
 
-HELM = _find_helm()
-pytestmark = pytest.mark.skipif(HELM is None, reason="no helm binary: run `make binaries`")
+@pytest.fixture(autouse=True)
+def _helm() -> None:
+    # NB: looked up when a test runs, not at import: under `make test` the
+    # binaries are built after collection (tests/integration/conftest.py).
+    if _find_helm() is None:
+        pytest.skip("no helm binary: run `make binaries`")
 
 
 def helm_template(*args: str) -> subprocess.CompletedProcess[str]:
-    assert HELM is not None
-    command = [HELM, "template", "kc", str(CHART), "-n", "kubecast-system"]
+    helm = _find_helm()
+    assert helm is not None
+    command = [helm, "template", "kc", str(CHART), "-n", "kubecast-system"]
     return subprocess.run(
         [*command, "--kube-version", KUBE_VERSION, *args],
         capture_output=True,

@@ -22,6 +22,7 @@ import aiohttp
 import kopf
 
 from kubecast_api import GROUP, VERSION
+from kubecast_operator import kube as kube_mod
 from kubecast_operator import metrics, profiles, recordings, streams, worker_client
 from kubecast_operator.children import MANAGED_BY
 from kubecast_operator.kube import Kube
@@ -165,7 +166,7 @@ async def run_stream(
                 last_written = time.monotonic()
         except Exception as error:  # keep the loop alive: the next pass retries
             metrics.RECONCILES.labels("LiveStream", "error").inc()
-            logger.warning("reconcile failed, will retry: %s", error)
+            logger.warning("reconcile failed, will retry: %s", kube_mod.describe(error))
             seen = None
             await _report_failure(kube, snapshot, error)
         if seen is not None:
@@ -241,7 +242,7 @@ async def _report_failure(kube: Kube, body: dict[str, Any], error: Exception) ->
     Best effort: when the API server itself is the problem, this fails too and
     the operator log is all there is.
     """
-    seen = streams.Observation(problem=("ReconcileError", f"{type(error).__name__}: {error}"))
+    seen = streams.Observation(problem=("ReconcileError", kube_mod.describe(error)))
     try:
         seen.spec = streams.LiveStreamSpec.model_validate(body.get("spec") or {})
         status = streams.compute_status(body, seen)
@@ -353,5 +354,5 @@ async def _reconcile_loop(
             metrics.RECONCILES.labels(kind, "ok").inc()
         except Exception as error:
             metrics.RECONCILES.labels(kind, "error").inc()
-            logger.warning("reconcile failed, will retry: %s", error)
+            logger.warning("reconcile failed, will retry: %s", kube_mod.describe(error))
         await _sleep(memo, key, stopped, every)

@@ -211,3 +211,20 @@ class Kube:
             except ApiException as error:
                 if error.status != 422 or attempt == 4:
                     raise
+
+
+def describe(error: Exception) -> str:
+    """What went wrong, in the API server's own words when it was the API server.
+
+    An ``ApiException`` prints as status line, headers and a JSON body; what a
+    user can act on is the body's ``message`` (e.g. "Service \"x\" is invalid:
+    spec.ports[0].nodePort: Invalid value: 30080: provided port is already
+    allocated", or "failed to allocate a serviceIP: range is full").
+    """
+    if isinstance(error, ApiException):
+        try:
+            message = json.loads(error.body or "{}").get("message")
+        except (ValueError, AttributeError):
+            message = None
+        return f"HTTP {error.status}: {message or error.reason}"
+    return f"{type(error).__name__}: {error}"

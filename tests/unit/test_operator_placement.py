@@ -95,3 +95,19 @@ def test_restarts_and_the_last_exit_come_from_the_kubelets_pod_status() -> None:
     gone = {**pod, "metadata": {"name": "w", "deletionTimestamp": "2026-12-01T10:01:00Z"}}
     assert streams.worker_restarts([gone]) == {"workerRestarts": 0}
     assert streams.worker_restarts([]) == {}
+
+
+def test_an_api_error_is_told_in_the_api_servers_own_words() -> None:
+    from kubernetes.client.rest import ApiException
+
+    from kubecast_operator import kube
+
+    error = ApiException(status=500, reason="Internal Server Error")
+    error.body = (
+        '{"kind":"Status","message":"Internal error occurred: failed to allocate a serviceIP:'
+        ' range is full","code":500}'
+    )
+    assert kube.describe(error) == (
+        "HTTP 500: Internal error occurred: failed to allocate a serviceIP: range is full"
+    )
+    assert kube.describe(ValueError("bad")) == "ValueError: bad"

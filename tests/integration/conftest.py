@@ -280,3 +280,19 @@ def kubecast_images(control_plane: ControlPlane) -> dict[str, str]:
     from . import release
 
     return release.build_images(control_plane)
+
+
+@pytest.fixture(scope="module")
+def kubecast(
+    control_plane: ControlPlane, kubecast_crds: list[str], kubecast_images: dict[str, str]
+) -> Iterator[Any]:
+    """kubecast installed with helm for one test module (its operator a real pod).
+
+    Module scope, on purpose: a module's release is the only operator while the
+    module runs, and it is uninstalled before the next module starts its own.
+    """
+    from . import release
+
+    installed = release.install(control_plane)
+    yield installed
+    release.uninstall(installed)

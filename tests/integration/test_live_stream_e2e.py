@@ -15,7 +15,7 @@ import json
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,15 +83,6 @@ class Running:
 
     def logs(self) -> str:
         return self.release.logs(self.namespace)
-
-
-@pytest.fixture(scope="module")
-def kubecast(
-    control_plane: ControlPlane, kubecast_crds: list[str], kubecast_images: dict[str, str]
-) -> Iterator[rel.Release]:
-    release = rel.install(control_plane)
-    yield release
-    rel.uninstall(release)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +39,6 @@ STREAM: dict[str, Any] = {  # LoadBalancer: the host reaches it on a loopback ad
         "reconnectWindowSeconds": 10,
     },
 }
-
-
-@pytest.fixture(scope="module")
-def kubecast(
-    control_plane: ControlPlane, kubecast_crds: list[str], kubecast_images: dict[str, str]
-) -> Iterator[rel.Release]:
-    release = rel.install(control_plane)
-    yield release
-    rel.uninstall(release)
 
 
 def start_stream(

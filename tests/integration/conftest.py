@@ -1,11 +1,13 @@
-"""A real local control plane for the integration tests.
+"""A real local cluster for the integration tests.
 
-One per test session: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
-kwok fake nodes, started by ``hack/cluster-up.sh`` in a temporary cluster dir (so it never
-collides with a developer's ``make cluster-up``) and stopped by ``hack/cluster-down.sh``.
+One per test session: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+kwok fake nodes and one real node (containerd, kubelet, kube-proxy, CoreDNS), all in a
+network namespace of their own, started by ``hack/cluster-up.sh`` in a temporary
+cluster dir and stopped by ``hack/cluster-down.sh`` (see docs/local-cluster.md). Only
+one real node runs per machine, so a developer's ``make cluster-up`` must be down.
 
 The binaries are built (or found in the cache) by ``hack/build-binaries.sh`` right after
-collection, outside any test's timeout: a cold build compiles Kubernetes (about 12 minutes
+collection, outside any test's timeout: a cold build compiles Kubernetes (15-20 minutes
 on 2 cores); later runs find them in ``~/.cache/kubecast`` in milliseconds.
 If the control plane cannot start, every test that needs it fails with the reason; it is
 never skipped.
@@ -73,7 +75,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if reporter is not None:
             reporter.write_line(
                 "kubecast: building the control plane binaries into "
-                f"{bin_dir} (first run: ~12 min on 2 cores)..."
+                f"{bin_dir} (first run: 15-20 min on 2 cores)..."
             )
     _build_binaries()
 

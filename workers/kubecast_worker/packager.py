@@ -54,6 +54,8 @@ OVERHEAD = {"ts": 1.10, "fmp4": 1.03}
 AAC_LC = "mp4a.40.2"
 #: Seconds added to every output timestamp (see HlsWriter): more than any decode delay.
 TIMESTAMP_OFFSET = 10
+#: Microseconds every TS access unit arrives before its decode time (PCR ahead of DTS).
+MUX_DELAY_US = 700_000
 
 _MEDIA_SEQUENCE = re.compile(r"^#EXT-X-MEDIA-SEQUENCE:(\d+)", re.MULTILINE)
 
@@ -173,6 +175,12 @@ class HlsWriter:
             # included, on exactly the same timestamps.
             "output_ts_offset": str(TIMESTAMP_OFFSET),
         }
+        if packaging.segment_type == "ts":
+            # AVFormatContext.max_delay, which the hls muxer hands to its mpegts muxer:
+            # PCR runs this far ahead of decode times (the ffmpeg CLI's -muxdelay 0.7).
+            # PyAV's default, 0, sends each video frame exactly at its DTS and audio
+            # after it, and strict players (VLC) then raise their buffering to 1 s.
+            options["max_delay"] = str(MUX_DELAY_US)
         if packaging.segment_type == "fmp4":
             options["hls_fmp4_init_filename"] = f"{epoch}-init.mp4"
         if packaging.event:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from conftest import (
     WorkerProcess,
     codecs,
     http_get,
+    launch_worker,
     needs_ffmpeg,
     publish,
     until,
@@ -76,6 +78,42 @@ def test_random_bytes_on_the_rtmp_port_do_not_stop_the_worker(start_worker: Star
         playlist = worker.out / name / "index.m3u8"
         assert len(segments(playlist)) >= 2
         assert codecs(playlist) == {"h264", "aac"}
+
+
+def test_a_worker_killed_mid_publish_continues_its_playlists_when_restarted(
+    tmp_path: Path,
+) -> None:
+    """The kubelet restarts a killed container in the same pod, on the same media
+    volume: the playlists it left open go on, after a discontinuity, as they would
+    for a publisher that reconnects."""
+    first = launch_worker(tmp_path, reconnect_window=30)
+    try:
+        publisher = publish(first.rtmp(), seconds=30, wait=False)
+        playlist = first.out / "360p" / "index.m3u8"
+        until(lambda: playlist.exists() and len(segments(playlist)) >= 3, timeout=30,
+              what="three segments")  # fmt: skip
+        first.process.send_signal(signal.SIGKILL)
+        first.process.wait(timeout=10)
+        publisher.kill()
+        publisher.wait()
+    finally:
+        first.stop()
+    before = segments(playlist)
+    assert "#EXT-X-ENDLIST" not in playlist.read_text()
+
+    second = launch_worker(tmp_path, reconnect_window=30)
+    try:
+        assert second.status()["state"] == "reconnecting"  # not idle: the playlists are open
+        publish(second.rtmp(), seconds=4)
+        second.wait_state("reconnecting")
+        after = segments(playlist)
+        assert after[: len(before)] == before  # the same playlist, continued
+        assert len(after) > len(before)
+        assert playlist.read_text().count("#EXT-X-DISCONTINUITY") == 1
+        assert second.wait_logged("continuing the playlists a previous run left open")
+    finally:
+        assert second.stop() == 0
+    assert playlist.read_text().rstrip().endswith("#EXT-X-ENDLIST")
 
 
 def test_publisher_returning_within_the_window_continues_the_same_playlist(

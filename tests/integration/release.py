@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,3 +213,17 @@ def image_of(release: Release, component: str = "worker") -> str:
 
 def kubeconfig_path(cp: ControlPlane) -> Path:
     return cp.kubeconfig
+
+
+def media_sequence(master_url: str) -> int:
+    """EXT-X-MEDIA-SEQUENCE of the first rendition (grows while the stream is live)."""
+    base = master_url.rsplit("/", 1)[0]
+    master = urllib.request.urlopen(master_url, timeout=5).read().decode()
+    media = next(line for line in master.splitlines() if line and not line.startswith("#"))
+    for _ in range(20):
+        text = urllib.request.urlopen(f"{base}/{media}", timeout=5).read().decode()
+        for line in text.splitlines():
+            if line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
+                return int(line.split(":", 1)[1])
+        time.sleep(0.5)
+    raise AssertionError(f"no media sequence in {base}/{media}")

@@ -7,7 +7,6 @@ other modules install theirs for their own duration).
 from __future__ import annotations
 
 import subprocess
-import time
 from typing import Any
 
 import pytest
@@ -57,7 +56,7 @@ def test_helm_upgrade_rolls_the_operator_and_leaves_live_streams_alone(
                 check=True, capture_output=True, timeout=30,
             )  # fmt: skip
             master = ready["playbackUrl"]
-            sequence_before = media_sequence(master)
+            sequence_before = rel.media_sequence(master)
             rel.helm(
                 cp,
                 "upgrade",
@@ -84,7 +83,7 @@ def test_helm_upgrade_rolls_the_operator_and_leaves_live_streams_alone(
             assert after is not None and after["metadata"]["uid"] == worker["metadata"]["uid"]
             assert after["status"]["containerStatuses"][0]["restartCount"] == 0
             assert status(cp, namespace)["phase"] == "Live"
-            assert media_sequence(master) > sequence_before
+            assert rel.media_sequence(master) > sequence_before
         finally:
             publisher.kill()
             publisher.wait()
@@ -107,19 +106,3 @@ def test_helm_upgrade_rolls_the_operator_and_leaves_live_streams_alone(
     )  # fmt: skip
     assert all("pod/" in name or "replicaset" in name for name in left), left
     assert harness.get_json(cp.kubectl, "-n", namespace, "livestream", "e2e") is not None
-
-
-def media_sequence(master_url: str) -> int:
-    """EXT-X-MEDIA-SEQUENCE of the first rendition (grows while the stream is live)."""
-    import urllib.request
-
-    base = master_url.rsplit("/", 1)[0]
-    master = urllib.request.urlopen(master_url, timeout=5).read().decode()
-    media = next(line for line in master.splitlines() if line and not line.startswith("#"))
-    for _ in range(20):
-        text = urllib.request.urlopen(f"{base}/{media}", timeout=5).read().decode()
-        for line in text.splitlines():
-            if line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
-                return int(line.split(":", 1)[1])
-        time.sleep(0.5)
-    raise AssertionError(f"no media sequence in {base}/{media}")

@@ -175,6 +175,14 @@ def test_a_killed_worker_is_restarted_by_the_kubelet_and_status_says_so(
     finally:
         publisher.kill()
         publisher.wait()
+    # The restarted container found its playlists open on the pod's volume: it
+    # waits for the publisher as on any reconnect, and players keep their place.
+    harness.eventually(
+        "Reconnecting after the restart",
+        lambda: status(cp, namespace).get("phase") == "Reconnecting",
+        timeout=60, logs=logs,
+    )  # fmt: skip
+    sequence_before = rel.media_sequence(ready["playbackUrl"])
     # The publisher's next connection works: the restarted worker goes Live again.
     publisher = publish(url, seconds=40)
     try:
@@ -184,6 +192,7 @@ def test_a_killed_worker_is_restarted_by_the_kubelet_and_status_says_so(
             timeout=60, logs=logs,
         )  # fmt: skip
         assert live["workerRestarts"] == 1
+        assert rel.media_sequence(ready["playbackUrl"]) >= sequence_before  # not started over
     finally:
         publisher.kill()
         publisher.wait()

@@ -116,6 +116,7 @@ class Worker:
     async def run(self, *, started: asyncio.Event | None = None) -> None:
         """Serve until ``stop()``; ``started`` is set once both ports listen."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._adopt_open_playlists()
         host, port = config_mod.parse_host_port(self.config.http, what="http")
         runner, self.http_port = await origin.start(
             host=host,
@@ -352,6 +353,38 @@ class Worker:
         self.status.set_state("reconnecting")
         if self._end_timer is None:
             self._end_timer = asyncio.get_running_loop().call_later(window, self._end_playlists)
+
+    def _adopt_open_playlists(self) -> None:
+        """Continue the playlists a crashed run left open, as if its publisher left.
+
+        A container the kubelet restarts (SIGKILL, OOM) keeps its pod's media
+        volume, with playlists that never got their ENDLIST. Within the reconnect
+        window (counted from their last write) they stay open: the next publish
+        appends to them after a discontinuity, and players keep their place, as on
+        any reconnect. Older, or ended, playlists start over as before.
+        """
+        window = self.config.reconnect_window_seconds
+        if window <= 0:
+            return
+        now, ages = time.time(), []
+        for rendition in self.config.profile.renditions:
+            path = self.out_dir / rendition.name / packager.PLAYLIST
+            try:
+                if packager.ENDLIST in path.read_text():
+                    return
+                ages.append(now - path.stat().st_mtime)
+            except FileNotFoundError:
+                continue
+        if not ages or min(ages) >= window:
+            return
+        self.status.playlists_open = True
+        self.status.set_state("reconnecting")
+        left = window - min(ages)
+        self._end_timer = asyncio.get_running_loop().call_later(left, self._end_playlists)
+        self.log.info(
+            "continuing the playlists a previous run left open",
+            extra={"window_left_s": round(left, 1)},
+        )
 
     def _end_playlists(self) -> None:
         self._cancel_end_timer()

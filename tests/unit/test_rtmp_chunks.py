@@ -171,3 +171,14 @@ def test_many_half_messages_cannot_pile_up() -> None:
 def test_a_zero_chunk_size_is_refused() -> None:
     with pytest.raises(ProtocolError, match="zero"):
         ChunkParser().feed(ChunkWriter().encode(messages.set_chunk_size(0)))
+
+
+def test_a_peer_cannot_open_thousands_of_chunk_streams() -> None:
+    # Found by tests/faults: 65536 chunk streams of empty messages (14 bytes each on the
+    # wire) held 15 MB per connection before this limit.
+    parser = ChunkParser()
+    streams = [ChunkWriter().encode(Message(99, b"", csid=c)) for c in range(64, 64 + 64)]
+    assert len(parser.feed(b"".join(streams))) == 64  # as many as the limit: fine
+    assert len(parser.feed(streams[0])) == 1  # and they stay usable
+    with pytest.raises(ProtocolError, match="more than 64 chunk streams"):
+        parser.feed(ChunkWriter().encode(Message(99, b"", csid=1000)))

@@ -8,7 +8,9 @@ publisher. The real clients are in tests/e2e/test_rtmp_ingest.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -245,6 +247,49 @@ def test_stopping_the_server_drops_a_live_publisher_without_calling_it_an_error(
             assert sessions[0].close_reason == "server_stopping"
             assert await client.closed_by_server()
             assert server.counters.protocol_errors == 0
+
+    run(scenario())
+
+
+def test_a_peer_that_never_reads_its_ping_replies_cannot_grow_our_write_buffer() -> None:
+    # Found by tests/faults: a peer that sends pings and reads none of the replies had
+    # them pile up in our write buffer (4 MB in 4 s on one connection, before publish);
+    # now the server stops reading from a peer that does not read. Small socket buffers
+    # on both ends, so that the kernel does not absorb the first megabytes.
+    async def scenario() -> None:
+        async with ingest(handshake_timeout=3.0) as (server, _):
+            loop = asyncio.get_running_loop()
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", server.port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+            writer.write(b"\x03" + os.urandom(1536))
+            writer.write((await reader.readexactly(1 + 2 * 1536))[1:1537])
+            (connection,) = server._connections
+            transport = connection._writer.transport
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            pings = ChunkWriter().encode(messages.user_control(messages.PING_REQUEST, 1))
+            largest = 0
+
+            async def watch() -> None:
+                nonlocal largest
+                while True:
+                    largest = max(largest, transport.get_write_buffer_size())
+                    await asyncio.sleep(0.01)
+
+            watcher = asyncio.create_task(watch())
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                for _ in range(64 * 1024 * 1024 // (len(pings) * 10_000)):
+                    writer.write(pings * 10_000)
+                    await asyncio.wait_for(writer.drain(), 10)
+            watcher.cancel()
+            assert largest < 1024 * 1024, f"{largest} bytes of unsent replies"
+            async with asyncio.timeout(5):
+                while server._connections:  # closed at the handshake timeout
+                    await asyncio.sleep(0.05)
+            assert server.counters.protocol_errors == 1
+            writer.transport.abort()
 
     run(scenario())
 

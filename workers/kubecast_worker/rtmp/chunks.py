@@ -18,6 +18,11 @@ DEFAULT_CHUNK_SIZE: Final = 128
 MAX_CHUNK_SIZE: Final = 0x7FFFFFFF  # 31 bits: the top bit of Set Chunk Size must be zero
 MAX_MESSAGE_SIZE: Final = 0xFFFFFF  # the message-length field has 24 bits
 EXTENDED: Final = 0xFFFFFF  # this timestamp value means "the real one follows in 4 bytes"
+# Chunk stream ids go up to 65599, and each one a peer opens costs us its state (about
+# 230 bytes): 65536 of them, for 14 bytes of header each, held 15 MB per connection, and
+# an unauthenticated peer may hold 32 connections for the handshake timeout. Publishers
+# use a handful (ffmpeg's are 2 to 8); nginx-rtmp allows 32 (its max_streams).
+MAX_CHUNK_STREAMS: Final = 64
 
 _HEADER_SIZES: Final = (11, 7, 3, 0)
 
@@ -39,8 +44,9 @@ class ChunkParser:
     """Reassembles messages from the bytes a peer sends.
 
     ``max_message_size`` bounds one message; ``max_pending_bytes`` bounds the sum of all
-    half-received messages, since a peer may interleave many chunk streams. Both turn an
-    oversized or hostile stream into a :class:`ProtocolError` instead of memory growth.
+    half-received messages, since a peer may interleave many chunk streams;
+    ``max_chunk_streams`` bounds how many chunk streams there are. All turn an oversized
+    or hostile stream into a :class:`ProtocolError` instead of memory growth.
     """
 
     def __init__(
@@ -49,6 +55,7 @@ class ChunkParser:
         self.chunk_size = DEFAULT_CHUNK_SIZE
         self.max_message_size = max_message_size
         self.max_pending_bytes = max_pending_bytes or 2 * max_message_size
+        self.max_chunk_streams = MAX_CHUNK_STREAMS
         self._buffer = bytearray()
         self._pos = 0  # parsed up to here
         self._streams: dict[int, _ChunkStream] = {}
@@ -124,6 +131,8 @@ class ChunkParser:
                 raise ProtocolError(
                     f"chunk stream {csid} starts with a type {fmt} chunk header instead of 0"
                 )
+            if len(self._streams) >= self.max_chunk_streams:
+                raise ProtocolError(f"more than {self.max_chunk_streams} chunk streams")
             stream = _ChunkStream()
         in_progress = stream.partial is not None
         if in_progress and fmt != 3:

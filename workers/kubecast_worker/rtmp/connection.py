@@ -26,6 +26,11 @@ COMMAND_PHASE_MAX_MESSAGE = 64 * 1024
 # What we ask of the peer: ack every 2.5 MB (the value FMS, nginx-rtmp and ffmpeg use).
 WINDOW_SIZE = 2_500_000
 OUT_CHUNK_SIZE = 4096
+# Unsent replies (pings, createStream, acknowledgements) beyond which we wait for the peer
+# to read them before reading more from it: a peer that asks and never reads would
+# otherwise grow our write buffer by what it sends (5 MB in 3 s on one connection, in
+# tests/unit/test_rtmp_server.py).
+OUT_BUFFER_LIMIT = 256 * 1024
 CLOSE_TIMEOUT = 2.0
 _KNOWN_COMMANDS = frozenset(
     {"createStream", "publish", "releaseStream", "FCPublish", "FCUnpublish", "deleteStream",
@@ -149,6 +154,10 @@ class RtmpConnection:
             while self.end_reason is None and (message := self._parser.next_message()) is not None:
                 await self._on_message(message)
             self._acknowledge(len(data))
+            if self._writer.transport.get_write_buffer_size() > OUT_BUFFER_LIMIT:
+                # Stop reading until the peer reads; before publish, within the deadline.
+                wait = max(0.0, deadline - loop.time()) if self.session is None else None
+                await self._flush(wait)
             if self.session is not None and self.end_reason is None:
                 await self._keep_up_with_reader(self.session)
 
@@ -395,8 +404,11 @@ class RtmpConnection:
                 self._chunks_out.chunk_size = int.from_bytes(message.payload, "big")
         self._writer.write(b"".join(parts))
 
-    async def _flush(self) -> None:
-        await asyncio.wait_for(self._writer.drain(), self._limits.handshake_timeout)
+    async def _flush(self, timeout: float | None = None) -> None:
+        """Wait until the peer has taken what we wrote (``timeout``: the handshake's)."""
+        if timeout is None:
+            timeout = self._limits.handshake_timeout
+        await asyncio.wait_for(self._writer.drain(), timeout)
 
     def _end(self, reason: str) -> None:
         if self.end_reason is None:

@@ -42,6 +42,10 @@ class ApiModel(BaseModel):
 
     Unknown fields are refused (not silently dropped) so that a typo such as
     ``segmentSecond`` is reported instead of falling back to a default.
+
+    Integer and boolean fields of the specs say ``strict=True``: the API server
+    refuses ``width: "1280"`` or ``loop: "yes"`` (wrong JSON type), and so must
+    the models, which would otherwise coerce them (tests/manifests/invalid/).
     """
 
     model_config = ConfigDict(

@@ -56,7 +56,9 @@ class PullIngest(ApiModel):
         pattern=PULL_URL,
     )
     loop: bool = Field(
-        default=False, description="Play a file:// source in a loop (for test channels)."
+        strict=True,
+        default=False,
+        description="Play a file:// source in a loop (for test channels).",
     )
 
     @model_validator(mode="after")
@@ -102,6 +104,7 @@ class HlsOutput(ApiModel):
         description="Segment container: ts (MPEG-TS, widest support) or fmp4 (CMAF).",
     )
     window_segments: int = Field(
+        strict=True,
         default=6,
         description="Segments kept in the live playlist (the DVR window is this times"
         " segmentSeconds). Ignored by an event playlist, which keeps every segment.",
@@ -118,6 +121,7 @@ class HlsOutput(ApiModel):
 
 class DashOutput(ApiModel):
     enabled: bool = Field(
+        strict=True,
         default=False,
         description="Also publish a DASH manifest. Not produced by this version yet: the"
         " OutputsReady condition says so while it is asked for.",
@@ -163,6 +167,7 @@ class ServiceExposure(ApiModel):
         " cluster.",
     )
     node_port: int | None = Field(
+        strict=True,
         default=None,
         description="Fixed node port for type NodePort (30000-32767); unset picks one.",
         ge=30000,
@@ -220,6 +225,7 @@ class LiveStreamSpec(ApiModel):
     )
     outputs: Outputs = Field(default_factory=Outputs, description="Packaging of the output.")
     reconnect_window_seconds: int = Field(
+        strict=True,
         default=30,
         description="How long a dropped publisher may take to return and continue the same"
         " playlist (phase Reconnecting) before the stream goes Idle and the playlist ends.",

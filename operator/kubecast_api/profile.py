@@ -84,14 +84,16 @@ class Rendition(ApiModel):
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
     )
     passthrough: bool = Field(
+        strict=True,
         default=False,
         description="Copy the source video and audio without re-encoding. Width, height,"
         " bitrates and fps must then be unset.",
     )
     width: int | None = Field(
-        default=None, description="Output width in pixels (even).", ge=16, le=7680
+        strict=True, default=None, description="Output width in pixels (even).", ge=16, le=7680
     )
     height: int | None = Field(
+        strict=True,
         default=None,
         description="Output height in pixels (even). A rendition taller than the source is"
         " dropped: kubecast never upscales.",
@@ -99,22 +101,27 @@ class Rendition(ApiModel):
         le=4320,
     )
     video_bitrate: int | None = Field(
-        default=None, description="Target video bitrate in kbit/s.", ge=1, le=200_000
+        strict=True, default=None, description="Target video bitrate in kbit/s.", ge=1, le=200_000
     )
     maxrate: int | None = Field(
+        strict=True,
         default=None,
         description="Peak video bitrate in kbit/s (VBV maxrate). Defaults to videoBitrate.",
         ge=1,
         le=200_000,
     )
     bufsize: int | None = Field(
+        strict=True,
         default=None,
         description="VBV buffer size in kbit. Defaults to twice maxrate.",
         ge=1,
         le=400_000,
     )
-    audio_bitrate: int = Field(default=128, description="Audio bitrate in kbit/s.", ge=8, le=512)
+    audio_bitrate: int = Field(
+        strict=True, default=128, description="Audio bitrate in kbit/s.", ge=8, le=512
+    )
     fps: int | None = Field(
+        strict=True,
         default=None,
         description="Output frame rate. Unset keeps the source frame rate.",
         ge=1,
@@ -228,6 +235,7 @@ class TranscodeProfileSpec(ApiModel):
         max_length=8,
     )
     gop_seconds: int = Field(
+        strict=True,
         default=2,
         description="Keyframe interval in seconds, the same in every rendition so players"
         " can switch between them at segment boundaries. Scene-cut keyframes are disabled.",
@@ -235,6 +243,7 @@ class TranscodeProfileSpec(ApiModel):
         le=10,
     )
     segment_seconds: int = Field(
+        strict=True,
         default=4,
         description="Target HLS/DASH segment duration in seconds; a multiple of gopSeconds.",
         ge=1,

@@ -64,6 +64,15 @@ class Schedule(ApiModel):
     start_time: datetime | None = Field(default=None, description="Window start (RFC 3339).")
     end_time: datetime | None = Field(default=None, description="Window end (RFC 3339).")
 
+    @field_validator("start_time", "end_time", mode="before")
+    @classmethod
+    def _rfc3339_string(cls, value: Any) -> Any:
+        # pydantic would read a number as a Unix timestamp; the API server (type
+        # string, format date-time) refuses it.
+        if value is not None and not isinstance(value, str | datetime):
+            raise ValueError(f"must be an RFC 3339 date-time string, not {type(value).__name__}")
+        return value
+
     @model_validator(mode="after")
     def _window(self) -> Self:
         if self.start == StartMode.WINDOW and (self.start_time is None or self.end_time is None):
@@ -75,6 +84,7 @@ class Schedule(ApiModel):
 
 class Retention(ApiModel):
     days: int | None = Field(
+        strict=True,
         default=None,
         description="Delete the Recording (and its files) this many days after it completes."
         " Unset keeps it until deleted.",
@@ -101,9 +111,14 @@ class RecordingSpec(ApiModel):
     storage: Storage = Field(default_factory=Storage, description="Where the files are written.")
     schedule: Schedule = Field(default_factory=Schedule, description="When to record.")
     max_duration_seconds: int | None = Field(
-        default=None, description="Stop after this much recorded media.", ge=1, le=7 * 86400
+        strict=True,
+        default=None,
+        description="Stop after this much recorded media.",
+        ge=1,
+        le=7 * 86400,
     )
     idle_timeout_seconds: int = Field(
+        strict=True,
         default=300,
         description="Finish the recording when the stream stays idle this long.",
         ge=0,

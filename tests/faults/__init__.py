@@ -1,0 +1,1 @@
+"""Fault injection against the real worker: malformed input, stalled peers."""

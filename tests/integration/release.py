@@ -126,7 +126,12 @@ def install(
 def uninstall(release: Release) -> None:
     helm(release.cp, "uninstall", release.name, "-n", release.namespace, "--wait",
          "--timeout", "120s")  # fmt: skip
-    release.cp.kubectl("delete", "namespace", release.namespace, "--wait=false", check=False)
+    # Wait: the next module installs into a namespace of the same name, and a
+    # namespace still terminating refuses new objects.
+    release.cp.kubectl(
+        "delete", "namespace", release.namespace, "--wait=true", "--timeout=120s",
+        check=False, timeout=150,
+    )  # fmt: skip
 
 
 def pod_of(cp: ControlPlane, namespace: str, selector: str) -> dict[str, Any] | None:

@@ -33,6 +33,12 @@ class WorkerIngest(ApiModel):
         " key itself never appears in the config.",
     )
     pull: PullIngest | None = Field(default=None, description="Source to pull instead.")
+    service_url: str | None = Field(
+        default=None,
+        description="Where publishers inside the cluster push (the ingest Service's name,"
+        " rtmp://<stream>-ingest.<namespace>.svc.cluster.local:1935/<app>), for the preview"
+        " page; the address from outside is the LiveStream's status.ingestUrl.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Self:

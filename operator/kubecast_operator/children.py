@@ -232,12 +232,17 @@ def worker_config(
 ) -> WorkerConfig:
     """The resolved config a worker runs from: the stream plus its profile."""
     key_ref = stream_key_secret_ref(body, spec)
+    meta = body["metadata"]
     if spec.ingest.push is not None:
         ingest = WorkerIngest(
             listen=f"0.0.0.0:{WORKER_RTMP_PORT}",
             app=spec.ingest.push.app,
             stream_key_file=f"{KEY_DIR}/{key_ref[1]}" if key_ref else None,
             stream_key_secret=key_ref[0] if key_ref else None,
+            # NB: the Service's name, not its external address: that one arrives
+            # later (a load balancer) and must not roll the worker when it does.
+            service_url=f"rtmp://{ingest_service_name(meta['name'])}.{meta['namespace']}"
+            f".svc.cluster.local:{WORKER_RTMP_PORT}/{spec.ingest.push.app}",
         )
     else:
         ingest = WorkerIngest(pull=spec.ingest.pull)

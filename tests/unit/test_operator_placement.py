@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +112,34 @@ def test_an_api_error_is_told_in_the_api_servers_own_words() -> None:
         "HTTP 500: Internal error occurred: failed to allocate a serviceIP: range is full"
     )
     assert kube.describe(ValueError("bad")) == "ValueError: bad"
+
+
+def test_the_preview_page_gets_the_ingest_services_in_cluster_name() -> None:
+    """Not the load balancer's address, which arrives later and would roll the worker."""
+    from prometheus_client import CollectorRegistry
+
+    from kubecast_worker import origin
+    from kubecast_worker.status import Status
+
+    stream = body("livestream-push.yaml")
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    profile = TranscodeProfileSpec.model_validate(body("transcodeprofile-default.yaml")["spec"])
+    config = children.worker_config(stream, spec, profile)
+    name = stream["metadata"]["name"]
+    url = f"rtmp://{name}-ingest.live.svc.cluster.local:1935/{spec.ingest.push.app}"  # type: ignore[union-attr]
+    assert config.ingest.service_url == url
+
+    async def page() -> str:
+        from aiohttp.test_utils import TestClient, TestServer
+
+        app = origin.make_app(
+            root=Path("/nonexistent"),
+            status=Status(stream=name, mode="push", ingest_url="rtmp://0.0.0.0:1935/live"),
+            registry=CollectorRegistry(),
+            ingest_url=config.ingest.service_url,
+        )
+        async with TestClient(TestServer(app)) as http:  # a real HTTP server on loopback
+            response = await http.get("/player")
+            return await response.text()
+
+    assert f'data-ingest-url="{url}"' in asyncio.run(page())

@@ -181,3 +181,41 @@ def test_health_readiness_status_and_metrics_endpoints(tree: Path) -> None:
                 assert 'kubecast_rendition_active{rendition="1080p",stream="unit"} 0.0' in text
 
     serve(tree, scenario, status=status)
+
+
+async def raw_request(host: str, port: int, request: bytes) -> int:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(request)
+    await writer.drain()
+    head = await reader.readline()
+    writer.close()
+    return int(head.split()[1])
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "TRACE", "CONNECT"])
+@pytest.mark.parametrize("target", ["/master.m3u8", "/360p/ab-00001.ts", "/status", "/player"])
+def test_the_playback_port_has_no_write_or_other_method(
+    tree: Path, method: str, target: str
+) -> None:
+    """Only GET, HEAD and OPTIONS: nothing a viewer sends can change what is served."""
+
+    async def scenario(host: str, port: int) -> None:
+        request = f"{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+        code = await raw_request(host, port, (request + "Connection: close\r\n\r\n").encode())
+        assert code == 405, f"{method} {target} answered {code}"
+        assert await raw_get(host, port, "/360p/ab-00001.ts") == 200
+        assert (tree / "360p" / "ab-00001.ts").stat().st_size == 188 * 10
+
+    serve(tree, scenario)
+
+
+def test_a_huge_header_is_refused_and_the_origin_serves_on(tree: Path) -> None:
+    async def scenario(host: str, port: int) -> None:
+        request = (
+            "GET /master.m3u8 HTTP/1.1\r\nHost: x\r\nX-Big: " + "a" * 64 * 1024 + "\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        assert await raw_request(host, port, request.encode()) in (400, 431)
+        assert await raw_get(host, port, "/master.m3u8") == 200
+
+    serve(tree, scenario)

@@ -78,6 +78,7 @@ def make_app(
     status: Status,
     registry: CollectorRegistry,
     stream_key_secret: str | None = None,
+    ingest_url: str | None = None,
 ) -> web.Application:
     @web.middleware
     async def cors(
@@ -85,6 +86,10 @@ def make_app(
     ) -> web.StreamResponse:
         if request.method == "OPTIONS":
             return web.Response(status=204, headers=CORS)
+        if request.method not in ("GET", "HEAD"):
+            # NB: before routing: a method no route takes (CONNECT, TRACE) would
+            # otherwise answer 404, as if the path were the problem.
+            raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD", "OPTIONS"])
         try:
             response = await handler(request)
         except web.HTTPException as e:
@@ -140,9 +145,10 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     # The preview page (/, /player): before the catch-all below, which would take /player.
-    # NB: no ingest_url: the page reads the worker's from /status, which has the port
-    # really bound (the RTMP listener starts after this app is built).
-    player.add_player_routes(app, stream_key_secret=stream_key_secret)
+    # NB: ingest_url is the operator's (the ingest Service's name); without one, the
+    # page reads the worker's own from /status, which has the port really bound (the
+    # RTMP listener starts after this app is built).
+    player.add_player_routes(app, ingest_url=ingest_url, stream_key_secret=stream_key_secret)
     app.router.add_get("/{tail:.+}", media)  # also answers HEAD
     return app
 
@@ -155,9 +161,13 @@ async def start(
     status: Status,
     registry: CollectorRegistry,
     stream_key_secret: str | None = None,
+    ingest_url: str | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Serve until ``runner.cleanup()``. Returns the runner and the bound port."""
-    app = make_app(root=root, status=status, registry=registry, stream_key_secret=stream_key_secret)
+    app = make_app(
+        root=root, status=status, registry=registry, stream_key_secret=stream_key_secret,
+        ingest_url=ingest_url,
+    )  # fmt: skip
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -125,6 +125,7 @@ class Worker:
             status=self.status,
             registry=self.registry,
             stream_key_secret=self.config.ingest.stream_key_secret,
+            ingest_url=self.config.ingest.service_url,
         )
         self.log.info("origin listening", extra={"http": f"{host}:{self.http_port}"})
         copies = self._restream(host)

@@ -155,7 +155,11 @@
     updateNotice();
 
     const ingest = doc.ingest && typeof doc.ingest === 'object' ? doc.ingest : {};
-    $('ingest-label').textContent = ingest.mode === 'pull' ? 'Source URL (pulled)' : 'Ingest URL';
+    // The operator's URL is the ingest Service's in-cluster name; from outside,
+    // publishers use the LiveStream's status.ingestUrl, which only the operator knows.
+    $('ingest-label').textContent = ingest.mode === 'pull' ? 'Source URL (pulled)'
+      : withoutKey(root.dataset.ingestUrl) ? 'Ingest URL (in the cluster; from outside: status.ingestUrl)'
+        : 'Ingest URL';
     setUrl('ingest-url', ingestUrl(doc), 'not known to this origin');
     const secret = pick(doc, 'streamKeySecret', 'stream_key_secret') || root.dataset.keySecret;
     setText('key-hint', ingest.mode === 'pull' ? 'The worker pulls this source.' : keyHint(secret));

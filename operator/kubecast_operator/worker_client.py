@@ -1,6 +1,6 @@
 """Reading what a worker sees: its ``/status`` JSON over HTTP.
 
-Workers never talk to the Kubernetes API (DESIGN.md); the operator polls them
+Workers never talk to the Kubernetes API, by design: the operator polls them
 and is the only writer of status. A worker that does not answer is reported,
 not guessed at.
 """

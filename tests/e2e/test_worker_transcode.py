@@ -1,7 +1,7 @@
 """``kubecast-worker transcode``: the live pipeline on a file, as fast as the CPU allows.
 
 It runs the rendition threads flat out, so it is also the load test of handing
-frames between threads (a shared-frame design crashed PyAV 18.1; see DESIGN.md).
+frames between threads (a shared-frame design crashed PyAV 18.1 with SIGSEGV).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@
   reference to each decoded frame (FFmpeg's ``split``/``asplit``, which add
   references to the same read-only buffers rather than copying pixels), so no
   PyAV frame object is ever touched by two threads. Handing the *same* frame
-  objects to several encoder threads crashed PyAV 18.1 (DESIGN.md).
+  objects to several encoder threads crashed PyAV 18.1 (SIGSEGV, seen here).
 - ``Encoder`` runs in a rendition's own thread: frame rate (``fps``), scale
   (bicubic, as the ffmpeg CLI's ``scale`` filter) and libx264 with a fixed GOP
   of ``gopSeconds * fps``, no scene-cut keyframes and a forced IDR on every GOP

@@ -24,6 +24,7 @@ from conftest import (
     Reply,
     WorkerProcess,
     codecs,
+    ffprobe,
     http_get,
     launch_configured_worker,
     launch_worker,
@@ -107,6 +108,45 @@ def test_ffprobe_reads_every_rendition_with_its_size_and_codecs(small: Observed)
         assert (video["codec_name"], video["width"], video["height"]) == ("h264", width, height)
         assert video["profile"] in ("Main", "Constrained Baseline")  # ultrafast: no CABAC
         assert codecs(playlist) == {"h264", "aac"}
+
+
+def _peak_kbps(segments: list[tuple[float, int]], target: float) -> float:
+    """HLS's peak segment bit rate: the highest rate of any run of contiguous
+    segments lasting 0.5 to 1.5 target durations (RFC 8216bis 4.4.6.2)."""
+    peak = 0.0
+    for start in range(len(segments)):
+        seconds = bits = 0.0
+        for duration, size in segments[start:]:
+            seconds, bits = seconds + duration, bits + size * 8
+            if seconds > 1.5 * target:
+                break
+            if seconds >= 0.5 * target:
+                peak = max(peak, bits / seconds / 1000)
+    return peak
+
+
+def test_master_bandwidth_is_what_the_segments_measure(small: Observed) -> None:
+    """BANDWIDTH is at least the peak segment bitrate, AVERAGE-BANDWIDTH within 10 %
+    of the average, and CODECS names the profile and level really in the stream."""
+    master = m3u8.load(str(small.worker.out / "master.m3u8"))
+    for variant in master.playlists:
+        info = variant.stream_info
+        playlist = m3u8.load(str(small.worker.out / variant.uri))
+        directory = (small.worker.out / variant.uri).parent
+        segments = [(s.duration, (directory / s.uri).stat().st_size) for s in playlist.segments]
+        assert len(segments) >= 3, variant.uri  # the whole publish is still listed
+        peak = _peak_kbps(segments, playlist.target_duration)
+        average = sum(size * 8 for _, size in segments) / sum(d for d, _ in segments) / 1000
+        assert info.bandwidth >= peak * 1000, (variant.uri, info.bandwidth, peak)
+        assert abs(info.average_bandwidth - average * 1000) <= 0.10 * average * 1000, (
+            variant.uri, info.average_bandwidth, average,
+        )  # fmt: skip
+        profile = ffprobe(directory / "index.m3u8", "stream=codec_type,profile,level")
+        video = next(s for s in profile["streams"] if s["codec_type"] == "video")
+        avc1 = info.codecs.split(",")[0]
+        profile_idc = {"Constrained Baseline": 0x42, "Baseline": 0x42, "Main": 0x4D, "High": 0x64}
+        assert int(avc1[5:7], 16) == profile_idc[video["profile"]], (avc1, video)
+        assert int(avc1[9:11], 16) == video["level"], (avc1, video)
 
 
 def test_keyframes_are_on_the_same_timestamps_in_every_rendition(small: Observed) -> None:

@@ -41,7 +41,7 @@ def test_each_segment_lands_on_disk_before_the_event_playlist_names_it(tmp_path:
     assert "#EXT-X-PROGRAM-DATE-TIME:2025-05-01T18:00:00" in text
     assert (tmp_path / second.name).read_bytes() == b"\x47" * 376
     assert (j.duration, j.bytes, len(j.segments)) == (3.5, 564, 2)
-    assert not list(tmp_path.rglob(".*.partial"))  # temp files were renamed into place
+    assert not list(tmp_path.rglob(".*.tmp"))  # temp files were renamed into place
 
     j.write_playlist(ended=True)
     assert m3u8.loads((tmp_path / journal.PLAYLIST).read_text()).is_endlist

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import m3u8
 
-from kubecast_worker import packager
-from kubecast_worker.status import RenditionState
+from kubecast_worker import files, packager
+from kubecast_worker.status import RenditionState, SegmentBitrates
 
 
 def rendition(name: str, width: int, height: int, kbps: int, peak: int) -> RenditionState:
@@ -66,6 +66,49 @@ def test_passthrough_bandwidth_comes_from_what_was_measured() -> None:
     assert (v.bandwidth, v.average_bandwidth) == (1_800_000, 1_500_000)
 
 
+def test_measured_segments_set_bandwidth_once_there_are_enough() -> None:
+    state = rendition("720p", 1280, 720, 2500, 2675)
+    state.segment_bitrates = SegmentBitrates(2.0)
+    limits = packager.variant(state, segment_type="ts", audio_kbps=128, video_codecs="avc1.64001f")
+    # One segment above the rate-control limit: BANDWIDTH rises to it at once.
+    state.segment_bitrates.add(2.0, 2_000 * 1_000 // 8 * 2)  # 2,000 kbit/s
+    state.segment_bitrates.add(2.0, 3_400 * 1_000 // 8 * 2)  # 3,400 kbit/s: above maxrate
+    early = packager.variant(state, segment_type="ts", audio_kbps=128, video_codecs="avc1.64001f")
+    assert early.bandwidth == 3_400_000 > limits.bandwidth
+    assert early.average_bandwidth == 2_700_000
+    # Enough segments: BANDWIDTH is the measured peak, even below the limit.
+    quiet = rendition("720p", 1280, 720, 2500, 2675)
+    quiet.segment_bitrates = SegmentBitrates(2.0)
+    for kbps in (1_000, 1_200, 1_100):
+        quiet.segment_bitrates.add(2.0, kbps * 1_000 // 8 * 2)
+    late = packager.variant(quiet, segment_type="ts", audio_kbps=128, video_codecs="avc1.64001f")
+    assert (late.bandwidth, late.average_bandwidth) == (1_200_000, 1_100_000)
+
+
+def test_peak_is_over_runs_of_half_to_one_and_a_half_target_durations() -> None:
+    meter = SegmentBitrates(2.0)
+    meter.add(2.0, 250_000)  # 1,000 kbit/s
+    # A short last segment: 2,000 kbit/s on its own (0.4 s < 0.5 x 2 s) is no peak,
+    # but with its neighbour (2.4 s <= 1.5 x 2 s) it is: 350,000 B in 2.4 s.
+    meter.add(0.4, 100_000)
+    assert meter.peak_kbps == 350_000 * 8 / 2.4 / 1000
+    meter.add(1.0, 75_000)  # 600 kbit/s: lowers no peak
+    assert meter.peak_kbps == 350_000 * 8 / 2.4 / 1000
+    assert meter.average_kbps() == 425_000 * 8 / 3.4 / 1000
+    assert meter.count == 3
+
+
+def test_master_is_rewritten_only_when_its_text_changes(tmp_path: Path) -> None:
+    v = packager.variant(
+        rendition("360p", 640, 360, 800, 856),
+        segment_type="ts",
+        audio_kbps=64,
+        video_codecs="avc1.4d401e",
+    )
+    assert packager.write_master(tmp_path, [v], segment_type="ts")
+    assert not packager.write_master(tmp_path, [v], segment_type="ts")
+
+
 def test_endlist_is_appended_once_and_missing_playlists_are_skipped(tmp_path: Path) -> None:
     (tmp_path / "360p").mkdir()
     playlist = tmp_path / "360p" / "index.m3u8"
@@ -101,7 +144,7 @@ def test_reset_removes_our_files_only(tmp_path: Path) -> None:
 def test_atomic_writes_never_show_a_partial_file(tmp_path: Path) -> None:
     target = tmp_path / "master.m3u8"
     versions = ["#EXTM3U\n" + (f"# version {i}\n" * 2000) for i in range(30)]
-    packager.write_atomically(target, versions[0])
+    files.write_atomically(target, versions[0])
     seen: set[str] = set()
     stop = threading.Event()
 
@@ -112,7 +155,7 @@ def test_atomic_writes_never_show_a_partial_file(tmp_path: Path) -> None:
     reader = threading.Thread(target=read)
     reader.start()
     for text in versions:
-        packager.write_atomically(target, text)
+        files.write_atomically(target, text)
     stop.set()
     reader.join()
     assert seen <= set(versions)

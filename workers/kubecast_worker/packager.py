@@ -4,7 +4,8 @@ Media playlists and segments are written by FFmpeg's ``hls`` muxer (through
 PyAV), one muxer per rendition, with ``temp_file``: every segment and playlist
 is written to ``<name>.tmp`` and renamed when complete, so a reader never sees
 half a file (the origin refuses ``.tmp`` names). The master playlist is ours,
-written to a temporary file and ``os.replace``d.
+written with the ``m3u8`` library and ``files.write_atomically``, again whenever a
+new segment changes its measured bitrates.
 
 Layout of the output directory::
 
@@ -28,10 +29,9 @@ Across publishes:
 
 from __future__ import annotations
 
-import os
+import math
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -39,9 +39,11 @@ from pathlib import Path
 
 import av
 import av.container
+import m3u8
 from av.packet import Packet
 
-from kubecast_worker.status import RenditionState
+from kubecast_worker import files
+from kubecast_worker.status import RenditionState, SegmentBitrates
 
 MASTER = "master.m3u8"
 PLAYLIST = "index.m3u8"
@@ -81,19 +83,6 @@ def new_epoch() -> str:
     return out
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never a mix (temp file + rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def reset(out_dir: Path) -> None:
     """Remove the previous session's playlists and segments (ours only)."""
     (out_dir / MASTER).unlink(missing_ok=True)
@@ -116,7 +105,7 @@ def end_playlist(path: Path) -> bool:
     except FileNotFoundError:
         return False
     if ENDLIST not in text:
-        write_atomically(path, text.rstrip("\n") + f"\n{ENDLIST}\n")
+        files.write_atomically(path, text.rstrip("\n") + f"\n{ENDLIST}\n")
     return True
 
 
@@ -187,6 +176,7 @@ class HlsWriter:
             options["hls_playlist_type"] = "event"
         self._seen = segment_count(self.playlist.read_text()) if append else 0
         self._mtime = 0
+        state.segment_bitrates = SegmentBitrates(packaging.segment_seconds)
         self.container: av.container.OutputContainer = av.open(
             str(self.playlist), mode="w", format="hls", options=options
         )
@@ -221,17 +211,28 @@ class HlsWriter:
             return
         self._mtime = stat.st_mtime_ns
         try:
-            count = segment_count(self.playlist.read_text())
+            text = self.playlist.read_text()
         except FileNotFoundError:
             return
+        count = segment_count(text)
         new = count - self._seen
         if new <= 0:
             return
         state = self.state
         if state.segments == 0:
             state.first_segment_seconds = round(time.time() - self.session_start, 3)
+        self._measure(m3u8.loads(text).segments[-new:])
         state.segments += new
         self._seen = count
+
+    def _measure(self, segments: Iterable[m3u8.Segment]) -> None:
+        """Each new segment's size over its duration: the master's honest BANDWIDTH."""
+        for segment in segments:
+            try:
+                size = (self.directory / segment.uri).stat().st_size
+            except (FileNotFoundError, TypeError):
+                continue  # already slid out and deleted: too late to count
+            self.state.segment_bitrates.add(segment.duration or 0.0, size)
 
     def close(self) -> None:
         """Flush the last segment and the playlist (without ENDLIST: see the module doc)."""
@@ -256,6 +257,11 @@ class Variant:
     frame_rate: float | None
 
 
+#: Segments measured before BANDWIDTH is the measured peak alone: until then it is
+#: at least the rate-control limit, since one or two segments say little of a peak.
+MEASURED_AFTER = 3
+
+
 def variant(
     state: RenditionState,
     *,
@@ -264,8 +270,13 @@ def variant(
     video_codecs: str,
     measured_kbps: int | None = None,
 ) -> Variant:
-    """BANDWIDTH is the peak (maxrate + audio + container overhead), AVERAGE-BANDWIDTH
-    the target; a passthrough rendition uses what its first segments measured."""
+    """BANDWIDTH is the peak segment bitrate and AVERAGE-BANDWIDTH the average, as
+    measured on the written segments (``SegmentBitrates``) once there are some.
+
+    Before then they come from the rate control: the encoder's maxrate (peak) and
+    target bitrate, plus audio and the container's overhead. A passthrough rendition
+    has no rate control: what its first packets measured (``measured_kbps``).
+    """
     overhead = OVERHEAD[segment_type]
     audio = audio_kbps or 0
     if state.passthrough or state.nominal_kbps is None:
@@ -274,10 +285,21 @@ def variant(
     else:
         peak = ((state.peak_kbps or state.nominal_kbps) + audio) * overhead
         average = (state.nominal_kbps + audio) * overhead
+    bandwidth = round(peak * 1000)
+    segments = state.segment_bitrates
+    measured_average = segments.average_kbps()
+    if segments.peak_kbps and measured_average:
+        # Rounded up: BANDWIDTH may never be below what a segment measured.
+        measured_peak = math.ceil(segments.peak_kbps * 1000)
+        if segments.count >= MEASURED_AFTER:
+            bandwidth = measured_peak
+        else:
+            bandwidth = max(bandwidth, measured_peak)
+        average = measured_average
     codecs = video_codecs + (f",{AAC_LC}" if audio_kbps else "")
     return Variant(
         uri=f"{state.name}/{PLAYLIST}",
-        bandwidth=max(1, round(peak * 1000)),
+        bandwidth=max(1, bandwidth),
         average_bandwidth=max(1, round(average * 1000)),
         width=state.width or 0,
         height=state.height or 0,
@@ -287,23 +309,32 @@ def variant(
 
 
 def render_master(variants: Sequence[Variant], *, segment_type: str = "ts") -> str:
-    lines = [
-        "#EXTM3U",
-        f"#EXT-X-VERSION:{7 if segment_type == 'fmp4' else 6}",
-        "#EXT-X-INDEPENDENT-SEGMENTS",
-    ]
+    """The multivariant playlist, written with the ``m3u8`` library."""
+    master = m3u8.M3U8()
+    # fMP4 segments need version 7 (EXT-X-MAP in a media playlist without I-frames only).
+    master.version = 7 if segment_type == "fmp4" else 6
+    master.is_independent_segments = True
     for v in variants:
-        attributes = [
-            f"BANDWIDTH={v.bandwidth}",
-            f"AVERAGE-BANDWIDTH={v.average_bandwidth}",
-            f"RESOLUTION={v.width}x{v.height}",
-        ]
+        info: dict[str, object] = {
+            "bandwidth": v.bandwidth,
+            "average_bandwidth": v.average_bandwidth,
+            "resolution": f"{v.width}x{v.height}",
+            "codecs": v.codecs,
+        }
         if v.frame_rate:
-            attributes.append(f"FRAME-RATE={v.frame_rate:.3f}")
-        attributes.append(f'CODECS="{v.codecs}"')
-        lines += ["#EXT-X-STREAM-INF:" + ",".join(attributes), v.uri]
-    return "\n".join(lines) + "\n"
+            info["frame_rate"] = round(v.frame_rate, 3)
+        master.add_playlist(m3u8.Playlist(v.uri, stream_info=info, media=[], base_uri=None))
+    return master.dumps()
 
 
-def write_master(out_dir: Path, variants: Sequence[Variant], *, segment_type: str) -> None:
-    write_atomically(out_dir / MASTER, render_master(variants, segment_type=segment_type))
+def write_master(out_dir: Path, variants: Sequence[Variant], *, segment_type: str) -> bool:
+    """Write the master playlist; returns whether its text changed."""
+    text = render_master(variants, segment_type=segment_type)
+    path = out_dir / MASTER
+    try:
+        if path.read_text() == text:
+            return False
+    except FileNotFoundError:
+        pass
+    files.write_atomically(path, text)
+    return True

@@ -8,7 +8,8 @@
     rendition threads Encoder: fps → scale → libx264 + AAC   (or Copier: passthrough)
      (one each)       HlsWriter: FFmpeg's hls muxer → segments + media playlist
                         │
-    ingest thread     the master playlist, once every rendition has a segment
+    ingest thread     the master playlist, once every rendition has a segment, and
+                      again when new segments change its measured bitrates
 
 The ingest thread is the caller's (worker.py runs ``run()`` through
 ``asyncio.to_thread``). Every PyAV object is owned by one thread: sources,
@@ -377,6 +378,7 @@ def _transcode(
     fps = max((float(r.rung.fps) for r in encoded if r.rung.fps), default=30.0)
     backlog_limit = max(2, int(LIVE_BACKLOG_SECONDS * fps))
     master_written = False
+    measured_segments = 0  # segments the master's bitrates have seen
     media_time = 0.0
     wall0 = time.time()
     reason: Literal["eof", "stopped"]
@@ -436,6 +438,12 @@ def _transcode(
                     video(media.frame, media.time)
                 if not master_written:
                     master_written = master()
+                elif sum(r.state.segments for r in renditions) != measured_segments:
+                    # A new segment: BANDWIDTH and AVERAGE-BANDWIDTH follow what it measured.
+                    measured_segments = sum(r.state.segments for r in renditions)
+                    _write_master(
+                        renditions, plan=plan, settings=settings, has_audio=source.audio is not None
+                    )
             elif encoded:
                 assert isinstance(media.frame, AudioFrame)
                 audio(media.frame, media.time)
@@ -460,6 +468,8 @@ def _transcode(
         ) from first.error
     if not master_written:
         master()
+    else:  # the last segments, flushed by finish(), are measured too
+        _write_master(renditions, plan=plan, settings=settings, has_audio=source.audio is not None)
     wall = time.time() - wall0
     return Outcome(
         reason=reason,

@@ -58,6 +58,49 @@ class RateMeter:
         self._total = 0
 
 
+class SegmentBitrates:
+    """Bitrates of the segments a rendition has written, for the master's BANDWIDTH.
+
+    HLS (RFC 8216bis, 4.4.6.2) defines BANDWIDTH as the peak segment bit rate: the
+    largest bit rate of any run of contiguous segments whose total duration is
+    between 0.5 and 1.5 times the target duration; AVERAGE-BANDWIDTH is the
+    average over the stream. A short last segment alone is no peak, but counts
+    with its neighbour.
+    """
+
+    #: a run of segments is never longer than 1.5 target durations: a few suffice
+    RECENT = 8
+
+    def __init__(self, target_seconds: float) -> None:
+        self.target = target_seconds
+        self.count = 0
+        self.peak_kbps = 0.0
+        self.bits = 0
+        self.seconds = 0.0
+        self._recent: deque[tuple[float, int]] = deque(maxlen=self.RECENT)
+
+    def add(self, duration: float, nbytes: int) -> None:
+        if duration <= 0:
+            return
+        self.count += 1
+        self.bits += nbytes * 8
+        self.seconds += duration
+        self._recent.append((duration, nbytes * 8))
+        seconds, bits = 0.0, 0
+        for d, b in reversed(self._recent):  # every run that ends with this segment
+            seconds, bits = seconds + d, bits + b
+            if seconds > 1.5 * self.target:
+                break
+            if seconds >= 0.5 * self.target:
+                self.peak_kbps = max(self.peak_kbps, bits / seconds / 1000)
+
+    def average_kbps(self) -> float | None:
+        return self.bits / self.seconds / 1000 if self.seconds else None
+
+    def reset(self) -> None:
+        self.__init__(self.target)  # type: ignore[misc]
+
+
 @dataclass
 class RenditionState:
     name: str
@@ -78,6 +121,8 @@ class RenditionState:
     media_time: float = 0.0
     first_segment_seconds: float | None = None
     meter: RateMeter = field(default_factory=RateMeter)
+    #: measured from the written segments (the rendition's thread adds, the master reads)
+    segment_bitrates: SegmentBitrates = field(default_factory=lambda: SegmentBitrates(2.0))
 
     def to_json(self, *, live: bool = True) -> dict[str, Any]:
         """``bitrateKbps`` is a live measurement: null when no publish is running."""

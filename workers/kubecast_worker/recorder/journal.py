@@ -28,7 +28,6 @@ import errno
 import hashlib
 import json
 import math
-import os
 import posixpath
 import re
 from datetime import datetime
@@ -38,6 +37,8 @@ from urllib.parse import urlsplit
 
 import m3u8
 from m3u8 import model
+
+from kubecast_worker import files
 
 PLAYLIST = "recording.m3u8"
 MP4 = "recording.mp4"
@@ -67,17 +68,10 @@ def describe_os_error(error: OSError, *, doing: str, path: Path) -> str:
 
 
 def write_atomically(path: Path, data: bytes, *, doing: str) -> None:
-    """Replace ``path`` with ``data`` in one step (temp file + fsync + rename)."""
-    temp = path.with_name(f".{path.name}.partial")
+    """Replace ``path`` with ``data`` in one step, durably (``files.write_atomically``)."""
     try:
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
+        files.write_atomically(path, data, durable=True)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            temp.unlink()
         raise StorageError(describe_os_error(e, doing=doing, path=path)) from e
 
 

@@ -336,6 +336,11 @@ class LiveStreamStatus(ApiModel):
         default=None, description="Name of the Secret holding the stream key (never the key)."
     )
     playback_url: str | None = Field(default=None, description="HLS master playlist URL.")
+    thumbnail_url: str | None = Field(
+        default=None,
+        description="A JPEG still of the stream, refreshed every 5 seconds while it is live"
+        " (from the smallest rendition's pictures; the last one stays while Idle).",
+    )
     dash_url: str | None = Field(
         default=None, description="DASH manifest URL, once DASH is produced."
     )

@@ -352,6 +352,9 @@ def compute_status(
         status["streamKeySecret"] = key_ref[0] if key_ref else None
     if playback_base:
         status["playbackUrl"] = f"{playback_base}/master.m3u8"
+        # The worker says when its first still exists; its path is always the same.
+        if (seen.worker or {}).get("thumbnailUrl"):
+            status["thumbnailUrl"] = f"{playback_base}/thumbnail.jpg"
 
     ready_deployment = bool((seen.deployment or {}).get("status", {}).get("availableReplicas"))
     worker_state = (seen.worker or {}).get("state")

@@ -48,6 +48,7 @@ class Observed:
     master: Reply
     playlist: Reply
     segment: Reply
+    thumbnail: Reply
     final_status: dict[str, Any]
 
 
@@ -79,9 +80,10 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         playlist = http_get(worker.url("/360p/index.m3u8"))
         first = next(line for line in playlist.text.splitlines() if line.endswith(".ts"))
         segment = http_get(worker.url(f"/360p/{first}"))
+        thumbnail = http_get(worker.url("/thumbnail.jpg"))
         assert publisher.wait(timeout=30) == 0, publisher.stderr.read() if publisher.stderr else ""
         final = worker.wait_state("idle")
-        yield Observed(worker, live, metrics, master, playlist, segment, final)
+        yield Observed(worker, live, metrics, master, playlist, segment, thumbnail, final)
     finally:
         worker.stop()
 
@@ -147,6 +149,19 @@ def test_master_bandwidth_is_what_the_segments_measure(small: Observed) -> None:
         profile_idc = {"Constrained Baseline": 0x42, "Baseline": 0x42, "Main": 0x4D, "High": 0x64}
         assert int(avc1[5:7], 16) == profile_idc[video["profile"]], (avc1, video)
         assert int(avc1[9:11], 16) == video["level"], (avc1, video)
+
+
+def test_a_thumbnail_of_the_smallest_rendition_is_served_and_refreshed(small: Observed) -> None:
+    assert small.live_status["thumbnailUrl"] == "/thumbnail.jpg"
+    assert small.thumbnail.status == 200
+    assert small.thumbnail.headers["Content-Type"] == "image/jpeg"
+    assert small.thumbnail.body[:3] == b"\xff\xd8\xff"  # a JPEG
+    path = small.worker.out / "thumbnail.jpg"
+    video = video_stream(path)
+    smallest = min(SMALL.values(), key=lambda size: size[0] * size[1])
+    assert (video["codec_name"], video["width"], video["height"]) == ("mjpeg", *smallest)
+    # 8 s of a moving test picture, a still every 5 s: the last one is another picture.
+    assert path.read_bytes() != small.thumbnail.body
 
 
 def test_keyframes_are_on_the_same_timestamps_in_every_rendition(small: Observed) -> None:

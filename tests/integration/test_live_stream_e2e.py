@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import time
 import urllib.request
@@ -231,6 +232,19 @@ def test_published_stream_goes_live_and_plays(
         assert probe.returncode == 0, probe.stderr
         codecs = {s["codec_name"] for s in json.loads(probe.stdout)["streams"]}
         assert {"h264", "aac"} <= codecs
+        # The still of the stream: in status, in `kubectl describe`, and served.
+        thumbnail_url = harness.eventually(
+            "status.thumbnailUrl",
+            lambda: status(control_plane, namespace).get("thumbnailUrl"),
+            timeout=30,
+            logs=logs,
+        )
+        assert thumbnail_url == master_url.rsplit("/", 1)[0] + "/thumbnail.jpg"
+        described = control_plane.kubectl("-n", namespace, "describe", "livestream", "e2e").stdout
+        assert re.search(rf"Thumbnail U(RL|rl):\s+{re.escape(thumbnail_url)}", described), described
+        with urllib.request.urlopen(thumbnail_url, timeout=5) as response:
+            assert response.headers["Content-Type"] == "image/jpeg"
+            assert response.read()[:3] == b"\xff\xd8\xff"
         # The key never shows up where users and logs look.
         assert key not in json.dumps(live)
         assert key not in running.release.operator_log()

@@ -211,6 +211,7 @@ LIVE_WORKER = {
     "droppedFrames": 0,
     "encodeSpeed": 1.4,
     "ingest": {"mode": "push", "counters": {"refused_wrong_key": 2, "accepted": 1}},
+    "thumbnailUrl": "/thumbnail.jpg",
 }
 
 
@@ -220,6 +221,9 @@ def test_live_worker_gives_live_status_with_urls_and_figures() -> None:
     assert status["ingestUrl"] == "rtmp://203.0.113.7:31935/live"
     assert status["playbackUrl"] == (
         "http://studio-playback.live.svc.cluster.local:8080/master.m3u8"
+    )
+    assert status["thumbnailUrl"] == (
+        "http://studio-playback.live.svc.cluster.local:8080/thumbnail.jpg"
     )
     assert status["input"]["resolution"] == "1280x720"
     assert status["input"]["bitrateKbps"] == 2510

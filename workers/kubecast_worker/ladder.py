@@ -33,6 +33,7 @@ from av.video.frame import PictureType, VideoFrame
 
 from kubecast_api.profile import AudioCodec, TranscodeProfileSpec, VideoCodec
 from kubecast_worker.status import InputState
+from kubecast_worker.thumbnail import Thumbnailer
 
 #: AAC-LC codes 1024 samples per frame.
 AAC_FRAME_SIZE = 1024
@@ -361,6 +362,8 @@ class Encoder:
         self._graph_key: tuple[Any, ...] | None = None
         self._next_key: Fraction = Fraction(0)
         self.codecs: str | None = None
+        #: set on the smallest rendition: it offers its scaled frames for the still
+        self.thumbnail: Thumbnailer | None = None
 
     # -- video
 
@@ -379,6 +382,8 @@ class Encoder:
         source.push(push)
         packets: list[Packet] = []
         for out in _drain(sink):
+            if self.thumbnail is not None:
+                self.thumbnail.offer(out)
             out.pict_type = PictureType.I if self._keyframe_due(out) else PictureType.NONE
             packets.extend(self.video_stream.encode(out))
         if self.codecs is None and self.video_stream.codec_context.is_open:

@@ -4,6 +4,7 @@ worker's own endpoints.
     GET /master.m3u8, /<rendition>/index.m3u8     application/vnd.apple.mpegurl, max-age=1
     GET /<rendition>/<epoch>-00042.ts              video/mp2t, immutable
     GET /<rendition>/<epoch>-00042.m4s | -init.mp4 video/mp4, immutable
+    GET /thumbnail.jpg                             image/jpeg, max-age=1 (a still, every 5 s)
     GET /status     the worker's Status as JSON
     GET /metrics    Prometheus text format
     GET /healthz    200 while the process serves requests
@@ -36,7 +37,10 @@ CONTENT_TYPES = {
     ".ts": "video/mp2t",
     ".m4s": "video/mp4",
     ".mp4": "video/mp4",
+    ".jpg": "image/jpeg",
 }
+#: Files replaced in place (by rename) as the stream goes on: read whole, cached briefly.
+CHANGING = (".m3u8", ".jpg")
 PLAYLIST_CACHE = "public, max-age=1"
 SEGMENT_CACHE = "public, max-age=31536000, immutable"
 NO_CACHE = "no-cache"
@@ -103,9 +107,9 @@ def make_app(
         if path is None:
             return _not_found()
         content_type = CONTENT_TYPES[path.suffix]
-        if path.suffix == ".m3u8":
-            # Read whole: the packager replaces playlists by rename, so this is
-            # always one complete version.
+        if path.suffix in CHANGING:
+            # Read whole: the packager replaces playlists (and the thumbnail) by
+            # rename, so this is always one complete version.
             try:
                 body = path.read_bytes()
             except FileNotFoundError:

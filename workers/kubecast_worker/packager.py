@@ -10,6 +10,7 @@ new segment changes its measured bitrates.
 Layout of the output directory::
 
     master.m3u8
+    thumbnail.jpg                      (a still of the smallest rendition)
     <rendition>/index.m3u8
     <rendition>/<epoch>-00000.ts       (or .m4s, with <epoch>-init.mp4)
 
@@ -42,10 +43,11 @@ import av.container
 import m3u8
 from av.packet import Packet
 
-from kubecast_worker import files
+from kubecast_worker import files, thumbnail
 from kubecast_worker.status import RenditionState, SegmentBitrates
 
 MASTER = "master.m3u8"
+THUMBNAIL = thumbnail.NAME
 PLAYLIST = "index.m3u8"
 ENDLIST = "#EXT-X-ENDLIST"
 SEGMENT_SUFFIX = {"ts": ".ts", "fmp4": ".m4s"}
@@ -86,6 +88,7 @@ def new_epoch() -> str:
 def reset(out_dir: Path) -> None:
     """Remove the previous session's playlists and segments (ours only)."""
     (out_dir / MASTER).unlink(missing_ok=True)
+    (out_dir / THUMBNAIL).unlink(missing_ok=True)
     if not out_dir.is_dir():
         return
     for child in out_dir.iterdir():

@@ -8,6 +8,7 @@
     rendition threads Encoder: fps → scale → libx264 + AAC   (or Copier: passthrough)
      (one each)       HlsWriter: FFmpeg's hls muxer → segments + media playlist
                         │
+                      (the smallest also writes thumbnail.jpg every few seconds)
     ingest thread     the master playlist, once every rendition has a segment, and
                       again when new segments change its measured bitrates
 
@@ -52,10 +53,11 @@ from av.packet import Packet
 from av.video.frame import VideoFrame
 
 from kubecast_api import TranscodeProfileSpec
-from kubecast_worker import ingest, ladder, packager
+from kubecast_worker import ingest, ladder, packager, thumbnail
 from kubecast_worker.ingest import Media, Source
 from kubecast_worker.logs import Log
 from kubecast_worker.status import RenditionState, Status
+from kubecast_worker.thumbnail import Thumbnailer
 
 #: How far (in seconds of media) a live rendition may lag before frames are dropped.
 LIVE_BACKLOG_SECONDS = 2.0
@@ -332,6 +334,11 @@ def run(
             )
             for rung, state in zip(plan.rungs, states, strict=False)
         ]
+        encoded = [r for r in renditions if r.encoder is not None]
+        if encoded:  # the still comes from the smallest picture already scaled
+            smallest = min(encoded, key=lambda r: r.rung.width * r.rung.height)
+            assert smallest.encoder is not None
+            smallest.encoder.thumbnail = Thumbnailer(packaging.out_dir)
         status.playlists_open = True
     except BaseException:
         source.close()
@@ -361,6 +368,7 @@ def _transcode(
 ) -> Outcome:
     encoded = [r for r in renditions if r.encoder is not None]
     copied = [r for r in renditions if r.copier is not None]
+    stills = [r.encoder.thumbnail for r in encoded if r.encoder and r.encoder.thumbnail]
     leaders: dict[int, Rendition] = {}  # audio bitrate -> the rendition that encodes it
     for r in encoded:
         leader = leaders.setdefault(r.rung.audio_kbps, r)
@@ -436,6 +444,9 @@ def _transcode(
                 media_time = media.time
                 if encoded:
                     video(media.frame, media.time)
+                if status.thumbnail_url is None and any(t.written for t in stills):
+                    with status.lock:
+                        status.thumbnail_url = f"/{thumbnail.NAME}"
                 if not master_written:
                     master_written = master()
                 elif sum(r.state.segments for r in renditions) != measured_segments:

@@ -211,6 +211,7 @@ class Status:
         self.last_live_time: float | None = None
         self.playlists_open = False
         self.master_url: str | None = None
+        self.thumbnail_url: str | None = None
         self.ingest_counters: Callable[[], dict[str, int]] | None = None
         self.restream: Callable[[], list[dict[str, Any]]] | None = None
         self._speed: deque[tuple[float, float]] = deque()
@@ -289,6 +290,7 @@ class Status:
                 else None,
                 "renditions": [r.to_json(live=live) for r in self.renditions],
                 "playbackUrl": self.master_url,
+                "thumbnailUrl": self.thumbnail_url,
                 "framesDecoded": self.frames_decoded,
                 "droppedFrames": self.frames_dropped,
                 "lateFrames": self.frames_late,

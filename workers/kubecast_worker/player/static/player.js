@@ -164,6 +164,13 @@
     const secret = pick(doc, 'streamKeySecret', 'stream_key_secret') || root.dataset.keySecret;
     setText('key-hint', ingest.mode === 'pull' ? 'The worker pulls this source.' : keyHint(secret));
 
+    // The worker's still of the stream is the poster until (and whenever) video is not
+    // playing; refreshed on each status poll it is a few seconds old at most.
+    const thumbnail = pick(doc, 'thumbnailUrl', 'thumbnail_url');
+    if (thumbnail && (video.paused || !video.currentTime)) {
+      video.poster = `${thumbnail.replace(/^\//, '')}?t=${Date.now()}`;
+    }
+
     // The publisher came (back): start again now if an earlier attempt gave up or ended.
     const wasLive = previous && previous.state === 'live';
     if (state === 'live' && !wasLive && ((!hls && !video.src) || video.ended || problem)) {

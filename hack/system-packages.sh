@@ -30,6 +30,16 @@ want debootstrap debootstrap
 if [[ "${1:-}" == --tests ]]; then
   want npm npm
   want /usr/bin/chromium chromium
+  # SRT ingest: the worker's listener (srt-live-transmit, also in the worker image)
+  want srt-live-transmit srt-tools
+  # GStreamer, a second real publisher: RTMP (rtmp2sink) and SRT (srtsink) from
+  # -bad, x264enc from -ugly, avenc_aac from -libav.
+  gst=/usr/lib/$(uname -m)-linux-gnu/gstreamer-1.0
+  want gst-launch-1.0 gstreamer1.0-tools
+  want "$gst/libgstvideotestsrc.so" gstreamer1.0-plugins-base
+  want "$gst/libgstsrt.so" gstreamer1.0-plugins-bad
+  want "$gst/libgstx264.so" gstreamer1.0-plugins-ugly
+  want "$gst/libgstlibav.so" gstreamer1.0-libav
 fi
 ((${#need[@]})) || exit 0
 if [[ $EUID -ne 0 ]] || ! command -v apt-get > /dev/null; then

@@ -22,9 +22,23 @@ PULL_URL = r"^(rtmps?|rtsp|https?|file)://.+"
 
 
 class PushIngest(ApiModel):
-    """A publisher (OBS, ffmpeg, a camera) pushes to the stream's ingest Service."""
+    """A publisher (OBS, ffmpeg, GStreamer, a field encoder) pushes to the stream's
+    ingest Service, over RTMP or SRT, with the stream's key."""
 
-    protocol: Literal["rtmp"] = Field(default="rtmp", description="Ingest protocol.")
+    model_config = validated_by(
+        cel(
+            "!has(self.latencyMilliseconds) || self.protocol == 'srt'",
+            "latencyMilliseconds is only for protocol srt",
+            ".latencyMilliseconds",
+        )
+    )
+
+    protocol: Literal["rtmp", "srt"] = Field(
+        default="rtmp",
+        description="Ingest protocol. rtmp: publishers push to rtmp://<ingest>/<app>/<key>"
+        " (TCP 1935). srt: publishers call srt://<ingest>:9000?passphrase=<key> (UDP 9000):"
+        " the stream key is the SRT passphrase (AES encryption; 10 to 79 characters).",
+    )
     app: str = Field(
         default="live",
         description="RTMP application name: publishers push to rtmp://<ingest>/<app>/<key>.",
@@ -37,6 +51,21 @@ class PushIngest(ApiModel):
         description="Secret holding the stream key. When unset, the operator generates a"
         " random key in a Secret named <stream>-stream-key.",
     )
+    latency_milliseconds: int | None = Field(
+        default=None,
+        strict=True,
+        ge=20,
+        le=8000,
+        description="SRT receive latency (protocol srt only; default 120): how long the"
+        " receiver waits for lost packets to be sent again. Use about 4 times the round"
+        " trip to the publisher on a lossy network.",
+    )
+
+    @model_validator(mode="after")
+    def _latency_is_for_srt(self) -> Self:
+        if self.latency_milliseconds is not None and self.protocol != "srt":
+            raise ValueError("latencyMilliseconds is only for protocol srt")
+        return self
 
 
 class PullIngest(ApiModel):

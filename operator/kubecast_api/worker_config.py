@@ -9,7 +9,7 @@ stream's settings.
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -21,7 +21,14 @@ from kubecast_api.profile import TranscodeProfileSpec
 class WorkerIngest(ApiModel):
     listen: str | None = Field(
         default=None,
-        description="RTMP listen address host:port for push ingest, e.g. 0.0.0.0:1935.",
+        description="Listen address host:port for push ingest, e.g. 0.0.0.0:1935 (RTMP, TCP)"
+        " or 0.0.0.0:9000 (SRT, UDP).",
+    )
+    protocol: Literal["rtmp", "srt"] = Field(
+        default="rtmp", description="What publishers speak on the listen address."
+    )
+    latency_milliseconds: int | None = Field(
+        default=None, ge=20, le=8000, description="SRT receive latency (default 120)."
     )
     app: str = Field(default="live", description="RTMP application name publishers must use.")
     stream_key_file: str | None = Field(

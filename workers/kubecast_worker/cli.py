@@ -140,6 +140,13 @@ def _run(args: argparse.Namespace) -> int:
         config = config_mod.with_bind_host(config, args.bind_host)
     key = config_mod.read_stream_key(config, key=args.stream_key, key_file=args.stream_key_file)
     logs.setup(fmt=args.log_format, level=args.log_level, secret=key)
+    if key and config.ingest.protocol == "srt":
+        from kubecast_worker import srt
+
+        try:
+            srt.check_passphrase(key)  # before anything listens: a bad key is a config error
+        except srt.SrtError as e:
+            raise config_mod.ConfigError(str(e)) from e
     from kubecast_worker import worker
 
     asyncio.run(

@@ -38,10 +38,14 @@ class ListenAddress:
     host: str
     port: int
     app: str
+    protocol: str = "rtmp"
+    latency_ms: int | None = None
 
     @property
     def url(self) -> str:
         """Where publishers push, without the key (safe to log and to show)."""
+        if self.protocol == "srt":
+            return f"srt://{self.host}:{self.port}"
         return f"rtmp://{self.host}:{self.port}/{self.app}"
 
 
@@ -93,10 +97,21 @@ def load_config(path: str | Path) -> WorkerConfig:
 
 
 def parse_listen_url(url: str) -> ListenAddress:
-    """``rtmp://127.0.0.1:1935/live`` → host, port, app. A key in the URL is refused."""
+    """``rtmp://127.0.0.1:1935/live`` → host, port, app; ``srt://127.0.0.1:9000``
+    → host, port (SRT has no app). A key in the URL is refused."""
     parts = urlsplit(url)
+    if parts.scheme == "srt" and parts.hostname:
+        if parts.query or parts.path.strip("/"):
+            raise ConfigError(
+                "--listen takes srt://HOST:PORT without a passphrase or options; the"
+                " stream key is the passphrase: pass it with --stream-key or --stream-key-file"
+            )
+        port = 9000 if parts.port is None else parts.port
+        return ListenAddress(host=parts.hostname, port=port, app="live", protocol="srt")
     if parts.scheme != "rtmp" or not parts.hostname:
-        raise ConfigError(f"--listen must look like rtmp://HOST:PORT/APP, got {url!r}")
+        raise ConfigError(
+            f"--listen must look like rtmp://HOST:PORT/APP or srt://HOST:PORT, got {url!r}"
+        )
     segments = [s for s in parts.path.split("/") if s]
     if len(segments) != 1:
         raise ConfigError(
@@ -118,7 +133,14 @@ def listen_address(config: WorkerConfig) -> ListenAddress | None:
     if config.ingest.listen is None:
         return None
     host, port = parse_host_port(config.ingest.listen, what="ingest.listen")
-    return ListenAddress(host=host, port=port, app=config.ingest.app)
+    ingest = config.ingest
+    return ListenAddress(
+        host=host,
+        port=port,
+        app=ingest.app,
+        protocol=ingest.protocol,
+        latency_ms=ingest.latency_milliseconds,
+    )
 
 
 def config_from_flags(
@@ -137,13 +159,16 @@ def config_from_flags(
 ) -> WorkerConfig:
     """The WorkerConfig a person means by ``kubecast-worker run --listen ... --profile ...``."""
     if (listen is None) == (pull is None):
-        raise ConfigError("give exactly one of --listen rtmp://HOST:PORT/APP or --pull URL")
+        raise ConfigError(
+            "give exactly one of --listen rtmp://HOST:PORT/APP (or srt://HOST:PORT) or --pull URL"
+        )
     if pull is not None and "://" not in pull:
         pull = Path(pull).resolve().as_uri()  # a plain path means a local file
     address = parse_listen_url(listen) if listen else None
     try:
         ingest = WorkerIngest(
             listen=f"{address.host}:{address.port}" if address else None,
+            protocol=address.protocol if address else "rtmp",
             app=address.app if address else "live",
             pull=PullIngest(url=pull, loop=loop) if pull else None,
         )

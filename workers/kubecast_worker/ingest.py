@@ -11,7 +11,8 @@ and lets a looping file continue where the previous pass ended instead of
 jumping back in time.
 
 Where the bytes come from:
-- push: ``PublishSession.flv`` from the RTMP front (a blocking file-like);
+- push: ``PublishSession.flv`` from the RTMP front (a blocking file-like), or
+  ``SrtSession.stream``, MPEG-TS from the SRT listener's child (a pipe);
 - pull: an ``rtmp://``, ``rtsp://``, ``http(s)://`` (HLS) or ``file://`` URL,
   optionally looped (files) and paced at real time (files and HLS, which a
   demuxer would otherwise read as fast as the disk or network allows).
@@ -68,6 +69,16 @@ def open_push(flv: Any) -> Opener:
         # would risk missing an audio stream that starts late; it would not make the
         # first segment sooner (that waits for a whole segment of media anyway).
         return av.open(flv, mode="r", format="flv", options={"analyzeduration": "1000000"})
+
+    return opener
+
+
+def open_mpegts(stream: Any) -> Opener:
+    """Demux the MPEG-TS an SRT caller sends (``srt.SrtSession.stream``, a blocking pipe)."""
+
+    def opener() -> av.container.InputContainer:
+        # As for FLV: a second of media is enough to find both streams.
+        return av.open(stream, mode="r", format="mpegts", options={"analyzeduration": "1000000"})
 
     return opener
 

@@ -3,7 +3,8 @@
 ``Worker.run()`` reads in the order data flows::
 
     origin      HTTP: playlists, segments, /status, /metrics, /healthz, /readyz
-    ingest      the RTMP front (checks app and stream key) or a pull loop
+    ingest      the RTMP front (checks app and stream key), the SRT listener
+                (the key is its passphrase), or a pull loop
     per publish pipeline.run() in a thread: decode once → ladder → packager
     afterwards  reconnecting for reconnectWindowSeconds, then ENDLIST and idle
 
@@ -130,7 +131,9 @@ class Worker:
         self.log.info("origin listening", extra={"http": f"{host}:{self.http_port}"})
         copies = self._restream(host)
         try:
-            if self.listen is not None:
+            if self.listen is not None and self.listen.protocol == "srt":
+                await self._serve_srt(started)
+            elif self.listen is not None:
                 await self._serve_push(started)
             else:
                 await self._serve_pull(started)
@@ -214,6 +217,45 @@ class Worker:
         finally:
             watcher.cancel()
             await server.stop()
+
+    async def _serve_srt(self, started: asyncio.Event | None) -> None:
+        """SRT callers, one at a time, through the srt-live-transmit child (srt.py)."""
+        from kubecast_worker import srt
+
+        assert self.listen is not None and self.stream_key
+        listener = srt.SrtListener(
+            host=self.listen.host,
+            port=self.listen.port,
+            passphrase=self.stream_key,
+            latency_ms=self.listen.latency_ms,
+            log=self.log,
+        )
+        self.status.ingest_url = listener.url
+        self.status.ingest_counters = lambda: _counters(listener.counters)
+        self.status.ready = True
+        self.log.info("ingest listening", extra={"ingest": listener.url})
+        if started:
+            started.set()
+        watcher = asyncio.create_task(self._follow_key_file(listener))
+        try:
+            while not self._stopping.is_set():
+                session = await self._next(listener.accept())
+                if session is None:
+                    break
+                self._session_close = session.close
+                try:
+                    await self._session(
+                        opener=ingest.open_mpegts(session.stream),
+                        publisher=session.peer,
+                        realtime=False,
+                    )
+                finally:
+                    self._session_close = None
+                    session.close()
+                self._between_sessions()
+        finally:
+            watcher.cancel()
+            listener.stop()
 
     async def _follow_key_file(self, server: Any) -> None:
         """Take a new key from the key file without a restart.

@@ -109,9 +109,11 @@ def test_ffmpeg_over_srt_goes_live_with_every_rendition(worker: WorkerProcess) -
     )  # fmt: skip
     try:
         live = until(
-            lambda: (s := worker.status())["state"] == "live"
-            and all(r.get("segments", 0) >= 1 for r in s["renditions"])
-            and s,
+            lambda: (
+                (s := worker.status())["state"] == "live"
+                and all(r.get("segments", 0) >= 1 for r in s["renditions"])
+                and s
+            ),
             timeout=30,
             what="live with a segment in every rendition",
         )

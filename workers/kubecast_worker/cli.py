@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--bind-host",
         metavar="HOST",
-        help="bind the RTMP and HTTP listeners (playback and admin) to HOST instead of the config's host (the"
-        " operator passes the pod IP)",
+        help="bind the RTMP and HTTP listeners (playback and admin) to HOST instead of the"
+        " config's host (the operator passes the pod IP)",
     )
     run.add_argument("--segment-type", choices=("ts", "fmp4"))
     run.add_argument("--window-segments", type=int, metavar="N")

@@ -32,8 +32,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kubecast_api import WorkerConfig
-from kubecast_worker import config as config_mod
 from kubecast_worker import admin, ingest, ladder, metrics, origin, packager, pipeline, restream
+from kubecast_worker import config as config_mod
 from kubecast_worker.logs import for_stream, redact
 from kubecast_worker.status import Status
 

@@ -1,4 +1,4 @@
-"""Reading what a worker sees: its ``/status`` JSON over HTTP.
+"""Reading what a worker sees: its ``/status`` JSON over HTTP, on the admin port.
 
 Workers never talk to the Kubernetes API, by design: the operator polls them
 and is the only writer of status. A worker that does not answer is reported,
@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from kubecast_operator.settings import WORKER_HTTP_PORT
+from kubecast_operator.settings import WORKER_ADMIN_PORT
 
 
 class WorkerUnreachable(Exception):
@@ -22,7 +22,7 @@ async def fetch_status(
     session: aiohttp.ClientSession,
     address: str,
     *,
-    port: int = WORKER_HTTP_PORT,
+    port: int = WORKER_ADMIN_PORT,
     timeout: float = 2.0,
 ) -> dict[str, Any]:
     url = f"http://{address}:{port}/status"

@@ -77,6 +77,7 @@ NAMESPACED_RULES = [
     ("", "persistentvolumeclaims", "create patch"),
     ("", "services", "get list watch create patch"),
     ("apps", "deployments", "get list watch create patch"),
+    ("networking.k8s.io", "networkpolicies", "create patch"),
     ("", "pods", "get list watch create"),
     ("", "secrets", "get create"),
     ("", "events", "create"),

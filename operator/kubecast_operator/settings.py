@@ -68,17 +68,15 @@ class Settings:
             worker_tolerations=tuple(_json(env, "KUBECAST_WORKER_TOLERATIONS", list)),
             signing_key_file=env.get("KUBECAST_SIGNING_KEY_FILE") or None,
             network_policies=_flag(env, "KUBECAST_NETWORK_POLICIES"),
-            operator_namespace=env.get("KUBECAST_OPERATOR_NAMESPACE")
-            or env.get("POD_NAMESPACE")
-            or None,
+            operator_namespace=env.get("KUBECAST_OPERATOR_NAMESPACE") or None,
             operator_pod_labels=_json(env, "KUBECAST_OPERATOR_POD_LABELS", dict),
             admin_from=tuple(_json(env, "KUBECAST_ADMIN_FROM", list)),
         )
         if found.network_policies and not (found.operator_namespace and found.operator_pod_labels):
             # NB: an empty podSelector would admit every pod of the operator's namespace.
             raise ValueError(
-                "KUBECAST_NETWORK_POLICIES needs KUBECAST_OPERATOR_NAMESPACE (or POD_NAMESPACE)"
-                " and KUBECAST_OPERATOR_POD_LABELS, the operator pods' labels as JSON"
+                "KUBECAST_NETWORK_POLICIES needs KUBECAST_OPERATOR_NAMESPACE and"
+                " KUBECAST_OPERATOR_POD_LABELS, the operator pods' namespace and labels (JSON)"
             )
         return found
 

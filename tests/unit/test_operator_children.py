@@ -583,11 +583,13 @@ def test_policies_are_applied_only_when_the_chart_turns_them_on() -> None:
 def test_policies_without_the_operators_labels_are_refused_at_start() -> None:
     """An empty podSelector would admit every pod of the operator's namespace."""
     with pytest.raises(ValueError, match="KUBECAST_OPERATOR_POD_LABELS"):
-        Settings.from_env({"KUBECAST_NETWORK_POLICIES": "true", "POD_NAMESPACE": "kc"})
+        Settings.from_env(
+            {"KUBECAST_NETWORK_POLICIES": "true", "KUBECAST_OPERATOR_NAMESPACE": "kc"}
+        )
     found = Settings.from_env(
         {
             "KUBECAST_NETWORK_POLICIES": "true",
-            "POD_NAMESPACE": "kc",
+            "KUBECAST_OPERATOR_NAMESPACE": "kc",
             "KUBECAST_OPERATOR_POD_LABELS": '{"app.kubernetes.io/name": "kubecast"}',
             "KUBECAST_ADMIN_FROM": '[{"podSelector": {}}]',
         }

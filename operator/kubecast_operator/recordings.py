@@ -152,7 +152,9 @@ async def step(memo: kopf.Memo, body: dict[str, Any], logger: kopf.Logger) -> No
     recorder = None
     if pod is not None and (address := worker_client.pod_address([pod])):
         try:
-            recorder = await worker_client.fetch_status(memo.http, address)
+            recorder = await worker_client.fetch_status(
+                memo.http, address, port=worker_client.admin_port(pod)
+            )
         except worker_client.WorkerUnreachable as error:
             metrics.WORKER_POLL_ERRORS.labels("Recording").inc()
             logger.debug("recorder not answering: %s", error)
@@ -207,7 +209,8 @@ async def finalize(memo: kopf.Memo, body: dict[str, Any], logger: kopf.Logger) -
         address = worker_client.pod_address([pod]) if pod else None
         if address:
             token = stop_token(signer(memo), body)
-            recorder = await _stop_and_wait(memo.http, address, logger, token=token)
+            port = worker_client.admin_port(pod) if pod else None
+            recorder = await _stop_and_wait(memo.http, address, logger, token=token, port=port)
             if recorder is not None:
                 status = compute_status(body, recorder=recorder, problem=None, pod_phase=None)
                 await asyncio.to_thread(kube.patch_status, "Recording", namespace, name, status)
@@ -234,8 +237,9 @@ async def _stop_and_wait(
     logger: kopf.Logger,
     *,
     token: str,
-    port: int = WORKER_ADMIN_PORT,
+    port: int | None = None,
 ) -> dict[str, Any] | None:
+    port = port or WORKER_ADMIN_PORT
     try:
         async with http.post(
             f"http://{address}:{port}/stop",

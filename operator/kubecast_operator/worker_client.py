@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from kubecast_operator.settings import WORKER_ADMIN_PORT
+from kubecast_operator.settings import WORKER_ADMIN_PORT, WORKER_HTTP_PORT
 
 
 class WorkerUnreachable(Exception):
@@ -46,3 +46,17 @@ def pod_address(pods: list[dict[str, Any]]) -> str | None:
     ]
     running.sort(key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True)
     return running[0]["status"]["podIP"] if running else None
+
+
+def admin_port(pod: dict[str, Any]) -> int:
+    """Where the pod answers /status: its port named ``admin``.
+
+    NB: a recorder pod made by an operator before the admin port existed serves
+    /status on its ``http`` port; pods are immutable, so it keeps doing so until
+    its recording ends, and the operator still has to read it.
+    """
+    for container in pod.get("spec", {}).get("containers", []):
+        for port in container.get("ports", []):
+            if port.get("name") == "admin":
+                return int(port["containerPort"])
+    return WORKER_HTTP_PORT

@@ -114,3 +114,16 @@ def test_the_operator_stops_a_recorder_with_its_token_and_a_wrong_key_cannot(
     after_wrong, after_right = asyncio.run(asyncio.wait_for(main(), 30))
     assert after_wrong is None, "a wrong token must not end the recording"
     assert after_right == "POST /stop"
+
+
+def test_a_recorder_pod_from_before_the_admin_port_is_still_read_on_its_old_port() -> None:
+    """Pods are immutable: one made by the previous operator version records on."""
+    from kubecast_api import RecordingSpec
+    from kubecast_operator import worker_client
+
+    body = recording()
+    spec = RecordingSpec.model_validate({"streamRef": {"name": "studio"}})
+    pod = children.recorder_pod(body, spec, source="http://x:8080", settings=Settings())
+    assert worker_client.admin_port(pod) == 9090
+    old = {"spec": {"containers": [{"ports": [{"name": "http", "containerPort": 8080}]}]}}
+    assert worker_client.admin_port(old) == 8080

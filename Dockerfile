@@ -103,8 +103,9 @@ RUN mkdir -p /var/lib/kubecast/media /var/lib/kubecast/recording /etc/kubecast/c
  && chown -R 10001:10001 /var/lib/kubecast
 USER 10001:10001
 WORKDIR /var/lib/kubecast
-# 1935 RTMP ingest, 8080 HLS origin, /status and /metrics.
-EXPOSE 1935 8080
+# 1935 RTMP ingest, 8080 playback (HLS, player, probes), 9090 admin (/status, /metrics;
+# the recorder's only port).
+EXPOSE 1935 8080 9090
 # No HEALTHCHECK: the worker binds the address it is given (--bind-host, the
 # pod IP in Kubernetes), and its pods get HTTP probes from the operator.
 HEALTHCHECK NONE

@@ -204,6 +204,7 @@ def latency(source: Path) -> dict[str, Any]:
         threading.Thread(target=_collect, args=(worker, lines), daemon=True).start()
         try:
             http = _wait_for(lines, "origin listening")["http"]
+            admin = _wait_for(lines, "admin listening")["admin"]  # where /status is
             ingest = _wait_for(lines, "ingest listening")["ingest"]
             port = int(ingest.rsplit(":", 1)[1].split("/")[0])
             names = [r["name"] for r in yaml.safe_load(PROFILE.read_text())["spec"]["renditions"]]
@@ -224,10 +225,10 @@ def latency(source: Path) -> dict[str, Any]:
                     if text and "#EXTINF" in text:
                         first[name] = round(time.perf_counter() - started, 2)
                 time.sleep(0.05)
-            status = json.loads(_get(f"http://{http}/status") or "{}")
+            status = json.loads(_get(f"http://{admin}/status") or "{}")
             publisher.wait(timeout=SECONDS + 30)
             time.sleep(1)
-            final = json.loads(_get(f"http://{http}/status") or "{}")
+            final = json.loads(_get(f"http://{admin}/status") or "{}")
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(timeout=30)

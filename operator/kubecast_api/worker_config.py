@@ -78,4 +78,12 @@ class WorkerConfig(ApiModel):
         default_factory=list, description="Other RTMP destinations that get a copy."
     )
     output_dir: str = Field(default="/var/lib/kubecast/media", description="Where HLS is written.")
-    http: str = Field(default="0.0.0.0:8080", description="HTTP origin listen address host:port.")
+    http: str = Field(
+        default="0.0.0.0:8080",
+        description="Playback port listen address host:port: media, the player page, probes.",
+    )
+    admin: str = Field(
+        default="0.0.0.0:9090",
+        description="Admin port listen address host:port: /status and /metrics, for the"
+        " operator and Prometheus; no playback Service exposes it.",
+    )

@@ -19,7 +19,12 @@ from kubecast_api import API_VERSION, WorkerConfig, WorkerIngest, WorkerRestream
 from kubecast_api.livestream import LiveStreamSpec, PlaylistType
 from kubecast_api.profile import TranscodeProfileSpec
 from kubecast_api.recording import RecordingSpec
-from kubecast_operator.settings import WORKER_HTTP_PORT, WORKER_RTMP_PORT, Settings
+from kubecast_operator.settings import (
+    WORKER_ADMIN_PORT,
+    WORKER_HTTP_PORT,
+    WORKER_RTMP_PORT,
+    Settings,
+)
 
 MANAGED_BY = "kubecast-operator"
 STREAM_KEY_FIELD = "streamKey"
@@ -27,6 +32,8 @@ CONFIG_HASH = "kubecast.dev/config-hash"
 CONFIG_DIR = "/etc/kubecast/config"
 KEY_DIR = "/etc/kubecast/stream-key"
 RESTREAM_KEY_DIR = "/etc/kubecast/restream"  # /<target index>/<key>
+STOP_TOKEN_DIR = "/etc/kubecast/stop-token"
+STOP_TOKEN_FIELD = "token"
 MEDIA_DIR = "/var/lib/kubecast/media"
 RECORDING_DIR = "/var/lib/kubecast/recording"
 
@@ -60,6 +67,10 @@ def recorder_name(recording: str) -> str:
 
 def recording_claim_name(recording: str) -> str:
     return f"{recording}-data"
+
+
+def stop_token_secret_name(recording: str) -> str:
+    return f"{recording}-stop-token"
 
 
 # --- shared pieces -----------------------------------------------------------
@@ -267,6 +278,7 @@ def worker_config(
         restream=restream,
         output_dir=MEDIA_DIR,
         http=f"0.0.0.0:{WORKER_HTTP_PORT}",
+        admin=f"0.0.0.0:{WORKER_ADMIN_PORT}",
     )
 
 
@@ -379,7 +391,11 @@ def worker_deployment(
         "ports": [
             {"name": "rtmp", "containerPort": WORKER_RTMP_PORT, "protocol": "TCP"},
             {"name": "http", "containerPort": WORKER_HTTP_PORT, "protocol": "TCP"},
+            # /status and /metrics: for the operator and Prometheus, on no Service.
+            {"name": "admin", "containerPort": WORKER_ADMIN_PORT, "protocol": "TCP"},
         ],
+        # NB: the probes stay on the playback port: they check the listener that
+        # Services send viewers to, and they say nothing but "ok".
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": "http"},
             "periodSeconds": 5,
@@ -414,7 +430,7 @@ def worker_deployment(
                     "annotations": {
                         CONFIG_HASH: config_hash(rendered),
                         "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(WORKER_HTTP_PORT),
+                        "prometheus.io/port": str(WORKER_ADMIN_PORT),
                         "prometheus.io/path": "/metrics",
                     },
                 },
@@ -526,8 +542,10 @@ def recorder_pod(
         "--idle-timeout",
         str(spec.idle_timeout_seconds),
         # Every address of the pod: its IP for the operator, localhost for port-forward.
-        "--http",
-        f"0.0.0.0:{WORKER_HTTP_PORT}",
+        "--admin",
+        f"0.0.0.0:{WORKER_ADMIN_PORT}",
+        "--stop-token-file",
+        f"{STOP_TOKEN_DIR}/{STOP_TOKEN_FIELD}",
     ]
     if spec.rendition:
         args += ["--rendition", spec.rendition]
@@ -567,8 +585,11 @@ def recorder_pod(
                             "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
                         },
                     ],
-                    "ports": [{"name": "http", "containerPort": WORKER_HTTP_PORT}],
-                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}},
+                    # Its only port: the recorder serves no media.
+                    "ports": [
+                        {"name": "admin", "containerPort": WORKER_ADMIN_PORT, "protocol": "TCP"}
+                    ],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "admin"}},
                     "resources": {
                         "requests": dict(RECORDER_EPHEMERAL),
                         "limits": dict(RECORDER_EPHEMERAL),
@@ -577,6 +598,7 @@ def recorder_pod(
                     "volumeMounts": [
                         {"name": "data", "mountPath": RECORDING_DIR},
                         {"name": "tmp", "mountPath": "/tmp"},
+                        {"name": "stop-token", "mountPath": STOP_TOKEN_DIR, "readOnly": True},
                     ],
                 }
             ],
@@ -586,6 +608,102 @@ def recorder_pod(
                     "persistentVolumeClaim": {"claimName": recording_claim_name(name)},
                 },
                 tmp_volume(),
+                {
+                    "name": "stop-token",
+                    "secret": {
+                        "secretName": stop_token_secret_name(name),
+                        "items": [{"key": STOP_TOKEN_FIELD, "path": STOP_TOKEN_FIELD}],
+                        "defaultMode": 0o440,
+                    },
+                },
             ],
         },
     }
+
+
+def stop_token_secret(body: dict[str, Any], *, token: str) -> dict[str, Any]:
+    """The token the recorder's ``POST /stop`` needs (``tokens``), for its pod to mount."""
+    name = body["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(body, stop_token_secret_name(name), "stop-token"),
+        "type": "Opaque",
+        "stringData": {STOP_TOKEN_FIELD: token},
+    }
+
+
+# --- NetworkPolicies ------------------------------------------------------------
+
+
+def _tcp(port: int) -> dict[str, Any]:
+    # NB: numbers, the container ports' own: every enforcer supports them, and
+    # a named port would silently match nothing in an enforcer without support.
+    return {"port": port, "protocol": "TCP"}
+
+
+def _admin_peers(settings: Settings) -> list[dict[str, Any]]:
+    """The operator's pods (namespace and pod labels together: both must match),
+    and any peers the chart adds (``networkPolicy.adminFrom``, e.g. Prometheus)."""
+    operator = {
+        "namespaceSelector": {
+            "matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}
+        },
+        "podSelector": {"matchLabels": dict(settings.operator_pod_labels)},
+    }
+    return [operator, *(dict(peer) for peer in settings.admin_from)]
+
+
+def _network_policy(
+    body: dict[str, Any],
+    *,
+    name: str,
+    component: str,
+    pods: dict[str, str],
+    open_ports: list[int],
+    settings: Settings,
+    stream: str | None = None,
+) -> dict[str, Any]:
+    ingress: list[dict[str, Any]] = []
+    if open_ports:
+        ingress.append({"ports": [_tcp(p) for p in open_ports]})  # no "from": anyone
+    ingress.append({"from": _admin_peers(settings), "ports": [_tcp(WORKER_ADMIN_PORT)]})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(body, name, component, stream=stream),
+        "spec": {
+            "podSelector": {"matchLabels": pods},
+            # Ingress only: workers pull sources and restream out, recorders read
+            # the playback Service; what leaves a pod is not this policy's concern.
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
+
+
+def stream_network_policy(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The worker's: RTMP ingest and playback from anywhere, admin only from the operator."""
+    name = body["metadata"]["name"]
+    return _network_policy(
+        body,
+        name=worker_name(name),
+        component="worker",
+        pods={"kubecast.dev/stream": name, "app.kubernetes.io/component": "worker"},
+        open_ports=[WORKER_RTMP_PORT, WORKER_HTTP_PORT],
+        settings=settings,
+        stream=name,
+    )
+
+
+def recorder_network_policy(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The recorder's: its one port, admin, only from the operator."""
+    name = body["metadata"]["name"]
+    return _network_policy(
+        body,
+        name=recorder_name(name),
+        component="recorder",
+        pods={"app.kubernetes.io/instance": name, "app.kubernetes.io/component": "recorder"},
+        open_ports=[],
+        settings=settings,
+    )

@@ -57,6 +57,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         settings.watching.label_selectors[resource] = selector
     memo.kube = Kube()
     memo.settings = Settings.from_env()
+    recordings.signer(memo)  # a bad KUBECAST_SIGNING_KEY_FILE stops the start, not a recording
     memo.http = aiohttp.ClientSession()
     memo.wakeups = {}  # (kind, namespace, name) -> asyncio.Event
     memo.stream_profiles = {}  # (namespace, stream) -> profile name

@@ -28,6 +28,7 @@ _PATHS: dict[str, tuple[str, str, bool]] = {
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims", True),
     "Node": ("/api/v1", "nodes", False),
     "Deployment": ("/apis/apps/v1", "deployments", True),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies", True),
     "Lease": ("/apis/coordination.k8s.io/v1", "leases", True),
     "LiveStream": (f"/apis/{GROUP}/{VERSION}", "livestreams", True),
     "TranscodeProfile": (f"/apis/{GROUP}/{VERSION}", "transcodeprofiles", True),

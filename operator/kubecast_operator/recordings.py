@@ -1,9 +1,11 @@
 """Recording: a claim and a recorder pod per recording, status from the recorder.
 
 The recorder serves ``/status`` (state, duration, bytes, segments, files) and
-``POST /stop`` (finish: end the playlist, write the MP4). Deleting a Recording
-that is still recording first asks the recorder to finish, through the
-finalizer ``kubecast.dev/finalize-recording``, so the MP4 is not lost.
+``POST /stop`` (finish: end the playlist, write the MP4) on its admin port.
+``/stop`` takes the Recording's stop token (``tokens``), which the operator
+derives, hands to the pod in a Secret, and sends as a bearer token. Deleting a
+Recording that is still recording first asks the recorder to finish, through
+the finalizer ``kubecast.dev/finalize-recording``, so the MP4 is not lost.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import kopf
 import pydantic
 
 from kubecast_api import RecordingSpec, RecordingStatus, describe_error
-from kubecast_operator import children, conditions, metrics, worker_client
+from kubecast_operator import children, conditions, metrics, tokens, worker_client
 from kubecast_operator.kube import Kube
-from kubecast_operator.settings import WORKER_HTTP_PORT, Settings
+from kubecast_operator.settings import WORKER_ADMIN_PORT, WORKER_HTTP_PORT, Settings
 
 FINALIZER = "kubecast.dev/finalize-recording"
 FINALIZE_TIMEOUT_S = 120
@@ -91,8 +93,21 @@ def compute_status(
     ).to_api()
 
 
+def signer(memo: kopf.Memo) -> tokens.Signer:
+    """The operator's one signing key, read on first use."""
+    found: tokens.Signer | None = memo.get("signer")
+    if found is None:
+        found = memo["signer"] = tokens.Signer.from_file(memo.settings.signing_key_file)
+    return found
+
+
+def stop_token(signer: tokens.Signer, body: dict[str, Any]) -> str:
+    meta = body["metadata"]
+    return signer.recording_token(namespace=meta["namespace"], name=meta["name"], uid=meta["uid"])
+
+
 def ensure_children(
-    kube: Kube, body: dict[str, Any], settings: Settings
+    kube: Kube, body: dict[str, Any], settings: Settings, signer: tokens.Signer
 ) -> tuple[tuple[str, str] | None, dict[str, Any] | None]:
     """(problem, recorder pod) after making sure the claim and pod exist."""
     meta = body["metadata"]
@@ -110,9 +125,14 @@ def ensure_children(
             f" {namespace!r}; create it or fix spec.streamRef",
         ), None
     kube.apply(children.recording_claim(body, spec))
+    if settings.network_policies:
+        kube.apply(children.recorder_network_policy(body, settings))
     pod = kube.get("Pod", namespace, children.recorder_name(name))
     finished = (body.get("status") or {}).get("phase") in ("Completed", "Failed")
     if pod is None and not finished:
+        # create, never apply: the token is the same every time (derived, not random),
+        # and the operator may not read Secrets to compare. 409 means it is there.
+        kube.create(children.stop_token_secret(body, token=stop_token(signer, body)))
         # Pods are immutable: create once; a changed spec applies to the next recording.
         kube.create(
             children.recorder_pod(
@@ -128,11 +148,13 @@ async def step(memo: kopf.Memo, body: dict[str, Any], logger: kopf.Logger) -> No
     meta = body["metadata"]
     if meta.get("deletionTimestamp"):
         return
-    problem, pod = await asyncio.to_thread(ensure_children, kube, body, memo.settings)
+    problem, pod = await asyncio.to_thread(ensure_children, kube, body, memo.settings, signer(memo))
     recorder = None
     if pod is not None and (address := worker_client.pod_address([pod])):
         try:
-            recorder = await worker_client.fetch_status(memo.http, address)
+            recorder = await worker_client.fetch_status(
+                memo.http, address, port=worker_client.admin_port(pod)
+            )
         except worker_client.WorkerUnreachable as error:
             metrics.WORKER_POLL_ERRORS.labels("Recording").inc()
             logger.debug("recorder not answering: %s", error)
@@ -186,7 +208,9 @@ async def finalize(memo: kopf.Memo, body: dict[str, Any], logger: kopf.Logger) -
         pod = await asyncio.to_thread(kube.get, "Pod", namespace, children.recorder_name(name))
         address = worker_client.pod_address([pod]) if pod else None
         if address:
-            recorder = await _stop_and_wait(memo.http, address, logger)
+            token = stop_token(signer(memo), body)
+            port = worker_client.admin_port(pod) if pod else None
+            recorder = await _stop_and_wait(memo.http, address, logger, token=token, port=port)
             if recorder is not None:
                 status = compute_status(body, recorder=recorder, problem=None, pod_phase=None)
                 await asyncio.to_thread(kube.patch_status, "Recording", namespace, name, status)
@@ -208,11 +232,19 @@ async def finalize(memo: kopf.Memo, body: dict[str, Any], logger: kopf.Logger) -
 
 
 async def _stop_and_wait(
-    http: aiohttp.ClientSession, address: str, logger: kopf.Logger
+    http: aiohttp.ClientSession,
+    address: str,
+    logger: kopf.Logger,
+    *,
+    token: str,
+    port: int | None = None,
 ) -> dict[str, Any] | None:
+    port = port or WORKER_ADMIN_PORT
     try:
         async with http.post(
-            f"http://{address}:{WORKER_HTTP_PORT}/stop", timeout=aiohttp.ClientTimeout(total=10)
+            f"http://{address}:{port}/stop",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=aiohttp.ClientTimeout(total=10),
         ) as response:
             response.raise_for_status()
     except (aiohttp.ClientError, TimeoutError) as error:
@@ -222,7 +254,7 @@ async def _stop_and_wait(
     last = None
     while time.monotonic() < deadline:
         with contextlib.suppress(worker_client.WorkerUnreachable):
-            last = await worker_client.fetch_status(http, address)
+            last = await worker_client.fetch_status(http, address, port=port)
         if last and last.get("state") in ("completed", "failed"):
             return last
         await asyncio.sleep(1)

@@ -7,8 +7,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+#: The playback port: media, the player page, probes (what playback Services expose).
 WORKER_HTTP_PORT = 8080
 WORKER_RTMP_PORT = 1935
+#: The admin port of workers and recorders: /status, /metrics, the recorder's
+#: POST /stop. No Service exposes it; the operator reads the pod IP directly.
+WORKER_ADMIN_PORT = 9090
 
 
 @dataclass(frozen=True)
@@ -32,12 +36,23 @@ class Settings:
     #: tolerations, e.g. for nodes kept for video (GPU, fast NICs).
     worker_node_selector: dict[str, str] = field(default_factory=dict)
     worker_tolerations: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    #: File holding the key that signs each Recording's stop token (a mounted
+    #: Secret of the chart). Unset: a random key for this process only.
+    signing_key_file: str | None = None
+    #: Create a NetworkPolicy per LiveStream and Recording: ingest and playback
+    #: open, the admin port only from the operator's pods (and ``admin_from``).
+    network_policies: bool = False
+    #: Where the operator's pods run and their labels, for those policies.
+    operator_namespace: str | None = None
+    operator_pod_labels: dict[str, str] = field(default_factory=dict)
+    #: More NetworkPolicy peers allowed to the admin port (e.g. Prometheus).
+    admin_from: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
         namespaces = tuple(n for n in env.get("KUBECAST_NAMESPACES", "").split(",") if n)
-        return cls(
+        found = cls(
             worker_image=env.get("KUBECAST_WORKER_IMAGE", cls.worker_image),
             worker_image_pull_policy=env.get(
                 "KUBECAST_WORKER_IMAGE_PULL_POLICY", cls.worker_image_pull_policy
@@ -51,7 +66,28 @@ class Settings:
             namespaces=namespaces,
             worker_node_selector=_json(env, "KUBECAST_WORKER_NODE_SELECTOR", dict),
             worker_tolerations=tuple(_json(env, "KUBECAST_WORKER_TOLERATIONS", list)),
+            signing_key_file=env.get("KUBECAST_SIGNING_KEY_FILE") or None,
+            network_policies=_flag(env, "KUBECAST_NETWORK_POLICIES"),
+            operator_namespace=env.get("KUBECAST_OPERATOR_NAMESPACE") or None,
+            operator_pod_labels=_json(env, "KUBECAST_OPERATOR_POD_LABELS", dict),
+            admin_from=tuple(_json(env, "KUBECAST_ADMIN_FROM", list)),
         )
+        if found.network_policies and not (found.operator_namespace and found.operator_pod_labels):
+            # NB: an empty podSelector would admit every pod of the operator's namespace.
+            raise ValueError(
+                "KUBECAST_NETWORK_POLICIES needs KUBECAST_OPERATOR_NAMESPACE and"
+                " KUBECAST_OPERATOR_POD_LABELS, the operator pods' namespace and labels (JSON)"
+            )
+        return found
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    text = env.get(name, "").strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"{name} must be true or false, got {env[name]!r}")
 
 
 def _json(env: dict[str, str], name: str, kind: type) -> Any:

@@ -128,6 +128,9 @@ def _ensure_children(
     seen.problem = seen.problem or problem
     kube.apply(children.ingest_service(body, spec))
     kube.apply(children.playback_service(body, spec))
+    if settings.network_policies:
+        # Before the worker, so that its admin port is never open to all.
+        kube.apply(children.stream_network_policy(body, settings))
     if profile is None or seen.problem:
         return  # keep a running worker as it is; it needs a valid config to change
     rendered = children.render_config(children.worker_config(body, spec, profile))

@@ -1,4 +1,4 @@
-"""Reading what a worker sees: its ``/status`` JSON over HTTP.
+"""Reading what a worker sees: its ``/status`` JSON over HTTP, on the admin port.
 
 Workers never talk to the Kubernetes API, by design: the operator polls them
 and is the only writer of status. A worker that does not answer is reported,
@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from kubecast_operator.settings import WORKER_HTTP_PORT
+from kubecast_operator.settings import WORKER_ADMIN_PORT, WORKER_HTTP_PORT
 
 
 class WorkerUnreachable(Exception):
@@ -22,7 +22,7 @@ async def fetch_status(
     session: aiohttp.ClientSession,
     address: str,
     *,
-    port: int = WORKER_HTTP_PORT,
+    port: int = WORKER_ADMIN_PORT,
     timeout: float = 2.0,
 ) -> dict[str, Any]:
     url = f"http://{address}:{port}/status"
@@ -46,3 +46,17 @@ def pod_address(pods: list[dict[str, Any]]) -> str | None:
     ]
     running.sort(key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True)
     return running[0]["status"]["podIP"] if running else None
+
+
+def admin_port(pod: dict[str, Any]) -> int:
+    """Where the pod answers /status: its port named ``admin``.
+
+    NB: a recorder pod made by an operator before the admin port existed serves
+    /status on its ``http`` port; pods are immutable, so it keeps doing so until
+    its recording ends, and the operator still has to read it.
+    """
+    for container in pod.get("spec", {}).get("containers", []):
+        for port in container.get("ports", []):
+            if port.get("name") == "admin":
+                return int(port["containerPort"])
+    return WORKER_HTTP_PORT

@@ -121,21 +121,26 @@ class WorkerProcess:
     logs: list[dict[str, Any]] = field(default_factory=list)
     raw: list[str] = field(default_factory=list)
     http: str = ""
+    #: The admin port's base URL: /status and /metrics are there, not on ``http``.
+    admin: str = ""
     rtmp_port: int | None = None
 
     def url(self, path: str) -> str:
         return self.http + path
 
+    def admin_url(self, path: str) -> str:
+        return self.admin + path
+
     def rtmp(self, *, key: str = STREAM_KEY, app: str = "live") -> str:
         return f"rtmp://127.0.0.1:{self.rtmp_port}/{app}/{key}"
 
     def status(self) -> dict[str, Any]:
-        reply = http_get(self.url("/status"))
+        reply = http_get(self.admin_url("/status"))
         assert reply.status == 200, reply
         return reply.json()  # type: ignore[no-any-return]
 
     def metrics(self) -> str:
-        reply = http_get(self.url("/metrics"))
+        reply = http_get(self.admin_url("/metrics"))
         assert reply.status == 200, reply
         return reply.text
 
@@ -252,6 +257,7 @@ def launch_configured_worker(
             "profile": profile,
             "reconnectWindowSeconds": reconnect_window,
             "http": "127.0.0.1:0",
+            "admin": "127.0.0.1:0",
             **config,
         },
     )
@@ -272,6 +278,7 @@ def _launch(command: list[str], *, out: Path, env: dict[str, str], push: bool) -
     try:
         origin = worker.wait_logged("origin listening")
         worker.http = "http://" + origin["http"]
+        worker.admin = "http://" + worker.wait_logged("admin listening")["admin"]
         if push:
             ingest = worker.wait_logged("ingest listening")
             worker.rtmp_port = int(ingest["ingest"].rsplit(":", 1)[1].split("/")[0])

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -70,6 +71,8 @@ class Recorder:
     http: str
     log: Path
     command: list[str]
+    #: The bearer token POST /stop needs (the operator's per-Recording Secret, here a file).
+    token: str = ""
 
     def status(self) -> dict[str, Any]:
         reply = http_get(self.http + "/status")
@@ -88,7 +91,9 @@ class Recorder:
         return reply.text
 
     def post_stop(self) -> dict[str, Any]:
-        reply = http_get(self.http + "/stop", method="POST")
+        reply = http_get(
+            self.http + "/stop", method="POST", headers={"Authorization": f"Bearer {self.token}"}
+        )
         assert reply.status in (200, 202), reply
         status: dict[str, Any] = reply.json()
         return status
@@ -146,11 +151,15 @@ def launch(
     wrapper: list[str] | None = None,
 ) -> Recorder:
     port = port or free_port()
+    token_file = out.parent / f"{out.name}-stop-token"
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token_file.write_text(secrets.token_hex(16))
     command = [
         sys.executable, "-m", "kubecast_worker.recorder.cli",
         "--source", source, "--out", str(out), "--formats", formats,
         "--idle-timeout", str(idle_timeout),
-        "--http", f"0.0.0.0:{port}", "--bind-host", "127.0.0.1",
+        "--admin", f"0.0.0.0:{port}", "--bind-host", "127.0.0.1",
+        "--stop-token-file", str(token_file),
         *args,
     ]  # fmt: skip
     return start(command, out=out, port=port, wrapper=wrapper)
@@ -165,7 +174,10 @@ def start(
             [*(wrapper or []), *command], stdin=subprocess.DEVNULL, stdout=sink, stderr=sink,
             cwd=REPO,
         )  # fmt: skip
-    recorder = Recorder(process, out, f"http://127.0.0.1:{port}", log, command)
+    token_file = Path(command[command.index("--stop-token-file") + 1])
+    recorder = Recorder(
+        process, out, f"http://127.0.0.1:{port}", log, command, token_file.read_text()
+    )
     until(
         lambda: recorder.answers() is not None or process.poll() is not None,
         timeout=15,

@@ -142,6 +142,7 @@ def test_worker_runs_from_the_config_file_the_operator_renders(
             "outputs": {"hls": {"segmentType": "ts", "windowSegments": 3}},
             "reconnectWindowSeconds": 0,
             "http": "127.0.0.1:0",
+            "admin": "127.0.0.1:0",
         }
     )
     assert worker.wait_logged("origin listening")["stream"] == "from-config"
@@ -166,6 +167,7 @@ def test_event_playlist_from_the_config_keeps_every_segment_from_the_start(
             "outputs": {"hls": {"playlistType": "event", "windowSegments": 3}},
             "reconnectWindowSeconds": 0,
             "http": "127.0.0.1:0",
+            "admin": "127.0.0.1:0",
         }
     )
     worker.wait_logged("the input file ended", timeout=30)

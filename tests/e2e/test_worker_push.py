@@ -50,6 +50,8 @@ class Observed:
     segment: Reply
     thumbnail: Reply
     final_status: dict[str, Any]
+    #: What the playback port answered while live, by path (admin paths and the player's).
+    on_playback_port: dict[str, Reply]
 
 
 def _all_renditions_have_segments(worker: WorkerProcess, count: int) -> dict[str, Any] | None:
@@ -81,9 +83,13 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         first = next(line for line in playlist.text.splitlines() if line.endswith(".ts"))
         segment = http_get(worker.url(f"/360p/{first}"))
         thumbnail = http_get(worker.url("/thumbnail.jpg"))
+        paths = ("/status", "/metrics", "/player/status")
+        on_playback = {path: http_get(worker.url(path)) for path in paths}
         assert publisher.wait(timeout=30) == 0, publisher.stderr.read() if publisher.stderr else ""
         final = worker.wait_state("idle")
-        yield Observed(worker, live, metrics, master, playlist, segment, thumbnail, final)
+        yield Observed(
+            worker, live, metrics, master, playlist, segment, thumbnail, final, on_playback
+        )
     finally:
         worker.stop()
 
@@ -248,6 +254,21 @@ def test_origin_serves_playlists_and_segments_with_player_headers(small: Observe
     assert small.segment.headers["Content-Type"] == "video/mp2t"
     assert "immutable" in small.segment.headers["Cache-Control"]
     assert small.segment.body[:1] == b"\x47"  # MPEG-TS sync byte
+
+
+def test_the_playback_port_shows_viewers_no_publisher_address_and_no_admin_endpoint(
+    small: Observed,
+) -> None:
+    """/status and /metrics are on the admin port only; the page's share of the status
+    has the stream's figures and not the publisher's address."""
+    replies = small.on_playback_port
+    assert replies["/status"].status == 404 and replies["/metrics"].status == 404
+    viewer = replies["/player/status"]
+    assert viewer.status == 200 and viewer.json()["state"] == "live"
+    assert viewer.json()["input"]["videoCodec"] == "h264"
+    publisher = small.live_status["publisher"]  # 127.0.0.1:<the publisher's port>
+    assert publisher and publisher not in viewer.text and "publisher" not in viewer.text
+    assert small.worker.admin != small.worker.http
 
 
 def test_the_stream_key_never_appears_in_logs_or_status(small: Observed) -> None:

@@ -77,6 +77,7 @@ NAMESPACED_RULES = [
     ("", "persistentvolumeclaims", "create patch"),
     ("", "services", "get list watch create patch"),
     ("apps", "deployments", "get list watch create patch"),
+    ("networking.k8s.io", "networkpolicies", "create patch"),
     ("", "pods", "get list watch create"),
     ("", "secrets", "get create"),
     ("", "events", "create"),
@@ -195,7 +196,7 @@ def test_default_install_renders_a_restricted_operator_that_the_cli_understands(
 ) -> None:
     docs = render(helm_bin)
     kinds = sorted(d["kind"] for d in docs)
-    expected = "ClusterRole ClusterRoleBinding Deployment Lease Role RoleBinding Service"
+    expected = "ClusterRole ClusterRoleBinding Deployment Lease Role RoleBinding Secret Service"
     assert kinds == sorted([*expected.split(), "ServiceAccount", "TranscodeProfile"])
 
     deployment = one(docs, "Deployment")
@@ -223,7 +224,9 @@ def test_default_install_renders_a_restricted_operator_that_the_cli_understands(
     assert (args.metrics_port, args.liveness_port) == (8080, 8081)
     assert args.leader_election is True and args.log_format == "json"
     settings = Settings.from_env(container_env(deployment, "kubecast-system"))
-    assert settings == Settings(), "the chart's defaults are the operator's defaults"
+    # The chart's defaults are the operator's, but for the key it mounts to sign stop tokens.
+    assert settings == Settings(signing_key_file="/etc/kubecast/signing-key/key")
+    assert one(docs, "Secret")["metadata"]["name"] == "kc-kubecast-signing-key"
 
     # Cluster-wide install: one ClusterRole with everything, the Lease in a Role.
     cluster_role = one(docs, "ClusterRole")

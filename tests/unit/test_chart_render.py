@@ -11,6 +11,7 @@ takes the cluster for Kubernetes v1.20 and refuses the chart's kubeVersion.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -210,3 +211,62 @@ def test_replicas_prefer_different_nodes_unless_affinity_is_given() -> None:
         )
     )
     assert pod["spec"]["affinity"] == given
+
+
+def _env(container: dict[str, Any], namespace: str = "kubecast-system") -> dict[str, str]:
+    """The container's environment as the kubelet would set it (fieldRefs resolved)."""
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            env[item["name"]] = namespace
+    return env
+
+
+def test_the_operator_gets_its_signing_key_from_a_secret_of_the_chart() -> None:
+    from kubecast_operator.settings import Settings
+
+    docs = render()
+    (secret,) = [
+        s for s in of_kind(docs, "Secret") if s["metadata"]["name"].endswith("signing-key")
+    ]
+    assert len(base64.b64decode(secret["data"]["key"])) >= 32
+    pod = operator_pod(docs)["spec"]
+    (container,) = pod["containers"]
+    settings = Settings.from_env(_env(container))
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "signing-key")
+    assert settings.signing_key_file == f"{mount['mountPath']}/key" and mount["readOnly"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "signing-key")
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    # A Secret of the user's instead: the chart makes none.
+    docs = render("--set", "operator.signingKey.existingSecret=my-key")
+    assert [s for s in of_kind(docs, "Secret") if "signing-key" in s["metadata"]["name"]] == []
+    pod = operator_pod(docs)["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "signing-key")
+    assert volume["secret"]["secretName"] == "my-key"
+
+
+def test_the_network_policy_option_turns_on_the_operators_per_stream_policies() -> None:
+    from kubecast_operator.settings import Settings
+
+    (container,) = operator_pod(render())["spec"]["containers"]
+    assert not Settings.from_env(_env(container)).network_policies
+    prometheus = {"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}
+    docs = render(
+        "--set", "networkPolicy.enabled=true",
+        "--set-json", f"networkPolicy.adminFrom=[{json.dumps(prometheus)}]",
+    )  # fmt: skip
+    pod = operator_pod(docs)
+    settings = Settings.from_env(_env(pod["spec"]["containers"][0]))
+    assert settings.network_policies and settings.operator_namespace == "kubecast-system"
+    # The labels the workers' policies admit are the operator pods' own.
+    assert settings.operator_pod_labels.items() <= pod["metadata"]["labels"].items()
+    assert settings.operator_pod_labels["app.kubernetes.io/component"] == "operator"
+    assert settings.admin_from == (prometheus,)
+    (role,) = of_kind(docs, "ClusterRole")[:1]
+    assert {
+        "apiGroups": ["networking.k8s.io"],
+        "resources": ["networkpolicies"],
+        "verbs": ["create", "patch"],
+    } in role["rules"]

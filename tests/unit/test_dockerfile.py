@@ -202,7 +202,11 @@ def test_ports_match_the_operator_the_workers_and_the_chart() -> None:
     health, metrics = values["operator"]["healthPort"], values["operator"]["metricsPort"]
     assert set(effective("operator", "EXPOSE").split()) == {str(metrics), str(health)}  # type: ignore[union-attr]
     assert f"127.0.0.1:{health}/healthz" in (effective("operator", "HEALTHCHECK") or "")
-    worker_ports = {str(settings.WORKER_RTMP_PORT), str(settings.WORKER_HTTP_PORT)}
+    worker_ports = {
+        str(settings.WORKER_RTMP_PORT),
+        str(settings.WORKER_HTTP_PORT),
+        str(settings.WORKER_ADMIN_PORT),
+    }
     assert set(effective("worker", "EXPOSE").split()) == worker_ports  # type: ignore[union-attr]
 
 

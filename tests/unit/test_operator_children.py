@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 import yaml
 
 from kubecast_api import LiveStreamSpec, RecordingSpec, TranscodeProfileSpec, WorkerConfig
@@ -98,7 +99,15 @@ def test_worker_pod_is_locked_down_and_probed() -> None:
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "rtmp": 1935,
         "http": 8080,
+        "admin": 9090,
     }
+    # The probes check the port viewers use; Prometheus scrapes the admin port.
+    assert container["readinessProbe"]["httpGet"]["port"] == "http"
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (
+        "9090",
+        "/metrics",
+    )
     assert container["resources"] == {
         "requests": {"cpu": "2", "memory": "1Gi"},
         "limits": {"memory": "2Gi"},
@@ -127,6 +136,21 @@ def test_services_follow_the_requested_exposure() -> None:
     assert children.playback_service(stream, spec)["spec"]["type"] == "ClusterIP"
 
 
+def test_the_playback_service_exposes_media_and_never_the_admin_port() -> None:
+    """A NodePort or LoadBalancer playback Service reaches viewers: /status and
+    /metrics (the publisher's address, errors, restream state) must not be on it."""
+    stream = body("livestream-push.yaml")
+    stream["spec"]["playbackService"] = {"type": "LoadBalancer"}
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    for service in (children.playback_service(stream, spec), children.ingest_service(stream, spec)):
+        targets = {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
+        assert "admin" not in {t for _, t in targets} and 9090 not in {p for p, _ in targets}
+    assert [(p["port"], p["targetPort"]) for p in children.playback_service(stream, spec)[
+        "spec"]["ports"]] == [(8080, "http")]  # fmt: skip
+    config = children.worker_config(stream, spec, profile())
+    assert (config.http, config.admin) == ("0.0.0.0:8080", "0.0.0.0:9090")
+
+
 def test_recording_children_claim_storage_and_record_the_stream() -> None:
     recording = body("recording.yaml")
     spec = RecordingSpec.model_validate(recording["spec"])
@@ -135,10 +159,23 @@ def test_recording_children_claim_storage_and_record_the_stream() -> None:
     pod = children.recorder_pod(
         recording, spec, source="http://studio-playback:8080", settings=SETTINGS
     )
-    args = pod["spec"]["containers"][0]["args"]
+    (container,) = pod["spec"]["containers"]
+    args = container["args"]
     assert args[:3] == ["record", "--source", "http://studio-playback:8080"]
     assert "--wait-for-next-live" in args and "--max-duration" in args
     assert pod["spec"]["restartPolicy"] == "OnFailure"
+    # Its one port is the admin port; /stop needs the token its Secret holds.
+    assert args[args.index("--admin") + 1] == "0.0.0.0:9090"
+    assert container["ports"] == [{"name": "admin", "containerPort": 9090, "protocol": "TCP"}]
+    token_file = args[args.index("--stop-token-file") + 1]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "stop-token")
+    assert token_file == f"{mount['mountPath']}/token" and mount["readOnly"]
+    volume = _volumes(pod["spec"])["stop-token"]["secret"]
+    assert (
+        volume["secretName"]
+        == "studio-show-stop-token"
+        == children.stop_token_secret_name(recording["metadata"]["name"])
+    )
 
 
 def test_condition_transition_time_changes_only_on_a_real_transition() -> None:
@@ -477,3 +514,89 @@ def test_the_reconcile_pass_sizes_the_worker_disk_from_the_stream_profile() -> N
     (deployment,) = [m for m in kube.applied if m["kind"] == "Deployment"]
     volumes = _volumes(deployment["spec"]["template"]["spec"])
     assert volumes["media"]["emptyDir"] == {"sizeLimit": "256Mi"}
+
+
+OPERATOR_LABELS = {"app.kubernetes.io/name": "kubecast", "app.kubernetes.io/instance": "kc"}
+POLICY_SETTINGS = Settings(
+    worker_image="kubecast/worker:test",
+    network_policies=True,
+    operator_namespace="kubecast-system",
+    operator_pod_labels=OPERATOR_LABELS,
+    admin_from=({"namespaceSelector": {"matchLabels": {"name": "monitoring"}}},),
+)
+
+
+def _rules(policy: dict[str, Any]) -> list[tuple[set[int], list[dict[str, Any]] | None]]:
+    return [({p["port"] for p in r["ports"]}, r.get("from")) for r in policy["spec"]["ingress"]]
+
+
+def test_the_stream_policy_opens_ingest_and_playback_and_admin_only_to_the_operator() -> None:
+    stream = body("livestream-push.yaml")
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    policy = children.stream_network_policy(stream, POLICY_SETTINGS)
+    assert policy["metadata"]["ownerReferences"][0]["kind"] == "LiveStream"
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    # It selects exactly the worker's pods (the Deployment's own selector).
+    deployment = children.worker_deployment(stream, spec, rendered="x", settings=SETTINGS)
+    assert policy["spec"]["podSelector"] == deployment["spec"]["selector"]
+    operator = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubecast-system"}},
+        "podSelector": {"matchLabels": OPERATOR_LABELS},
+    }
+    assert _rules(policy) == [
+        ({1935, 8080}, None),  # anyone: publishers and viewers
+        ({9090}, [operator, {"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]),
+    ]
+    # The ports it names are the container's (numbers: every enforcer knows them).
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    container_ports = {p["containerPort"] for p in container["ports"]}
+    assert {p for ports, _ in _rules(policy) for p in ports} == container_ports
+
+
+def test_the_recorder_policy_admits_only_the_operator() -> None:
+    recording = body("recording.yaml")
+    spec = RecordingSpec.model_validate(recording["spec"])
+    policy = children.recorder_network_policy(recording, POLICY_SETTINGS)
+    assert policy["metadata"]["ownerReferences"][0]["kind"] == "Recording"
+    pod = children.recorder_pod(recording, spec, source="http://x:8080", settings=SETTINGS)
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    ((ports, peers),) = _rules(policy)
+    assert (
+        ports == {9090}
+        and peers is not None
+        and peers[0]["podSelector"] == {"matchLabels": OPERATOR_LABELS}
+    )
+
+
+def test_policies_are_applied_only_when_the_chart_turns_them_on() -> None:
+    stream = body("livestream-push.yaml")
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    objects = {("TranscodeProfile", "default"): body("transcodeprofile-default.yaml")}
+    for settings, expected in ((SETTINGS, []), (POLICY_SETTINGS, ["studio-worker"])):
+        kube = _Cluster(dict(objects))
+        streams._ensure_children(cast(Kube, kube), stream, spec, settings, streams.Observation())
+        kinds = [m["kind"] for m in kube.applied]
+        assert [m["metadata"]["name"] for m in kube.applied if m["kind"] == "NetworkPolicy"] == (
+            expected
+        )
+        if expected:  # before the worker exists, so its admin port is never open to all
+            assert kinds.index("NetworkPolicy") < kinds.index("Deployment")
+
+
+def test_policies_without_the_operators_labels_are_refused_at_start() -> None:
+    """An empty podSelector would admit every pod of the operator's namespace."""
+    with pytest.raises(ValueError, match="KUBECAST_OPERATOR_POD_LABELS"):
+        Settings.from_env(
+            {"KUBECAST_NETWORK_POLICIES": "true", "KUBECAST_OPERATOR_NAMESPACE": "kc"}
+        )
+    found = Settings.from_env(
+        {
+            "KUBECAST_NETWORK_POLICIES": "true",
+            "KUBECAST_OPERATOR_NAMESPACE": "kc",
+            "KUBECAST_OPERATOR_POD_LABELS": '{"app.kubernetes.io/name": "kubecast"}',
+            "KUBECAST_ADMIN_FROM": '[{"podSelector": {}}]',
+        }
+    )
+    assert found.network_policies and found.operator_namespace == "kc"
+    assert found.admin_from == ({"podSelector": {}},)

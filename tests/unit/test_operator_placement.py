@@ -116,7 +116,6 @@ def test_an_api_error_is_told_in_the_api_servers_own_words() -> None:
 
 def test_the_preview_page_gets_the_ingest_services_in_cluster_name() -> None:
     """Not the load balancer's address, which arrives later and would roll the worker."""
-    from prometheus_client import CollectorRegistry
 
     from kubecast_worker import origin
     from kubecast_worker.status import Status
@@ -135,7 +134,6 @@ def test_the_preview_page_gets_the_ingest_services_in_cluster_name() -> None:
         app = origin.make_app(
             root=Path("/nonexistent"),
             status=Status(stream=name, mode="push", ingest_url="rtmp://0.0.0.0:1935/live"),
-            registry=CollectorRegistry(),
             ingest_url=config.ingest.service_url,
         )
         async with TestClient(TestServer(app)) as http:  # a real HTTP server on loopback

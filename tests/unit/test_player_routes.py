@@ -15,16 +15,19 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from kubecast_worker.player import add_player_routes, routes
+from kubecast_worker.status import InputState, RenditionState, Status
 
 KEY = "sk-0c9d8e7f6a5b4c3d"
 
 Scenario = Callable[[TestClient[web.Request, web.Application]], Awaitable[None]]
 
 
-def run(scenario: Scenario, **options: str | None) -> None:
+def run(scenario: Scenario, *, status: Status | None = None, **options: str | None) -> None:
+    status = status or Status(stream="unit", mode="push", ingest_url="rtmp://0.0.0.0:1935/live")
+
     async def main() -> None:
         app = web.Application()
-        add_player_routes(app, **options)
+        add_player_routes(app, status=status, **options)
         async with TestClient(TestServer(app)) as client:
             await scenario(client)
 
@@ -68,7 +71,7 @@ def test_page_refers_to_everything_by_relative_url() -> None:
 
     script = (routes.STATIC_DIR / "player.js").read_text()
     assert "const MASTER = 'master.m3u8';" in script
-    assert "const STATUS = 'status';" in script
+    assert "const STATUS = 'player/status';" in script
     assert re.findall(r"""['"`]/[a-z]""", script) == []  # no root-relative URL
     assert re.findall(r"https?://", script + (routes.STATIC_DIR / "player.css").read_text()) == []
 
@@ -192,3 +195,48 @@ def test_build_script_is_executable_and_its_output_is_ignored_by_git() -> None:
     ignored = (routes.PACKAGE_DIR / ".gitignore").read_text().split()
     assert "/static/hls.min.js" in ignored
     assert "/node_modules/" in ignored
+
+
+def live_status(mode: str = "push", url: str = "rtmp://0.0.0.0:1935/live") -> Status:
+    status = Status(stream="demo", mode=mode, ingest_url=url)  # type: ignore[arg-type]
+    status.begin_session(publisher="198.51.100.7:50123")
+    status.input = InputState(video_codec="h264", audio_codec="aac", width=640, height=360, fps=25)
+    status.set_renditions(
+        [
+            RenditionState(name="360p", width=640, height=360, playlist="360p/index.m3u8"),
+            RenditionState(name="1080p", state="Dropped", reason="would upscale"),
+        ]
+    )
+    status.set_state("live")
+    status.set_error(f"restream youtube: rtmp://a.rtmp.youtube.com/live2/{KEY} refused")
+    status.restream = lambda: [{"name": "youtube", "state": "Failing"}]
+    return status
+
+
+def test_the_page_reads_figures_from_player_status_without_the_publisher_or_errors() -> None:
+    """The playback port is for viewers: state and media figures, nothing about the
+    publisher, the worker's errors or its restream targets."""
+
+    async def scenario(client: TestClient[web.Request, web.Application]) -> None:
+        response = await client.get("/player/status")
+        assert response.status == 200
+        assert response.headers["Cache-Control"] == "no-store"
+        doc = await response.json()
+        assert doc["stream"] == "demo" and doc["state"] == "live"
+        assert doc["input"]["videoCodec"] == "h264" and doc["input"]["width"] == 640
+        assert doc["renditions"][0]["name"] == "360p"
+        assert doc["renditions"][1] == {"name": "1080p", "state": "Dropped"}
+        assert doc["ingest"] == {"mode": "push", "url": "rtmp://0.0.0.0:1935/live"}
+        text = await response.text()
+        for private in ("198.51.100.7", "youtube", KEY, "lastError", "publisher", "restream"):
+            assert private not in text, private
+
+    run(scenario, status=live_status())
+
+
+def test_a_pulled_source_url_is_not_shown_to_viewers() -> None:
+    async def scenario(client: TestClient[web.Request, web.Application]) -> None:
+        doc = await (await client.get("/player/status")).json()
+        assert doc["ingest"] == {"mode": "pull"}
+
+    run(scenario, status=live_status("pull", "rtsp://camera.example.net/stream"))

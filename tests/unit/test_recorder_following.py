@@ -136,7 +136,7 @@ def test_flags_are_parsed_as_the_operator_renders_them(tmp_path: Path) -> None:
         [
             "--source", "http://demo-playback.live.svc.cluster.local:8080",
             "--out", str(tmp_path), "--formats", "hls,mp4,fmp4", "--idle-timeout", "300",
-            "--http", "0.0.0.0:8080", "--bind-host", "10.0.0.7", "--rendition", "720p",
+            "--admin", "0.0.0.0:9090", "--bind-host", "10.0.0.7", "--rendition", "720p",
             "--max-duration", "3600", "--wait-for-next-live",
             "--start-at", "2025-05-01T18:00:00+00:00", "--stop-at", "2025-05-01T19:00:00Z",
         ]
@@ -144,7 +144,7 @@ def test_flags_are_parsed_as_the_operator_renders_them(tmp_path: Path) -> None:
     options = cli.options_from(args)
     assert options.master_url == "http://demo-playback.live.svc.cluster.local:8080/master.m3u8"
     assert options.stream_name == "demo"
-    assert (options.http_host, options.http_port) == ("10.0.0.7", 8080)
+    assert (options.http_host, options.http_port) == ("10.0.0.7", 9090)
     assert options.formats == ("hls", "mp4", "fmp4")
     assert options.stop_at is not None and options.start_at is not None
     assert options.stop_at - options.start_at == timedelta(hours=1)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from kubecast_api import WorkerConfig
 from kubecast_worker import cli, config, logs, worker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,6 +84,20 @@ def test_flags_build_the_same_worker_config(tmp_path: Path) -> None:
     assert pulled.ingest.pull is not None and pulled.ingest.pull.url.startswith("file:///")
     with pytest.raises(config.ConfigError, match="exactly one of --listen"):
         config.config_from_flags(stream="d", profile=None, out="o", http=":1")
+
+
+def test_the_admin_port_is_its_own_listener_on_loopback_unless_told() -> None:
+    """/status and /metrics are not on the playback port; a person's worker keeps
+    them on loopback, and tests asking for free ports get a free admin port too."""
+
+    def flags(**kw: str) -> WorkerConfig:
+        return config.config_from_flags(stream="d", profile=None, out="o", pull="x.mp4", **kw)
+
+    assert flags(http="0.0.0.0:8080").admin == "127.0.0.1:9090"
+    assert flags(http="127.0.0.1:0").admin == "127.0.0.1:0"
+    assert flags(http="0.0.0.0:8080", admin="0.0.0.0:9191").admin == "0.0.0.0:9191"
+    bound = config.with_bind_host(flags(http="0.0.0.0:8080", admin="0.0.0.0:9090"), "10.0.0.7")
+    assert (bound.http, bound.admin) == ("10.0.0.7:8080", "10.0.0.7:9090")
 
 
 def test_stream_key_comes_from_flag_file_config_then_environment(

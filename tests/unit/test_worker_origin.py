@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from kubecast_worker import metrics, origin
+from kubecast_worker import admin, metrics, origin
 from kubecast_worker.status import RenditionState, Status
 
 Scenario = Callable[[str, int], Awaitable[None]]
@@ -38,13 +38,7 @@ def serve(root: Path, scenario: Scenario, *, status: Status | None = None) -> No
     status = status or Status(stream="unit", mode="push", ingest_url="rtmp://127.0.0.1:1/live")
 
     async def main() -> None:
-        runner, port = await origin.start(
-            host="127.0.0.1",
-            port=0,
-            root=root,
-            status=status,
-            registry=metrics.registry_for(status),
-        )
+        runner, port = await origin.start(host="127.0.0.1", port=0, root=root, status=status)
         try:
             await scenario("127.0.0.1", port)
         finally:
@@ -104,7 +98,7 @@ def test_cors_preflight_is_answered_for_any_path(tree: Path) -> None:
     async def scenario(host: str, port: int) -> None:
         headers = {"Origin": "https://player.example", "Access-Control-Request-Method": "GET"}
         async with aiohttp.ClientSession(f"http://{host}:{port}") as http:
-            for path in ("/master.m3u8", "/360p/ab-00001.ts", "/status"):
+            for path in ("/master.m3u8", "/360p/ab-00001.ts", "/player/status"):
                 async with http.options(path, headers=headers) as r:
                     assert r.status == 204
                     assert r.headers["Access-Control-Allow-Origin"] == "*"
@@ -154,9 +148,21 @@ def test_not_found_is_not_cached(tree: Path) -> None:
     serve(tree, scenario)
 
 
-def test_health_readiness_status_and_metrics_endpoints(tree: Path) -> None:
+def serve_admin(scenario: Scenario, *, status: Status) -> None:
+    async def main() -> None:
+        runner, port = await admin.start(
+            host="127.0.0.1", port=0, status=status, registry=metrics.registry_for(status)
+        )
+        try:
+            await scenario("127.0.0.1", port)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_health_and_readiness_are_answered_on_the_playback_port(tree: Path) -> None:
     status = Status(stream="unit", mode="push", ingest_url="rtmp://127.0.0.1:1935/live")
-    status.set_renditions([RenditionState(name="1080p", state="Dropped", reason="would upscale")])
 
     async def scenario(host: str, port: int) -> None:
         async with aiohttp.ClientSession(f"http://{host}:{port}") as http:
@@ -167,8 +173,37 @@ def test_health_readiness_status_and_metrics_endpoints(tree: Path) -> None:
             status.ready = True
             async with http.get("/readyz") as r:
                 assert r.status == 200
+
+    serve(tree, scenario, status=status)
+
+
+def test_status_and_metrics_are_not_on_the_playback_port(tree: Path) -> None:
+    """A NodePort or LoadBalancer playback Service must not show viewers the
+    publisher's address, errors or restream state."""
+    status = Status(stream="unit", mode="push", ingest_url="rtmp://127.0.0.1:1935/live")
+    status.publisher = "198.51.100.7:50000"
+    status.last_error = "restream youtube failed"
+
+    async def scenario(host: str, port: int) -> None:
+        async with aiohttp.ClientSession(f"http://{host}:{port}") as http:
+            for path in ("/status", "/metrics", "/status/", "/metrics?x=1"):
+                async with http.get(path) as r:
+                    assert r.status == 404, path
+                    body = await r.text()
+                    assert "198.51.100.7" not in body and "restream" not in body
+
+    serve(tree, scenario, status=status)
+
+
+def test_the_admin_port_serves_status_and_metrics(tree: Path) -> None:
+    status = Status(stream="unit", mode="push", ingest_url="rtmp://127.0.0.1:1935/live")
+    status.set_renditions([RenditionState(name="1080p", state="Dropped", reason="would upscale")])
+
+    async def scenario(host: str, port: int) -> None:
+        async with aiohttp.ClientSession(f"http://{host}:{port}") as http:
             async with http.get("/status") as r:
                 assert r.status == 200 and r.headers["Content-Type"].startswith("application/json")
+                assert r.headers["Cache-Control"] == "no-store"
                 doc = json.loads(await r.text())
                 assert doc["state"] == "idle" and doc["stream"] == "unit"
                 assert doc["renditions"] == [
@@ -179,8 +214,12 @@ def test_health_readiness_status_and_metrics_endpoints(tree: Path) -> None:
                 text = await r.text()
                 assert 'kubecast_stream_state{state="idle",stream="unit"} 1.0' in text
                 assert 'kubecast_rendition_active{rendition="1080p",stream="unit"} 0.0' in text
+            async with http.get("/readyz") as r:
+                assert r.status == 503
+            async with http.get("/master.m3u8") as r:
+                assert r.status == 404, "the admin port serves no media"
 
-    serve(tree, scenario, status=status)
+    serve_admin(scenario, status=status)
 
 
 async def raw_request(host: str, port: int, request: bytes) -> int:

@@ -2,7 +2,8 @@
 
     kubecast-worker run --config worker.yaml
     kubecast-worker run --listen rtmp://127.0.0.1:1935/live --stream-key KEY \\
-        --profile samples/transcodeprofile-default.yaml --out /tmp/hls --http 127.0.0.1:8080
+        --profile samples/transcodeprofile-default.yaml --out /tmp/hls --http 127.0.0.1:8080 \\
+        --admin 127.0.0.1:9090
     kubecast-worker run --pull file:///media/loop.mp4 --loop --profile ... --out ... --http ...
     kubecast-worker transcode input.mp4 --profile ... --out /tmp/hls
     kubecast-worker record ...     (the recorder: kubecast_worker.recorder.cli)
@@ -71,13 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stream-key-file", help="file holding the stream key")
     run.add_argument("--profile", help="TranscodeProfile manifest or bare spec (default ladder)")
     run.add_argument("--out", help="output directory for playlists and segments")
-    run.add_argument("--http", default="127.0.0.1:8080", help="HTTP origin HOST:PORT")
+    run.add_argument(
+        "--http", default="127.0.0.1:8080", help="playback port HOST:PORT: media, player, probes"
+    )
+    run.add_argument(
+        "--admin",
+        metavar="HOST:PORT",
+        help="admin port: /status and /metrics (default 127.0.0.1:9090; any free port when"
+        " --http's port is 0)",
+    )
     run.add_argument("--stream", default="local", help="stream name for logs and metrics")
     run.add_argument(
         "--bind-host",
         metavar="HOST",
-        help="bind the RTMP and HTTP listeners to HOST instead of the config's host (the"
-        " operator passes the pod IP)",
+        help="bind the RTMP and HTTP listeners (playback and admin) to HOST instead of the"
+        " config's host (the operator passes the pod IP)",
     )
     run.add_argument("--segment-type", choices=("ts", "fmp4"))
     run.add_argument("--window-segments", type=int, metavar="N")
@@ -110,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     if args.config:
-        flags = [f for f in ("listen", "pull", "profile", "out") if getattr(args, f)]
+        flags = [f for f in ("listen", "pull", "profile", "out", "admin") if getattr(args, f)]
         if flags:
             raise config_mod.ConfigError(
                 f"--config already says where media comes from and goes; drop --{flags[0]}"
@@ -128,6 +137,7 @@ def _run(args: argparse.Namespace) -> int:
             profile=args.profile,
             out=args.out,
             http=args.http,
+            admin=args.admin,
             listen=args.listen,
             pull=args.pull,
             loop=args.loop,

@@ -2,7 +2,8 @@
 
 The operator renders a ``WorkerConfig`` (kubecast_api.worker_config) into the
 stream's ConfigMap; ``kubecast-worker run --config FILE`` reads exactly that.
-The flag form (``--listen``/``--pull``, ``--profile``, ``--out``, ``--http``)
+The flag form (``--listen``/``--pull``, ``--profile``, ``--out``, ``--http``,
+``--admin``)
 builds the same object, so both paths run the same code.
 
 The stream key is never part of the config: it comes from ``streamKeyFile`` (a
@@ -149,6 +150,7 @@ def config_from_flags(
     profile: str | None,
     out: str,
     http: str,
+    admin: str | None = None,
     listen: str | None = None,
     pull: str | None = None,
     loop: bool = False,
@@ -177,6 +179,7 @@ def config_from_flags(
             "ingest": ingest.model_dump(by_alias=True, exclude_none=True),
             "outputDir": out,
             "http": http,
+            "admin": admin or default_admin(http),
         }
         hls: dict[str, Any] = {}
         if segment_type:
@@ -194,6 +197,18 @@ def config_from_flags(
         return WorkerConfig.model_validate(document)
     except pydantic.ValidationError as e:
         raise ConfigError(describe_error(e)) from e
+
+
+#: Where a person's worker answers /status and /metrics unless told (loopback only).
+ADMIN_DEFAULT = "127.0.0.1:9090"
+
+
+def default_admin(http: str) -> str:
+    """The admin address when ``--admin`` is not given: ``127.0.0.1:9090``, or any free
+    port when the playback port is one too (``--http HOST:0``, as tests and benchmarks
+    ask, so that several workers run side by side)."""
+    _, port = parse_host_port(http, what="--http")
+    return "127.0.0.1:0" if port == 0 else ADMIN_DEFAULT
 
 
 def read_stream_key(
@@ -238,4 +253,7 @@ def with_bind_host(config: WorkerConfig, host: str) -> WorkerConfig:
         _, port = parse_host_port(ingest.listen, what="ingest.listen")
         ingest = ingest.model_copy(update={"listen": f"{host}:{port}"})
     _, http_port = parse_host_port(config.http, what="http")
-    return config.model_copy(update={"ingest": ingest, "http": f"{host}:{http_port}"})
+    _, admin_port = parse_host_port(config.admin, what="admin")
+    return config.model_copy(
+        update={"ingest": ingest, "http": f"{host}:{http_port}", "admin": f"{host}:{admin_port}"}
+    )

@@ -1,15 +1,19 @@
-"""The HTTP origin: playlists and segments for players (and a CDN), plus the
-worker's own endpoints.
+"""The HTTP origin, the playback port: playlists and segments for players (and a
+CDN), the preview page, and the probes. Nothing else.
 
     GET /master.m3u8, /<rendition>/index.m3u8     application/vnd.apple.mpegurl, max-age=1
     GET /<rendition>/<epoch>-00042.ts              video/mp2t, immutable
     GET /<rendition>/<epoch>-00042.m4s | -init.mp4 video/mp4, immutable
     GET /thumbnail.jpg                             image/jpeg, max-age=1 (a still, every 5 s)
-    GET /status     the worker's Status as JSON
-    GET /metrics    Prometheus text format
     GET /healthz    200 while the process serves requests
     GET /readyz     200 once the ingest front listens (or the pull loop runs)
-    GET /, /player  the preview page (kubecast_worker.player)
+    GET /, /player  the preview page and /player/status, its share of the status
+                    (kubecast_worker.player)
+
+``/status`` and ``/metrics`` are on the admin port (``kubecast_worker.admin``):
+a playback Service may be a NodePort or a LoadBalancer, and what the worker
+knows of its publisher and its errors is not for viewers. The probes stay here
+too, so that the kubelet checks the listener that Services send viewers to.
 
 Segments can be cached forever because the packager never reuses a segment
 name; playlists change every segment, so they are cached for a second.
@@ -22,14 +26,12 @@ resolved path must stay inside the output directory (no symlink escapes).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from kubecast_worker import player
+from kubecast_worker import admin, player
 from kubecast_worker.status import Status
 
 CONTENT_TYPES = {
@@ -80,7 +82,6 @@ def make_app(
     *,
     root: Path,
     status: Status,
-    registry: CollectorRegistry,
     stream_key_secret: str | None = None,
     ingest_url: str | None = None,
 ) -> web.Application:
@@ -122,37 +123,15 @@ def make_app(
             path, headers={"Content-Type": content_type, "Cache-Control": SEGMENT_CACHE}
         )
 
-    async def status_json(request: web.Request) -> web.Response:
-        return web.Response(
-            text=json.dumps(status.snapshot(), indent=1),
-            content_type="application/json",
-            headers={"Cache-Control": "no-store"},
-        )
-
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(registry),
-            headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
-        )
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok\n", headers={"Cache-Control": "no-store"})
-
-    async def readyz(request: web.Request) -> web.Response:
-        if status.ready:
-            return web.Response(text="ready\n", headers={"Cache-Control": "no-store"})
-        return web.Response(status=503, text="not ready\n", headers={"Cache-Control": "no-store"})
-
     app = web.Application(middlewares=[cors])
-    app.router.add_get("/status", status_json)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    admin.add_probe_routes(app, status=status)
     # The preview page (/, /player): before the catch-all below, which would take /player.
     # NB: ingest_url is the operator's (the ingest Service's name); without one, the
-    # page reads the worker's own from /status, which has the port really bound (the
-    # RTMP listener starts after this app is built).
-    player.add_player_routes(app, ingest_url=ingest_url, stream_key_secret=stream_key_secret)
+    # page reads the worker's own from player/status, which has the port really bound
+    # (the RTMP listener starts after this app is built).
+    player.add_player_routes(
+        app, status=status, ingest_url=ingest_url, stream_key_secret=stream_key_secret
+    )
     app.router.add_get("/{tail:.+}", media)  # also answers HEAD
     return app
 
@@ -163,15 +142,13 @@ async def start(
     port: int,
     root: Path,
     status: Status,
-    registry: CollectorRegistry,
     stream_key_secret: str | None = None,
     ingest_url: str | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Serve until ``runner.cleanup()``. Returns the runner and the bound port."""
     app = make_app(
-        root=root, status=status, registry=registry, stream_key_secret=stream_key_secret,
-        ingest_url=ingest_url,
-    )  # fmt: skip
+        root=root, status=status, stream_key_secret=stream_key_secret, ingest_url=ingest_url
+    )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -2,7 +2,8 @@
 
 ``Worker.run()`` reads in the order data flows::
 
-    origin      HTTP: playlists, segments, /status, /metrics, /healthz, /readyz
+    origin      HTTP, the playback port: playlists, segments, the player, /healthz, /readyz
+    admin       HTTP, the admin port: /status, /metrics (for the operator and Prometheus)
     ingest      the RTMP front (checks app and stream key), the SRT listener
                 (the key is its passphrase), or a pull loop
     per publish pipeline.run() in a thread: decode once → ladder → packager
@@ -32,8 +33,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kubecast_api import WorkerConfig
+from kubecast_worker import admin, ingest, ladder, metrics, origin, packager, pipeline, restream
 from kubecast_worker import config as config_mod
-from kubecast_worker import ingest, ladder, metrics, origin, packager, pipeline, restream
 from kubecast_worker.logs import for_stream, redact
 from kubecast_worker.status import Status
 
@@ -105,6 +106,7 @@ class Worker:
             x264_thread_type=x264_thread_type,
         )
         self.http_port: int | None = None
+        self.admin_port: int | None = None
         self.rtmp_port: int | None = None
         self._publishes: asyncio.Queue[Any] = asyncio.Queue()
         self._session_stop: threading.Event | None = None
@@ -124,11 +126,19 @@ class Worker:
             port=port,
             root=self.out_dir,
             status=self.status,
-            registry=self.registry,
             stream_key_secret=self.config.ingest.stream_key_secret,
             ingest_url=self.config.ingest.service_url,
         )
         self.log.info("origin listening", extra={"http": f"{host}:{self.http_port}"})
+        admin_host, admin_port = config_mod.parse_host_port(self.config.admin, what="admin")
+        try:
+            admin_runner, self.admin_port = await admin.start(
+                host=admin_host, port=admin_port, status=self.status, registry=self.registry
+            )
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self.log.info("admin listening", extra={"admin": f"{admin_host}:{self.admin_port}"})
         copies = self._restream(host)
         try:
             if self.listen is not None and self.listen.protocol == "srt":
@@ -142,6 +152,7 @@ class Worker:
             self._end_playlists()
             if copies is not None:
                 await copies.stop()
+            await admin_runner.cleanup()
             await runner.cleanup()
             self.log.info("stopped")
 

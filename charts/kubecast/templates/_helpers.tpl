@@ -35,6 +35,11 @@ it lives in the release namespace, which the operator reads from POD_NAMESPACE.
 */}}
 {{- define "kubecast.leaseName" -}}kubecast-operator{{- end }}
 
+{{/* The Secret with the stop-token signing key: the user's, or the chart's. */}}
+{{- define "kubecast.signingKeySecret" -}}
+{{- .Values.operator.signingKey.existingSecret | default (printf "%s-signing-key" (include "kubecast.fullname" .)) }}
+{{- end }}
+
 {{/* Labels ----------------------------------------------------------------- */}}
 
 {{- define "kubecast.chart" -}}

@@ -1,7 +1,10 @@
 """The preview page on the worker's HTTP origin: ``/``, ``/player`` and its assets.
 
-The page plays ``master.m3u8`` with hls.js and polls ``status``, both by relative
-URL, so it keeps working behind a CDN or a path prefix. hls.js is not checked in:
+The page plays ``master.m3u8`` with hls.js and polls ``player/status``, both by
+relative URL, so it keeps working behind a CDN or a path prefix. ``player/status``
+is the viewer's share of the worker's status (``viewer_status``): state, input
+format, renditions and figures; the publisher's address, errors, a pull source and
+restream targets stay on the admin port's ``/status``. hls.js is not checked in:
 ``build_assets.sh`` installs it from the npm registry at the version
 ``package-lock.json`` pins and copies ``hls.min.js`` into ``static/``. Until then
 the asset answers 404 with a message that says how to build it, and the page
@@ -14,10 +17,14 @@ application name, and at most the name of the Secret holding the key is shown.
 from __future__ import annotations
 
 import html
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+
+from kubecast_worker.status import Status
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 STATIC_DIR = PACKAGE_DIR / "static"
@@ -69,6 +76,35 @@ def ingest_url_without_key(url: str | None) -> str:
     return f"{scheme}{host}{path}"
 
 
+#: What a viewer may see of the input and of each rendition (not the publisher).
+_INPUT_FIELDS = ("videoCodec", "audioCodec", "width", "height", "fps", "bitrateKbps")
+_RENDITION_FIELDS = ("name", "state", "width", "height", "bitrateKbps")
+
+
+def viewer_status(doc: dict[str, Any]) -> dict[str, Any]:
+    """The page's share of a worker ``/status`` document: by allow-list, so a field
+    added to the worker's status stays off the playback port until added here."""
+    ingest = doc.get("ingest") or {}
+    shown_ingest: dict[str, Any] = {"mode": ingest.get("mode")}
+    if ingest.get("mode") == "push":
+        # Where publishers push, cut after the application name: a pull source
+        # may carry credentials and is not shown at all.
+        shown_ingest["url"] = ingest_url_without_key(ingest.get("url"))
+    source = doc.get("input")
+    return {
+        "stream": doc.get("stream"),
+        "state": doc.get("state"),
+        "ingest": shown_ingest,
+        "input": {k: source.get(k) for k in _INPUT_FIELDS} if source else None,
+        "renditions": [
+            {k: r[k] for k in _RENDITION_FIELDS if k in r} for r in doc.get("renditions") or []
+        ],
+        "droppedFrames": doc.get("droppedFrames"),
+        "encodeSpeed": doc.get("encodeSpeed"),
+        "thumbnailUrl": doc.get("thumbnailUrl"),  # the poster: served on this port anyway
+    }
+
+
 def render_page(*, ingest_url: str | None = None, stream_key_secret: str | None = None) -> str:
     template = PAGE_TEMPLATE.read_text(encoding="utf-8")
     values = {
@@ -87,15 +123,17 @@ def hls_js_built(static_dir: Path = STATIC_DIR) -> bool:
 def add_player_routes(
     app: web.Application,
     *,
+    status: Status,
     ingest_url: str | None = None,
     stream_key_secret: str | None = None,
 ) -> None:
-    """Serve the preview page at ``/`` and ``/player``, its assets at ``/player/static/``.
+    """Serve the preview page at ``/`` and ``/player``, its assets at ``/player/static/``
+    and what it shows at ``/player/status`` (``viewer_status``).
 
     ``ingest_url`` is where publishers push (``rtmp://host:port/app``); anything after
     the application name is dropped. ``stream_key_secret`` names the Secret that
     holds the key, for the "key: in Secret …" hint; the key itself is never passed.
-    ``ingest_url`` wins over the worker's own listen address from ``/status``.
+    ``ingest_url`` wins over the worker's own listen address from ``player/status``.
     """
     page = render_page(ingest_url=ingest_url, stream_key_secret=stream_key_secret)
     static_dir = STATIC_DIR
@@ -129,7 +167,15 @@ def add_player_routes(
             headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
         )
 
+    async def serve_status(request: web.Request) -> web.Response:
+        return web.Response(
+            text=json.dumps(viewer_status(status.snapshot())),
+            content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )
+
     app.router.add_get("/", serve_page)
     app.router.add_get("/player", serve_page)
     app.router.add_get("/player/", redirect_to_page)
+    app.router.add_get("/player/status", serve_status)
     app.router.add_get("/player/static/{name}", serve_asset)

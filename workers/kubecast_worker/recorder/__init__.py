@@ -12,5 +12,6 @@ Stages, in the order data flows:
 - ``journal``   the recording on disk: segments, the event playlist, a state file;
 - ``remux``     PyAV, in one thread: segments → MP4 / fragmented MP4;
 - ``recorder``  the loop that ties them together (start, stop, idle, finalize);
-- ``api``       ``/status``, ``/stop``, ``/healthz``, ``/readyz``, ``/metrics``.
+- ``api``       the admin port: ``/status``, ``/stop`` (bearer token), ``/healthz``,
+                ``/readyz``, ``/metrics``.
 """

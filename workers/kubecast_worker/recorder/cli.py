@@ -2,7 +2,7 @@
 
     kubecast-worker record --source http://demo-playback.live.svc.cluster.local:8080 \\
         --out /var/lib/kubecast/recording --formats hls,mp4 --idle-timeout 300 \\
-        --http 0.0.0.0:8080 --bind-host "$POD_IP"
+        --admin 0.0.0.0:9090 --stop-token-file /etc/kubecast/stop-token/token
 
 Exit status: 0 after SIGTERM (what was recorded is written out first: playlist
 and MP4; the recording stays resumable, so the next run on the same --out goes
@@ -34,6 +34,7 @@ from kubecast_worker.recorder.options import (
     parse_formats,
     parse_listen,
     parse_time,
+    read_stop_token,
 )
 from kubecast_worker.recorder.recorder import Recorder
 
@@ -53,8 +54,17 @@ def parser() -> argparse.ArgumentParser:
         default=300.0,
         help="finish when the source stays idle this many seconds after recording started",
     )
-    p.add_argument("--http", default="0.0.0.0:8080", help="HOST:PORT of the status API")
-    p.add_argument("--bind-host", default=None, help="overrides the host part of --http")
+    p.add_argument(
+        "--admin",
+        default="0.0.0.0:9090",
+        help="HOST:PORT of the admin port: /status, POST /stop, /metrics, probes",
+    )
+    p.add_argument("--bind-host", default=None, help="overrides the host part of --admin")
+    p.add_argument(
+        "--stop-token-file",
+        default=None,
+        help="file holding the bearer token POST /stop needs (without it, /stop is refused)",
+    )
     p.add_argument("--rendition", default=None, help="rendition name (default: the highest)")
     p.add_argument("--max-duration", type=float, default=None, help="seconds of media to record")
     p.add_argument(
@@ -76,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def options_from(args: argparse.Namespace) -> Options:
-    host, port = parse_listen(args.http)
+    host, port = parse_listen(args.admin)
     return check(
         Options(
             source=args.source,
@@ -91,14 +101,21 @@ def options_from(args: argparse.Namespace) -> Options:
             start_at=parse_time(args.start_at, "--start-at") if args.start_at else None,
             stop_at=parse_time(args.stop_at, "--stop-at") if args.stop_at else None,
             fail_linger=max(0.0, args.fail_linger),
+            stop_token_file=Path(args.stop_token_file) if args.stop_token_file else None,
         )
     )
 
 
-async def serve(options: Options, logger: logging.LoggerAdapter[logging.Logger]) -> int:
+async def serve(
+    options: Options,
+    logger: logging.LoggerAdapter[logging.Logger],
+    *,
+    stop_token: bytes | None = None,
+) -> int:
     metrics = Metrics(options.stream_name)
     recorder = Recorder(options=options, metrics=metrics, logger=logger)
-    runner = web.AppRunner(api.make_app(recorder, metrics), access_log=None)
+    app = api.make_app(recorder, metrics, stop_token=stop_token)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, options.http_host, options.http_port).start()
@@ -107,7 +124,7 @@ async def serve(options: Options, logger: logging.LoggerAdapter[logging.Logger])
         await runner.cleanup()
         return 1
     host, port = runner.addresses[0][:2]
-    logger.info("recorder listening", extra={"http": f"{host}:{port}", "out": str(options.out)})
+    logger.info("recorder listening", extra={"admin": f"{host}:{port}", "out": str(options.out)})
     terminated = asyncio.Event()
 
     def on_signal(name: str) -> None:
@@ -146,13 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     try:
         options = options_from(args)
+        stop_token = read_stop_token(options.stop_token_file)
     except OptionsError as e:
         print(f"kubecast-worker record: {e}", file=sys.stderr)
         return 2
     logs.setup(fmt=args.log_format, level=args.log_level)
     logger = logs.for_stream(options.stream_name, "recorder")
     try:
-        return asyncio.run(serve(options, logger))
+        return asyncio.run(serve(options, logger, stop_token=stop_token))
     except KeyboardInterrupt:
         return 130
 

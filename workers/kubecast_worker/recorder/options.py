@@ -20,8 +20,11 @@ class Options:
     out: Path
     formats: tuple[str, ...] = ("hls", "mp4")
     idle_timeout: float = 300.0
+    #: The admin port (the recorder's only one): /status, /stop, /metrics, probes.
     http_host: str = "0.0.0.0"
-    http_port: int = 8080
+    http_port: int = 9090
+    #: File holding the token POST /stop needs (a mounted Secret); None: /stop is refused.
+    stop_token_file: Path | None = None
     rendition: str | None = None
     max_duration: float | None = None
     wait_for_next_live: bool = False
@@ -66,12 +69,26 @@ def parse_time(text: str, flag: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def parse_listen(text: str, flag: str = "--http") -> tuple[str, int]:
+def parse_listen(text: str, flag: str = "--admin") -> tuple[str, int]:
     """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (all interfaces)."""
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise OptionsError(f"{flag} {text!r}: expected HOST:PORT, for example 0.0.0.0:8080")
+        raise OptionsError(f"{flag} {text!r}: expected HOST:PORT, for example 0.0.0.0:9090")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def read_stop_token(path: Path | None) -> bytes | None:
+    """The token from ``--stop-token-file``; an empty or unreadable file is an error,
+    so that a recorder never runs with a /stop that anyone may call."""
+    if path is None:
+        return None
+    try:
+        token = path.read_bytes().strip()
+    except OSError as e:
+        raise OptionsError(f"--stop-token-file {str(path)!r}: {e.strerror}") from e
+    if not token:
+        raise OptionsError(f"--stop-token-file {str(path)!r} is empty")
+    return token
 
 
 def check(options: Options) -> Options:

@@ -1,14 +1,14 @@
 // kubecast preview player.
 //
 // Plays master.m3u8 with hls.js (served by this origin, never a CDN), or with the
-// browser's own HLS where there is no MSE (iOS Safari), and polls status every 2 s.
+// browser's own HLS where there is no MSE (iOS Safari), and polls player/status every 2 s.
 // Every URL is relative: the page may sit behind a CDN or a path prefix.
-// NB: text from /status goes into the page through textContent only, never innerHTML.
+// NB: text from player/status goes into the page through textContent only, never innerHTML.
 (() => {
   'use strict';
 
   const MASTER = 'master.m3u8';
-  const STATUS = 'status';
+  const STATUS = 'player/status';
   const POLL_MS = 2000;
   const RETRY_MS = 3000;
 
@@ -86,7 +86,7 @@
     return `${scheme}${host}${path}`;
   }
 
-  // ---- state and figures from /status -----------------------------------------
+  // ---- state and figures from player/status--------------------------------------
 
   const STATES = {
     live: 'Live',
@@ -129,7 +129,8 @@
     statusDoc = doc;
     debug.status = doc;
     const state = typeof doc.state === 'string' ? doc.state : 'unknown';
-    setState(state, state === 'error' ? pick(doc, 'lastError', 'last_error') : '');
+    // NB: no error text: the worker's errors are on its admin port, not for viewers.
+    setState(state, '');
     if (doc.stream) {
       setText('title', doc.stream);
       document.title = `${doc.stream} · kubecast preview`;
@@ -142,7 +143,6 @@
     setText('input-resolution', size(input.width, input.height));
     setText('input-fps', num(fps) ? `${Math.round(fps * 100) / 100} fps` : dash);
     setText('input-bitrate', kbps(pick(input, 'bitrateKbps', 'bitrate_kbps')));
-    setText('publisher', pick(doc, 'publisher') || pick(input, 'publisher'));
 
     const renditions = Array.isArray(doc.renditions) ? doc.renditions : [];
     const rates = renditions.filter((r) => !dropped(r)).map(renditionKbps).filter(num);

@@ -8,6 +8,7 @@ one goes live, and every rendition is HLS that ffprobe reads at its size.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -95,7 +96,7 @@ def test_wrong_and_missing_passphrases_are_refused_and_counted(worker: WorkerPro
         timeout=10,
         what="two refusals counted",
     )
-    metrics = http_get(worker.url("/metrics")).text
+    metrics = worker.metrics()
     assert f'reason="wrong_key",stream="e2e"}} {before + 2}.0' in metrics or (
         f'stream="e2e",reason="wrong_key"}} {before + 2}.0' in metrics
     ), metrics
@@ -168,8 +169,8 @@ def test_gstreamer_srtsink_publishes_too(worker: WorkerProcess) -> None:
 
 
 def test_the_passphrase_never_appears_in_logs_status_or_metrics(worker: WorkerProcess) -> None:
-    seen = "\n".join(worker.raw) + http_get(worker.url("/status")).text
-    seen += http_get(worker.url("/metrics")).text
+    seen = "\n".join(worker.raw) + json.dumps(worker.status()) + worker.metrics()
+    seen += http_get(worker.url("/player/status")).text
     assert KEY not in seen
     assert any(entry.get("msg") == "srt publisher accepted" for entry in worker.logs)
 

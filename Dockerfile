@@ -96,16 +96,24 @@ ENTRYPOINT ["kubecast-operator"]
 FROM runtime AS worker
 COPY --from=worker-venv /opt/kubecast /opt/kubecast
 LABEL org.opencontainers.image.title="kubecast worker" \
-      org.opencontainers.image.description="RTMP ingest, ABR transcode (PyAV), HLS origin and recorder"
+      org.opencontainers.image.description="RTMP and SRT ingest, ABR transcode (PyAV), HLS origin and recorder"
+# SRT ingest: PyAV's FFmpeg has no libsrt, so the worker runs Haivision's
+# srt-live-transmit (Debian's srt-tools, on libsrt1.5-openssl; about 2 MB with
+# its libraries) as the SRT listener. Debian's version of the base's release:
+# bookworm's security updates replace a pinned version, so it is not pinned.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends srt-tools \
+ && rm -rf /var/lib/apt/lists/*
 # Where the operator mounts the media and recording volumes; owned by the
 # worker's user so that a plain `docker run` can write there too.
 RUN mkdir -p /var/lib/kubecast/media /var/lib/kubecast/recording /etc/kubecast/config \
  && chown -R 10001:10001 /var/lib/kubecast
 USER 10001:10001
 WORKDIR /var/lib/kubecast
-# 1935 RTMP ingest, 8080 playback (HLS, player, probes), 9090 admin (/status, /metrics;
-# the recorder's only port).
-EXPOSE 1935 8080 9090
+# 1935 RTMP ingest, 9000/udp SRT ingest, 8080 playback (HLS, player, probes), 9090
+# admin (/status, /metrics; the recorder's only port).
+EXPOSE 1935 9000/udp 8080 9090
 # No HEALTHCHECK: the worker binds the address it is given (--bind-host, the
 # pod IP in Kubernetes), and its pods get HTTP probes from the operator.
 HEALTHCHECK NONE

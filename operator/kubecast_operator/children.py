@@ -23,6 +23,7 @@ from kubecast_operator.settings import (
     WORKER_ADMIN_PORT,
     WORKER_HTTP_PORT,
     WORKER_RTMP_PORT,
+    WORKER_SRT_PORT,
     Settings,
 )
 
@@ -244,16 +245,27 @@ def worker_config(
     """The resolved config a worker runs from: the stream plus its profile."""
     key_ref = stream_key_secret_ref(body, spec)
     meta = body["metadata"]
-    if spec.ingest.push is not None:
+    push = spec.ingest.push
+    if push is not None and push.protocol == "srt":
+        ingest = WorkerIngest(
+            listen=f"0.0.0.0:{WORKER_SRT_PORT}",
+            protocol="srt",
+            latency_milliseconds=push.latency_milliseconds,
+            stream_key_file=f"{KEY_DIR}/{key_ref[1]}" if key_ref else None,
+            stream_key_secret=key_ref[0] if key_ref else None,
+            service_url=f"srt://{ingest_service_name(meta['name'])}.{meta['namespace']}"
+            f".svc.cluster.local:{WORKER_SRT_PORT}",
+        )
+    elif push is not None:
         ingest = WorkerIngest(
             listen=f"0.0.0.0:{WORKER_RTMP_PORT}",
-            app=spec.ingest.push.app,
+            app=push.app,
             stream_key_file=f"{KEY_DIR}/{key_ref[1]}" if key_ref else None,
             stream_key_secret=key_ref[0] if key_ref else None,
             # NB: the Service's name, not its external address: that one arrives
             # later (a load balancer) and must not roll the worker when it does.
             service_url=f"rtmp://{ingest_service_name(meta['name'])}.{meta['namespace']}"
-            f".svc.cluster.local:{WORKER_RTMP_PORT}/{spec.ingest.push.app}",
+            f".svc.cluster.local:{WORKER_RTMP_PORT}/{push.app}",
         )
     else:
         ingest = WorkerIngest(pull=spec.ingest.pull)
@@ -389,7 +401,7 @@ def worker_deployment(
             {"name": "KUBECAST_STREAM", "value": name},
         ],
         "ports": [
-            {"name": "rtmp", "containerPort": WORKER_RTMP_PORT, "protocol": "TCP"},
+            ingest_port(spec),
             {"name": "http", "containerPort": WORKER_HTTP_PORT, "protocol": "TCP"},
             # /status and /metrics: for the operator and Prometheus, on no Service.
             {"name": "admin", "containerPort": WORKER_ADMIN_PORT, "protocol": "TCP"},
@@ -460,13 +472,14 @@ def _service(
     port_name: str,
     port: int,
     exposure: Any,
+    protocol: str = "TCP",
 ) -> dict[str, Any]:
     stream = body["metadata"]["name"]
     service_port: dict[str, Any] = {
         "name": port_name,
         "port": port,
         "targetPort": port_name,
-        "protocol": "TCP",
+        "protocol": protocol,
     }
     if exposure.node_port is not None:
         service_port["nodePort"] = exposure.node_port
@@ -482,13 +495,22 @@ def _service(
     }
 
 
+def ingest_port(spec: LiveStreamSpec) -> dict[str, Any]:
+    """The worker's ingest port: RTMP on TCP 1935, or SRT on UDP 9000."""
+    if spec.ingest.push is not None and spec.ingest.push.protocol == "srt":
+        return {"name": "srt", "containerPort": WORKER_SRT_PORT, "protocol": "UDP"}
+    return {"name": "rtmp", "containerPort": WORKER_RTMP_PORT, "protocol": "TCP"}
+
+
 def ingest_service(body: dict[str, Any], spec: LiveStreamSpec) -> dict[str, Any]:
+    port = ingest_port(spec)
     return _service(
         body,
         name=ingest_service_name(body["metadata"]["name"]),
         component="ingest",
-        port_name="rtmp",
-        port=WORKER_RTMP_PORT,
+        port_name=port["name"],
+        port=port["containerPort"],
+        protocol=port["protocol"],
         exposure=spec.ingest_service,
     )
 
@@ -660,13 +682,13 @@ def _network_policy(
     name: str,
     component: str,
     pods: dict[str, str],
-    open_ports: list[int],
+    open_ports: list[dict[str, Any]],
     settings: Settings,
     stream: str | None = None,
 ) -> dict[str, Any]:
     ingress: list[dict[str, Any]] = []
     if open_ports:
-        ingress.append({"ports": [_tcp(p) for p in open_ports]})  # no "from": anyone
+        ingress.append({"ports": open_ports})  # no "from": anyone
     ingress.append({"from": _admin_peers(settings), "ports": [_tcp(WORKER_ADMIN_PORT)]})
     return {
         "apiVersion": "networking.k8s.io/v1",
@@ -683,14 +705,21 @@ def _network_policy(
 
 
 def stream_network_policy(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """The worker's: RTMP ingest and playback from anywhere, admin only from the operator."""
+    """The worker's: ingest (RTMP, or SRT over UDP) and playback from anywhere, admin
+    only from the operator."""
     name = body["metadata"]["name"]
+    push = ((body.get("spec") or {}).get("ingest") or {}).get("push") or {}
+    ingest = (
+        {"port": WORKER_SRT_PORT, "protocol": "UDP"}
+        if push.get("protocol") == "srt"
+        else _tcp(WORKER_RTMP_PORT)
+    )
     return _network_policy(
         body,
         name=worker_name(name),
         component="worker",
         pods={"kubecast.dev/stream": name, "app.kubernetes.io/component": "worker"},
-        open_ports=[WORKER_RTMP_PORT, WORKER_HTTP_PORT],
+        open_ports=[ingest, _tcp(WORKER_HTTP_PORT)],
         settings=settings,
         stream=name,
     )

@@ -10,6 +10,8 @@ from typing import Any
 #: The playback port: media, the player page, probes (what playback Services expose).
 WORKER_HTTP_PORT = 8080
 WORKER_RTMP_PORT = 1935
+#: SRT ingest (UDP), for push streams with protocol srt.
+WORKER_SRT_PORT = 9000
 #: The admin port of workers and recorders: /status, /metrics, the recorder's
 #: POST /stop. No Service exposes it; the operator reads the pod IP directly.
 WORKER_ADMIN_PORT = 9090

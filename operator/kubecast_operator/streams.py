@@ -18,7 +18,12 @@ from kubecast_api import LiveStreamSpec, LiveStreamStatus, describe_error
 from kubecast_api.profile import TranscodeProfileSpec
 from kubecast_operator import children, conditions
 from kubecast_operator.kube import Kube
-from kubecast_operator.settings import WORKER_HTTP_PORT, WORKER_RTMP_PORT, Settings
+from kubecast_operator.settings import (
+    WORKER_HTTP_PORT,
+    WORKER_RTMP_PORT,
+    WORKER_SRT_PORT,
+    Settings,
+)
 
 
 @dataclass
@@ -342,15 +347,20 @@ def compute_status(
     generation = meta.get("generation")
     at = now or conditions.now()
 
+    srt = bool(seen.spec and seen.spec.ingest.push and seen.spec.ingest.push.protocol == "srt")
     ingest_base = service_url(
-        seen.ingest_service, scheme="rtmp", port=WORKER_RTMP_PORT, node_address=seen.node_address
+        seen.ingest_service,
+        scheme="srt" if srt else "rtmp",
+        port=WORKER_SRT_PORT if srt else WORKER_RTMP_PORT,
+        node_address=seen.node_address,
     )
     playback_base = service_url(
         seen.playback_service, scheme="http", port=WORKER_HTTP_PORT, node_address=seen.node_address
     )
     status: dict[str, Any] = {"observedGeneration": generation}
     if seen.spec and seen.spec.ingest.push and ingest_base:
-        status["ingestUrl"] = f"{ingest_base}/{seen.spec.ingest.push.app}"
+        # SRT has no app: publishers add ?passphrase=<stream key> to this URL.
+        status["ingestUrl"] = ingest_base if srt else f"{ingest_base}/{seen.spec.ingest.push.app}"
         key_ref = children.stream_key_secret_ref(body, seen.spec)
         status["streamKeySecret"] = key_ref[0] if key_ref else None
     if playback_base:

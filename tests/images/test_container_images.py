@@ -196,6 +196,13 @@ def test_the_image_imports_its_stack_and_only_that(
     assert proc.stdout.strip().split(maxsplit=1) == [str(UID), "[]"], proc.stdout + proc.stderr
 
 
+def test_the_worker_has_its_srt_listener_and_no_apt_lists(images: dict[str, Image]) -> None:
+    """SRT ingest runs srt-live-transmit (srt.py); it must start as the worker's user."""
+    proc = images["worker"].run("srt-live-transmit", "-version")
+    assert "SRT Library version: 1.5" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert not list((images["worker"].rootfs / "var/lib/apt/lists").glob("*_Packages"))
+
+
 @pytest.mark.parametrize("target", ["operator", "worker"])
 def test_no_compiler_no_pip_cache_no_build_leftovers(images: dict[str, Image], target: str) -> None:
     root = images[target].rootfs

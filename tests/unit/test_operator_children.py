@@ -600,3 +600,37 @@ def test_policies_without_the_operators_labels_are_refused_at_start() -> None:
     )
     assert found.network_policies and found.operator_namespace == "kc"
     assert found.admin_from == ({"podSelector": {}},)
+
+
+def _srt_stream() -> dict[str, Any]:
+    stream = body("livestream-push.yaml")
+    stream["spec"]["ingest"]["push"].update(protocol="srt", latencyMilliseconds=400)
+    return stream
+
+
+def test_an_srt_stream_listens_on_udp_9000_with_its_key_as_the_passphrase() -> None:
+    stream = _srt_stream()
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    config = children.worker_config(stream, spec, profile())
+    assert (config.ingest.listen, config.ingest.protocol) == ("0.0.0.0:9000", "srt")
+    assert config.ingest.latency_milliseconds == 400
+    assert config.ingest.stream_key_file  # the key Secret, mounted as for RTMP
+    assert config.ingest.service_url == "srt://studio-ingest.live.svc.cluster.local:9000"
+    rendered = children.render_config(config)
+    pod = children.worker_deployment(stream, spec, rendered=rendered, settings=SETTINGS)
+    ports = pod["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert {"name": "srt", "containerPort": 9000, "protocol": "UDP"} in ports
+    assert not [p for p in ports if p["name"] == "rtmp"]
+    service = children.ingest_service(stream, spec)
+    assert service["spec"]["ports"] == [
+        {"name": "srt", "port": 9000, "targetPort": "srt", "protocol": "UDP"}
+    ]
+    policy = children.stream_network_policy(stream, POLICY_SETTINGS)
+    assert {"port": 9000, "protocol": "UDP"} in policy["spec"]["ingress"][0]["ports"]
+
+
+def test_an_srt_stream_says_its_srt_url_in_status() -> None:
+    stream = _srt_stream()
+    status = streams.compute_status(stream, _observed(LIVE_WORKER, stream))
+    assert status["ingestUrl"] == "srt://203.0.113.7:31935"
+    assert status["streamKeySecret"] == "studio-stream-key"

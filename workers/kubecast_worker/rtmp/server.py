@@ -248,8 +248,8 @@ class RtmpIngestServer:
                 self._event(
                     logging.WARNING,
                     "rtmp.rate_limited",
-                    f"rtmp address refused for {limit.backoff:g} s:"
-                    f" {limit.attempts} wrong stream keys within {limit.window:g} s",
+                    f"rtmp address refused for {limit.backoff:g} s after {limit.attempts}"
+                    f" wrong stream key(s) within {limit.window:g} s",
                     peer=connection.peer,
                     reason="rate_limited",
                     backoff_s=limit.backoff,

@@ -108,6 +108,12 @@ def test_a_restream_target_url_is_shown_without_its_credentials() -> None:
     assert shown["url"] == "rtmps://user:***@live.example/app?auth=***"
 
 
+def test_a_restream_key_goes_into_the_path_before_a_query_string() -> None:
+    assert restream.target_url("rtmp://h/live2/", "k3y") == "rtmp://h/live2/k3y"
+    assert restream.target_url("rtmp://h/app?auth=x", "k3y") == "rtmp://h/app/k3y?auth=x"
+    assert restream.target_url("rtmp://h/app", None) == "rtmp://h/app"
+
+
 #: A stand-in for the restream child: the real one masks its own lines, so only a stand-in
 #: can show that the parent masks what a child writes (a traceback, a library's output).
 #: It prints what a leaky child would, and its environment's names.

@@ -50,13 +50,24 @@ CHILD_ENV = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL
 OPEN_TIMEOUT = 10.0
 READ_TIMEOUT = 20.0
 BACKOFF_FIRST, BACKOFF_MAX = 2.0, 30.0
+#: A child that has not started sending this long after it started is ended. NB: the
+#: timeouts above do not cover the output's connection and RTMP handshake (PyAV opens
+#: it at the first packet, without its interrupt callback): a target that takes the TCP
+#: connection and never answers would hold the child, Connecting, for ever.
+START_TIMEOUT = OPEN_TIMEOUT + READ_TIMEOUT
 
 log = logging.getLogger("kubecast.restream")
 
 
 def target_url(url: str, key: str | None) -> str:
-    """``rtmp://host/app`` plus the key as the stream name, as every RTMP service expects."""
-    return f"{url.rstrip('/')}/{key}" if key else url
+    """``rtmp://host/app`` plus the key as the stream name, as every RTMP service expects.
+
+    A query string stays at the end (``rtmp://host/app/<key>?auth=...``).
+    """
+    if not key:
+        return url
+    base, question, query = url.partition("?")
+    return f"{base.rstrip('/')}/{key}{question}{query}"
 
 
 # -- the child: one target, one remux ----------------------------------------------------
@@ -262,15 +273,27 @@ class Supervisor:
             env=env,
         )  # fmt: skip
         error: str | None = None
+        started = False
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
         try:
             assert process.stderr is not None
-            async for raw in process.stderr:
+            while True:
+                try:
+                    async with asyncio.timeout_at(None if started else deadline):
+                        raw = await process.stderr.readline()
+                except TimeoutError:
+                    error = f"the target did not take the stream within {START_TIMEOUT:g} s"
+                    process.kill()
+                    break
+                if not raw:
+                    break
                 line = scrub(raw.decode(errors="replace").rstrip("\n"), key, url_secrets)
                 # To the pod's log: the child's lines, with its secrets masked once more.
                 sys.stderr.write(line + "\n")
                 with contextlib.suppress(ValueError):
                     entry = json.loads(line)
                     if entry.get("msg") == "restreaming":
+                        started = True
                         self._set(target.name, "Live")
                         self.states[target.name].last_error = None
                     elif entry.get("msg") == "restream failed":

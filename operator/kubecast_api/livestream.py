@@ -389,7 +389,10 @@ class LiveStreamStatus(ApiModel):
         default=None, description="Encoding speed as a multiple of real time."
     )
     refused_publishes: int | None = Field(
-        default=None, description="Publish attempts refused (wrong key or app).", ge=0
+        default=None,
+        description="Publish attempts refused: wrong key or app, already live, or refused"
+        " at accept after too many wrong keys from one address (rate-limited).",
+        ge=0,
     )
     last_live_time: datetime | None = Field(
         default=None, description="When the stream was last seen Live."

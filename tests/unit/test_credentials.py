@@ -100,6 +100,25 @@ def test_log_lines_mask_urls_in_messages_extras_and_tracebacks() -> None:
     assert "rtsp://cam:***@127.0.0.1:554/live?token=***" in records[0]
 
 
+def test_a_log_call_with_arguments_that_do_not_fit_is_reported_masked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logs.JsonFormatter())
+    handler.addFilter(logs.Redactor(None))
+    log = logging.getLogger("kubecast.test-credentials-bad-args")
+    log.addHandler(handler)
+    log.propagate = False  # NB: pytest's own capture handler raises on a logging error
+    try:
+        log.warning("two %s %s but one", credentialed_url(554))  # logging reports, not raises
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
+    reported = capsys.readouterr().err
+    assert "--- Logging error ---" in reported
+    assert_clean(reported)
+
+
 def test_a_restream_target_url_is_shown_without_its_credentials() -> None:
     state = restream.TargetState(
         "yt", f"rtmps://user:{PASSWORD}@live.example/app?auth={TOKEN}", last_error="x"

@@ -48,9 +48,16 @@ class Redactor(logging.Filter):
         return redaction.text(text) if "://" in text else text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        scrubbed = self.scrub(message)
-        if scrubbed != message:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            # NB: a call with arguments that do not fit its format; emit() reports it
+            # (logging's handleError, which prints them), a filter must not raise it.
+            message = None
+            record.msg = self.scrub(str(record.msg))
+            if isinstance(record.args, tuple):
+                record.args = tuple(self.scrub(str(arg)) for arg in record.args)
+        if message is not None and (scrubbed := self.scrub(message)) != message:
             record.msg, record.args = scrubbed, None
         for key, value in list(vars(record).items()):
             if key not in _STANDARD and isinstance(value, str):

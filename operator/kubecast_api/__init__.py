@@ -11,7 +11,12 @@ from kubecast_api.livestream import LiveStream, LiveStreamSpec, LiveStreamStatus
 from kubecast_api.profile import DEFAULT_LADDER, Rendition, TranscodeProfile, TranscodeProfileSpec
 from kubecast_api.recording import Recording, RecordingSpec, RecordingStatus
 from kubecast_api.resources import KINDS, parse_manifest
-from kubecast_api.worker_config import WorkerConfig, WorkerIngest, WorkerRestreamTarget
+from kubecast_api.worker_config import (
+    WorkerConfig,
+    WorkerIngest,
+    WorkerPull,
+    WorkerRestreamTarget,
+)
 
 __all__ = [
     "API_VERSION",
@@ -31,6 +36,7 @@ __all__ = [
     "TranscodeProfileSpec",
     "WorkerConfig",
     "WorkerIngest",
+    "WorkerPull",
     "WorkerRestreamTarget",
     "describe_error",
     "parse_manifest",

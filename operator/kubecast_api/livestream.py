@@ -68,21 +68,52 @@ class PushIngest(ApiModel):
         return self
 
 
+class UrlSecretReference(ApiModel):
+    name: str = Field(
+        description="Name of a Secret in the same namespace.",
+        min_length=1,
+        max_length=253,
+    )
+    key: str = Field(
+        default="url",
+        description="Key inside the Secret whose value is the source URL.",
+        min_length=1,
+        max_length=253,
+    )
+
+
 class PullIngest(ApiModel):
     """The worker pulls the stream from a source that already exists."""
 
     model_config = validated_by(
         cel(
-            "!self.loop || self.url.startsWith('file://')",
+            "has(self.url) != has(self.urlSecretRef)",
+            "exactly one of url or urlSecretRef must be set; put a URL with credentials"
+            " in a Secret and name it in urlSecretRef",
+        ),
+        cel(
+            "!self.loop || (has(self.url) && self.url.startsWith('file://'))",
             "loop is only possible for file:// sources",
             ".loop",
-        )
+        ),
     )
 
-    url: str = Field(
-        description="Source URL: rtmp(s)://, rtsp://, http(s):// (HLS) or file://.",
+    url: str | None = Field(
+        default=None,
+        description="Source URL: rtmp(s)://, rtsp://, http(s):// (HLS) or file://. A URL"
+        " with credentials (a password, a ?token=, a stream key) belongs in a Secret:"
+        " use urlSecretRef instead, so it is never stored in the LiveStream or the"
+        " worker's ConfigMap.",
         max_length=2048,
         pattern=PULL_URL,
+    )
+    url_secret_ref: UrlSecretReference | None = Field(
+        default=None,
+        description="Secret holding the source URL, for a URL with credentials"
+        " (rtsp://user:password@camera/..., https://.../index.m3u8?token=...). The worker"
+        " pod reads it from the mounted Secret, again at every reconnect; status, Events"
+        " and logs show it with the credentials masked. Exactly one of url or"
+        " urlSecretRef.",
     )
     loop: bool = Field(
         strict=True,
@@ -91,8 +122,13 @@ class PullIngest(ApiModel):
     )
 
     @model_validator(mode="after")
-    def _loop_needs_file(self) -> Self:
-        if self.loop and not self.url.startswith("file://"):
+    def _one_source(self) -> Self:
+        if (self.url is None) == (self.url_secret_ref is None):
+            raise ValueError(
+                "exactly one of url or urlSecretRef must be set; put a URL with credentials"
+                " in a Secret and name it in urlSecretRef"
+            )
+        if self.loop and not (self.url or "").startswith("file://"):
             raise ValueError("loop is only possible for file:// sources")
         return self
 
@@ -387,7 +423,10 @@ class LiveStreamStatus(ApiModel):
         default=None, description="Encoding speed as a multiple of real time."
     )
     refused_publishes: int | None = Field(
-        default=None, description="Publish attempts refused (wrong key or app).", ge=0
+        default=None,
+        description="Publish attempts refused: wrong key or app, already live, or refused"
+        " at accept after too many wrong keys from one address (rate-limited).",
+        ge=0,
     )
     last_live_time: datetime | None = Field(
         default=None, description="When the stream was last seen Live."

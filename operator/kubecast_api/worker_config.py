@@ -2,9 +2,9 @@
 
 The operator renders it into the stream's ConfigMap from the LiveStream and its
 TranscodeProfile; a person runs the same thing from the command line. The
-stream key is never part of it: the worker reads the key from a file (a
-mounted Secret) so that the ConfigMap can be read by anyone who may read the
-stream's settings.
+stream key is never part of it, nor a pull URL from a Secret: the worker reads
+them from files (mounted Secrets) so that the ConfigMap can be read by anyone who
+may read the stream's settings.
 """
 
 from __future__ import annotations
@@ -14,8 +14,29 @@ from typing import Literal, Self
 from pydantic import Field, model_validator
 
 from kubecast_api.common import ApiModel
-from kubecast_api.livestream import Outputs, PullIngest
+from kubecast_api.livestream import PULL_URL, Outputs
 from kubecast_api.profile import TranscodeProfileSpec
+
+
+class WorkerPull(ApiModel):
+    """The source to pull: its URL, or the file (a mounted Secret) that holds it."""
+
+    url: str | None = Field(
+        default=None, description="Source URL, when it holds no credentials.", pattern=PULL_URL
+    )
+    url_file: str | None = Field(
+        default=None,
+        description="File holding the source URL (the LiveStream's spec.ingest.pull."
+        "urlSecretRef, mounted); read again at every reconnect, so a rotated Secret is"
+        " picked up without a restart.",
+    )
+    loop: bool = Field(default=False, description="Play a file:// source in a loop.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        if (self.url is None) == (self.url_file is None):
+            raise ValueError("exactly one of ingest.pull.url or ingest.pull.urlFile must be set")
+        return self
 
 
 class WorkerIngest(ApiModel):
@@ -39,7 +60,7 @@ class WorkerIngest(ApiModel):
         description="Name of the Secret holding the key, for the preview page's hint; the"
         " key itself never appears in the config.",
     )
-    pull: PullIngest | None = Field(default=None, description="Source to pull instead.")
+    pull: WorkerPull | None = Field(default=None, description="Source to pull instead.")
     service_url: str | None = Field(
         default=None,
         description="Where publishers inside the cluster push (the ingest Service's name,"

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from kubecast_api import API_VERSION, WorkerConfig, WorkerIngest, WorkerRestreamTarget
+from kubecast_api import API_VERSION, WorkerConfig, WorkerIngest, WorkerPull, WorkerRestreamTarget
 from kubecast_api.livestream import LiveStreamSpec, PlaylistType
 from kubecast_api.profile import TranscodeProfileSpec
 from kubecast_api.recording import RecordingSpec
@@ -35,6 +35,7 @@ KEY_DIR = "/etc/kubecast/stream-key"
 RESTREAM_KEY_DIR = "/etc/kubecast/restream"  # /<target index>/<key>
 STOP_TOKEN_DIR = "/etc/kubecast/stop-token"
 STOP_TOKEN_FIELD = "token"
+PULL_URL_DIR = "/etc/kubecast/pull-url"
 MEDIA_DIR = "/var/lib/kubecast/media"
 RECORDING_DIR = "/var/lib/kubecast/recording"
 
@@ -268,7 +269,16 @@ def worker_config(
             f".svc.cluster.local:{WORKER_RTMP_PORT}/{push.app}",
         )
     else:
-        ingest = WorkerIngest(pull=spec.ingest.pull)
+        pull = spec.ingest.pull
+        assert pull is not None
+        # NB: a URL from a Secret reaches the worker only as a mounted file; the
+        # ConfigMap (readable by whoever may read the stream's settings) says where.
+        ref = pull.url_secret_ref
+        ingest = WorkerIngest(
+            pull=WorkerPull(url=pull.url, loop=pull.loop)
+            if ref is None
+            else WorkerPull(url_file=f"{PULL_URL_DIR}/{ref.key}", loop=pull.loop)
+        )
     restream = [
         WorkerRestreamTarget(
             name=target.name,
@@ -364,6 +374,19 @@ def worker_deployment(
             }
         )
         mounts.append({"name": "stream-key", "mountPath": KEY_DIR, "readOnly": True})
+    url_ref = spec.ingest.pull.url_secret_ref if spec.ingest.pull else None
+    if url_ref is not None:
+        volumes.append(
+            {
+                "name": "pull-url",
+                "secret": {
+                    "secretName": url_ref.name,
+                    "items": [{"key": url_ref.key, "path": url_ref.key}],
+                    "defaultMode": 0o440,
+                },
+            }
+        )
+        mounts.append({"name": "pull-url", "mountPath": PULL_URL_DIR, "readOnly": True})
     for index, target in enumerate(spec.restream):
         ref = target.stream_key_secret_ref
         if ref is None:

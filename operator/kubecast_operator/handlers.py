@@ -232,7 +232,7 @@ async def _write_stream_status(
             cast(kopf.Body, body),
             reason="PublishRefused",
             message=f"{refused_now - refused_before} publish attempt(s) refused"
-            " (wrong stream key, unknown app, or already live)",
+            " (wrong stream key, unknown app, already live, or rate-limited)",
         )
     return True
 

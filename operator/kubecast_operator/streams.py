@@ -14,7 +14,7 @@ from typing import Any
 
 import pydantic
 
-from kubecast_api import LiveStreamSpec, LiveStreamStatus, describe_error
+from kubecast_api import LiveStreamSpec, LiveStreamStatus, describe_error, redact
 from kubecast_api.profile import TranscodeProfileSpec
 from kubecast_operator import children, conditions
 from kubecast_operator.kube import Kube
@@ -205,10 +205,10 @@ def _worker_figures(worker: dict[str, Any], playback_base: str | None) -> dict[s
                     "height",
                     "resolution",
                     "fps",
-                    "publisher",
                 )
             },
             "bitrateKbps": round(bitrate) if bitrate is not None else None,
+            "publisher": _redacted(source.get("publisher")),
         }
     renditions = []
     for r in worker.get("renditions") or []:
@@ -234,7 +234,7 @@ def _worker_figures(worker: dict[str, Any], playback_base: str | None) -> dict[s
         {
             "name": t.get("name"),
             "state": t.get("state"),
-            "message": t.get("lastError"),
+            "message": _redacted(t.get("lastError")),
             "restarts": t.get("restarts"),
         }
         for t in worker.get("restream") or []
@@ -244,9 +244,23 @@ def _worker_figures(worker: dict[str, Any], playback_base: str | None) -> dict[s
     counters = (worker.get("ingest") or {}).get("counters") or {}
     out["refusedPublishes"] = sum(
         int(counters.get(k) or 0)
-        for k in ("refused_wrong_key", "refused_unknown_app", "refused_busy")
+        for k in (
+            "refused_wrong_key",
+            "refused_unknown_app",
+            "refused_busy",
+            "refused_rate_limited",
+        )
     )
     return out
+
+
+def _redacted(message: Any) -> str | None:
+    """A worker's message as status and Events may show it: credentials masked.
+
+    NB: the worker masks them already; this holds for a worker that did not
+    (another version), as the operator is what writes them where many can read.
+    """
+    return redact.text(str(message)) if message else None
 
 
 def worker_restarts(pods: list[dict[str, Any]]) -> dict[str, Any]:
@@ -300,7 +314,7 @@ def outputs_condition(seen: Observation) -> dict[str, Any]:
             "restream key missing for " + "; ".join(seen.missing_restream_keys),
         )
     failing = [
-        f"{t.get('name')}: {t.get('lastError') or 'failing'}"
+        f"{t.get('name')}: {_redacted(t.get('lastError')) or 'failing'}"
         for t in (seen.worker or {}).get("restream") or []
         if t.get("state") == "Retrying"
     ]
@@ -400,7 +414,7 @@ def compute_status(
         {"live": "PublisherConnected", "reconnecting": "PublisherLost"}.get(
             str(worker_state), "NoPublisher"
         ),
-        (f"publisher {seen.worker.get('publisher')}" if live and seen.worker else ""),
+        (f"publisher {_redacted(seen.worker.get('publisher'))}" if live and seen.worker else ""),
     )
     transcoding = conditions.condition(
         "Transcoding",
@@ -416,7 +430,7 @@ def compute_status(
     if seen.worker is not None:
         status.update(_worker_figures(seen.worker, playback_base))
     message = seen.problem[1] if seen.problem else (seen.worker or {}).get("lastError")
-    status["message"] = message
+    status["message"] = _redacted(message)
     status["lastLiveTime"] = at if live else previous.get("lastLiveTime")
     status.update(worker_restarts(seen.pods))
     # One schema: what we write must be what the CRD describes.

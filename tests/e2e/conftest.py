@@ -119,7 +119,8 @@ class WorkerProcess:
     process: subprocess.Popen[bytes]
     out: Path
     logs: list[dict[str, Any]] = field(default_factory=list)
-    raw: list[str] = field(default_factory=list)
+    raw: list[str] = field(default_factory=list)  # stderr: the logs
+    stdout: list[str] = field(default_factory=list)  # nothing, normally
     http: str = ""
     #: The admin port's base URL: /status and /metrics are there, not on ``http``.
     admin: str = ""
@@ -175,6 +176,12 @@ class WorkerProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def _read_stdout(worker: WorkerProcess) -> None:
+    assert worker.process.stdout is not None
+    for line in iter(worker.process.stdout.readline, b""):
+        worker.stdout.append(line.decode(errors="replace").rstrip("\n"))
 
 
 def _read_logs(worker: WorkerProcess) -> None:
@@ -270,11 +277,12 @@ def _write(path: Path, document: dict[str, Any]) -> Path:
 
 def _launch(command: list[str], *, out: Path, env: dict[str, str], push: bool) -> WorkerProcess:
     process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, env=env, cwd=REPO,
     )  # fmt: skip
     worker = WorkerProcess(process=process, out=out)
     threading.Thread(target=_read_logs, args=(worker,), daemon=True).start()
+    threading.Thread(target=_read_stdout, args=(worker,), daemon=True).start()
     try:
         origin = worker.wait_logged("origin listening")
         worker.http = "http://" + origin["http"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -20,6 +21,7 @@ import pytest
 from kubecast_worker.rtmp import PublishSession, RtmpIngestServer, amf0, flv, messages
 from kubecast_worker.rtmp.chunks import ChunkParser, ChunkWriter
 from kubecast_worker.rtmp.messages import Message
+from kubecast_worker.rtmp.throttle import WrongKeyLimit
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -40,8 +42,9 @@ class ScriptedClient:
         self.inbox: list[Message] = []
 
     @classmethod
-    async def connect(cls, port: int) -> ScriptedClient:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def connect(cls, port: int, *, source: str = "127.0.0.1") -> ScriptedClient:
+        """Connect from ``source``: any 127.x.y.z is this machine, as another address."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
         writer.write(b"\x03" + os.urandom(1536))
         s0s1s2 = await reader.readexactly(1 + 2 * 1536)
         assert s0s1s2[0] == 3
@@ -99,7 +102,10 @@ class ScriptedClient:
 
 @asynccontextmanager
 async def ingest(
-    on_publish: Callable[[PublishSession], Awaitable[None] | None] | None = None, **tunables: Any
+    on_publish: Callable[[PublishSession], Awaitable[None] | None] | None = None,
+    *,
+    wrong_key_limit: WrongKeyLimit | None = None,
+    **tunables: Any,
 ) -> AsyncIterator[tuple[RtmpIngestServer, list[PublishSession]]]:
     sessions: list[PublishSession] = []
 
@@ -108,7 +114,12 @@ async def ingest(
         return on_publish(session) if on_publish else None
 
     server = RtmpIngestServer(
-        host="127.0.0.1", port=0, app="live", stream_key=KEY, on_publish=remember
+        host="127.0.0.1",
+        port=0,
+        app="live",
+        stream_key=KEY,
+        on_publish=remember,
+        wrong_key_limit=wrong_key_limit,
     )
     for name, value in tunables.items():
         setattr(server, name, value)
@@ -342,3 +353,69 @@ def test_a_consumer_that_fails_drops_its_publisher_and_the_next_one_gets_in(
 def test_an_empty_stream_key_is_a_configuration_error() -> None:
     with pytest.raises(ValueError, match="empty"):
         RtmpIngestServer(host="127.0.0.1", port=0, app="live", stream_key="", on_publish=print)
+
+
+def test_wrong_keys_from_one_address_shut_it_out_for_the_backoff_but_no_one_else() -> None:
+    async def refused(server: RtmpIngestServer, source: str) -> None:
+        client = await ScriptedClient.connect(server.port, source=source)
+        status = await client.publish(name="a-guess")
+        assert status[3]["code"] == "NetStream.Publish.BadName"
+        assert await client.closed_by_server()
+
+    async def scenario() -> None:
+        limit = WrongKeyLimit(attempts=3, window=60, backoff=2.0)
+        async with ingest(wrong_key_limit=limit) as (server, sessions):
+            for _ in range(3):
+                await refused(server, "127.0.0.1")
+            assert server.throttle.blocked_for("127.0.0.1") > 0
+            # The guesser's next connection is closed at accept, before the handshake,
+            # even with the right key.
+            with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
+                await ScriptedClient.connect(server.port)
+            assert server.counters.refused_rate_limited == 1
+            assert server.counters.refused_wrong_key == 3
+            # A publisher from another address gets in meanwhile.
+            other = await ScriptedClient.connect(server.port, source="127.0.0.2")
+            status = await other.publish()
+            assert status[3]["code"] == "NetStream.Publish.Start"
+            other.writer.close()
+            await until_ended(server)
+            # After the back-off, the right key from the limited address works again.
+            while server.throttle.blocked_for("127.0.0.1") > 0:
+                await asyncio.sleep(0.1)
+            again = await ScriptedClient.connect(server.port)
+            status = await again.publish()
+            assert status[3]["code"] == "NetStream.Publish.Start"
+            assert server.counters.accepted == 2 and len(sessions) == 2
+            again.writer.close()
+
+    run(scenario())
+
+
+def test_rate_limited_connections_are_counted_not_logged_one_by_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> None:
+        limit = WrongKeyLimit(attempts=1, window=60, backoff=60)
+        async with ingest(wrong_key_limit=limit) as (server, _):
+            client = await ScriptedClient.connect(server.port)
+            await client.publish(name="a-guess")
+            assert await client.closed_by_server()
+            for _ in range(20):
+                with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                    await ScriptedClient.connect(server.port)
+            assert server.counters.refused_rate_limited == 20
+
+    with caplog.at_level(logging.INFO):
+        run(scenario())
+    limited = [r for r in caplog.records if getattr(r, "event", None) == "rtmp.rate_limited"]
+    assert len(limited) == 1
+    assert limited[0].getMessage() == (
+        "rtmp address refused for 60 s after 1 wrong stream key(s) within 60 s"
+    )
+    assert "a-guess" not in caplog.text
+
+
+async def until_ended(server: RtmpIngestServer) -> None:
+    while server.current is not None:
+        await asyncio.sleep(0.02)

@@ -150,6 +150,6 @@ def test_a_rotated_key_is_redacted_as_well_as_the_one_before() -> None:
 def test_pull_urls_are_shown_without_credentials_or_keys() -> None:
     assert worker.safe_url("rtmp://host:1935/live/KEY123") == "rtmp://host:1935/live/***"
     assert worker.safe_url("https://user:pw@cdn.example/a/index.m3u8?token=t") == (
-        "https://cdn.example/a/index.m3u8"
+        "https://user:***@cdn.example/a/index.m3u8?token=***"
     )
     assert worker.safe_url("file:///media/clip.mp4") == "file:///media/clip.mp4"

@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--loop", action="store_true", help="loop a pulled file")
     run.add_argument("--stream-key", help="stream key for --listen (visible in ps; prefer a file)")
     run.add_argument("--stream-key-file", help="file holding the stream key")
+    run.add_argument(
+        "--wrong-key-limit",
+        default="5/60/60",
+        metavar="N[/WINDOW[/BACKOFF]]",
+        help="after N wrong stream keys within WINDOW seconds from one address, refuse its"
+        " connections for BACKOFF seconds (default 5/60/60; 0 turns it off)",
+    )
     run.add_argument("--profile", help="TranscodeProfile manifest or bare spec (default ladder)")
     run.add_argument("--out", help="output directory for playlists and segments")
     run.add_argument(
@@ -158,6 +165,12 @@ def _run(args: argparse.Namespace) -> int:
         except srt.SrtError as e:
             raise config_mod.ConfigError(str(e)) from e
     from kubecast_worker import worker
+    from kubecast_worker.rtmp.throttle import WrongKeyLimit
+
+    try:
+        wrong_key_limit = WrongKeyLimit.parse(args.wrong_key_limit)
+    except ValueError as e:
+        raise config_mod.ConfigError(f"--wrong-key-limit: {e}") from None
 
     asyncio.run(
         worker.serve(
@@ -169,6 +182,7 @@ def _run(args: argparse.Namespace) -> int:
             threads=not args.sequential,
             x264_threads=args.x264_threads,
             x264_thread_type=args.x264_thread_type,
+            wrong_key_limit=wrong_key_limit,
         )
     )
     return 0

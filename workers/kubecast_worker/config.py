@@ -8,13 +8,15 @@ builds the same object, so both paths run the same code.
 
 The stream key is never part of the config: it comes from ``streamKeyFile`` (a
 mounted Secret), ``--stream-key-file``, ``--stream-key`` or the
-``KUBECAST_STREAM_KEY`` environment variable.
+``KUBECAST_STREAM_KEY`` environment variable. A pull URL with credentials is not
+either: ``ingest.pull.urlFile`` names the file (a mounted Secret) that holds it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,14 @@ from urllib.parse import urlsplit
 import pydantic
 import yaml
 
-from kubecast_api import TranscodeProfile, TranscodeProfileSpec, WorkerConfig, describe_error
-from kubecast_api.livestream import PullIngest
+from kubecast_api import (
+    TranscodeProfile,
+    TranscodeProfileSpec,
+    WorkerConfig,
+    WorkerPull,
+    describe_error,
+)
+from kubecast_api.livestream import PULL_URL
 from kubecast_api.worker_config import WorkerIngest
 
 STREAM_KEY_ENV = "KUBECAST_STREAM_KEY"
@@ -172,7 +180,7 @@ def config_from_flags(
             listen=f"{address.host}:{address.port}" if address else None,
             protocol=address.protocol if address else "rtmp",
             app=address.app if address else "live",
-            pull=PullIngest(url=pull, loop=loop) if pull else None,
+            pull=WorkerPull(url=pull, loop=loop) if pull else None,
         )
         document: dict[str, Any] = {
             "stream": stream,
@@ -239,6 +247,27 @@ def read_stream_key(
         "push ingest needs a stream key: pass --stream-key, --stream-key-file, set"
         f" ingest.streamKeyFile in the config, or ${STREAM_KEY_ENV}"
     )
+
+
+def read_pull_url(pull: WorkerPull) -> str:
+    """The URL to pull: ``pull.url``, or what ``pull.urlFile`` holds now.
+
+    Read at every (re)connect, so that a rotated Secret takes effect at the next one.
+    NB: a file's content is a credential: no error here quotes it.
+    """
+    if pull.url is not None:
+        return pull.url
+    assert pull.url_file is not None
+    try:
+        value = Path(pull.url_file).read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read the pull URL file {pull.url_file!r}: {e.strerror}") from e
+    if not re.match(PULL_URL, value):
+        raise ConfigError(
+            f"the pull URL file {pull.url_file!r} does not hold an rtmp(s)://, rtsp://,"
+            " http(s):// or file:// URL"
+        )
+    return value
 
 
 def with_bind_host(config: WorkerConfig, host: str) -> WorkerConfig:

@@ -38,6 +38,7 @@ from av.packet import Packet
 from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
+from kubecast_api import redact
 from kubecast_worker.logs import Log
 from kubecast_worker.status import InputState, Status
 
@@ -105,11 +106,16 @@ def paced_by_default(url: str) -> bool:
 
 
 def describe(error: BaseException) -> str:
+    """What went wrong, for a person: FFmpeg's reason and the URL it concerns.
+
+    NB: FFmpeg's ``filename`` is the URL as given, credentials and all; it is shown
+    redacted, as is any URL a library put into its message.
+    """
     if isinstance(error, av.error.FFmpegError):
-        return f"{error.strerror or type(error).__name__}" + (
-            f" ({error.filename})" if getattr(error, "filename", None) else ""
-        )
-    return str(error) or type(error).__name__
+        filename = getattr(error, "filename", None)
+        reason = error.strerror or type(error).__name__
+        return reason + (f" ({redact.url(str(filename))})" if filename else "")
+    return redact.text(str(error)) or type(error).__name__
 
 
 class Source:

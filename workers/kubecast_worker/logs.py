@@ -3,7 +3,9 @@
 Every record carries the stream name. The stream key is a secret: nothing in the
 worker formats it into a message, and as a second line of defence the
 ``Redactor`` filter replaces it wherever it would still appear (an exception
-text from a library that echoed a URL, say).
+text from a library that echoed a URL, say). The same filter masks the
+credentials of every URL in a record (``kubecast_api.redact``): a pull URL's
+password or token, a restream target's key.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import logging
 import sys
 import time
 from typing import Any, TypeAlias
+
+from kubecast_api import redact as redaction
 
 #: Attributes every LogRecord has; everything else came in through ``extra=``.
 _STANDARD = frozenset(
@@ -26,8 +30,8 @@ Log: TypeAlias = "logging.Logger | logging.LoggerAdapter[logging.Logger]"
 
 
 class Redactor(logging.Filter):
-    """Blank out secrets (the stream key, and the keys it was rotated from) in messages
-    and extra fields."""
+    """Blank out secrets (the stream key, the keys it was rotated from, a pull URL's
+    credentials) and mask the credentials of any URL, in messages and extra fields."""
 
     def __init__(self, secret: str | None) -> None:
         super().__init__()
@@ -37,28 +41,35 @@ class Redactor(logging.Filter):
         if secret:
             self.secrets.add(secret)
 
-    def _scrub(self, text: str) -> str:
-        for secret in self.secrets:
+    def scrub(self, text: str) -> str:
+        # Longest first: a secret that contains another is replaced whole.
+        for secret in sorted(self.secrets, key=len, reverse=True):
             text = text.replace(secret, REDACTED)
-        return text
-
-    def _holds_secret(self, text: str) -> bool:
-        return any(secret in text for secret in self.secrets)
+        return redaction.text(text) if "://" in text else text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
-        message = record.getMessage()
-        if self._holds_secret(message):
-            record.msg, record.args = self._scrub(message), None
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            # NB: a call with arguments that do not fit its format; emit() reports it
+            # (logging's handleError, which prints them), a filter must not raise it.
+            message = None
+            record.msg = self.scrub(str(record.msg))
+            if isinstance(record.args, tuple):
+                record.args = tuple(self.scrub(str(arg)) for arg in record.args)
+        if message is not None and (scrubbed := self.scrub(message)) != message:
+            record.msg, record.args = scrubbed, None
         for key, value in list(vars(record).items()):
-            if key not in _STANDARD and isinstance(value, str) and self._holds_secret(value):
-                setattr(record, key, self._scrub(value))
+            if key not in _STANDARD and isinstance(value, str):
+                scrubbed = self.scrub(value)
+                if scrubbed != value:
+                    setattr(record, key, scrubbed)
         if record.exc_info and record.exc_info[1] is not None:
             text = logging.Formatter().formatException(record.exc_info)
-            if self._holds_secret(text):
+            scrubbed = self.scrub(text)
+            if scrubbed != text:
                 record.exc_info = None
-                record.exc_text = self._scrub(text)
+                record.exc_text = scrubbed
         return True
 
 
@@ -117,7 +128,7 @@ def setup(*, fmt: str = "json", level: str = "info", secret: str | None = None) 
 
 
 def redact(secret: str) -> None:
-    """From now on, blank out ``secret`` too (a rotated stream key)."""
+    """From now on, blank out ``secret`` too (a rotated stream key, a pull URL's token)."""
     for handler in logging.getLogger().handlers:
         for log_filter in handler.filters:
             if isinstance(log_filter, Redactor):

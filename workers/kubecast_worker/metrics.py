@@ -24,6 +24,7 @@ REFUSALS = {
     "refused_wrong_key": "wrong_key",
     "refused_unknown_app": "unknown_app",
     "refused_busy": "busy",
+    "refused_rate_limited": "rate_limited",
 }
 
 
@@ -65,7 +66,8 @@ class StatusCollector(Collector):
         )
         refused = CounterMetricFamily(
             "kubecast_ingest_refused",
-            "Publish attempts refused, by reason (wrong_key, unknown_app, busy).",
+            "Publish attempts refused, by reason (wrong_key, unknown_app, busy; rate_limited:"
+            " connections refused at accept after too many wrong keys from their address).",
             labels=["stream", "reason"],
         )
         for field, reason in REFUSALS.items():

@@ -13,7 +13,14 @@ The parent side (``Supervisor``) starts a target's process when the stream goes
 live, restarts it with backoff while the stream stays live, and reports each
 target's state in ``/status``. The key is read from its file (a mounted Secret)
 at every start, so a rotated key is picked up, and is handed to the child in its
-environment, never in argv (``ps`` shows argv) and never in a log line.
+environment with the target URL (which may carry credentials of its own), never
+in argv (``ps`` shows argv) and never in a log line.
+
+The child gets only the environment it needs (``CHILD_ENV``): not the worker's,
+which holds whatever the pod was given. What it writes to stderr reaches the
+pod's log only through the parent, which masks the key and the URL's
+credentials in every line first (the child's own log filter does too; this
+holds for a traceback or a library's output as well).
 """
 
 from __future__ import annotations
@@ -31,19 +38,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubecast_api import redact
 from kubecast_worker import logs
 
 KEY_ENV = "KUBECAST_RESTREAM_KEY"
+TARGET_ENV = "KUBECAST_RESTREAM_TARGET"
+#: What the child may inherit: the program search path, the module path its parent
+#: imports from, the locale and time zone, and where TLS (rtmps) finds its CA
+#: certificates. Not proxies: the child reads the worker's own origin on loopback.
+CHILD_ENV = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
 OPEN_TIMEOUT = 10.0
 READ_TIMEOUT = 20.0
 BACKOFF_FIRST, BACKOFF_MAX = 2.0, 30.0
+#: A child that has not started sending this long after it started is ended. NB: the
+#: timeouts above do not cover the output's connection and RTMP handshake (PyAV opens
+#: it at the first packet, without its interrupt callback): a target that takes the TCP
+#: connection and never answers would hold the child, Connecting, for ever.
+START_TIMEOUT = OPEN_TIMEOUT + READ_TIMEOUT
 
 log = logging.getLogger("kubecast.restream")
 
 
 def target_url(url: str, key: str | None) -> str:
-    """``rtmp://host/app`` plus the key as the stream name, as every RTMP service expects."""
-    return f"{url.rstrip('/')}/{key}" if key else url
+    """``rtmp://host/app`` plus the key as the stream name, as every RTMP service expects.
+
+    A query string stays at the end (``rtmp://host/app/<key>?auth=...``).
+    """
+    if not key:
+        return url
+    base, question, query = url.partition("?")
+    return f"{base.rstrip('/')}/{key}{question}{query}"
 
 
 # -- the child: one target, one remux ----------------------------------------------------
@@ -104,27 +128,30 @@ def main(argv: list[str]) -> int:
         f" ${KEY_ENV}).",
     )
     parser.add_argument("--source", required=True, help="the rendition's live HLS playlist URL")
-    parser.add_argument("--target", required=True, help="rtmp(s)://host/app, without the key")
+    parser.add_argument(
+        "--target",
+        default=os.environ.get(TARGET_ENV),
+        help=f"rtmp(s)://host/app, without the key (default ${TARGET_ENV}: a URL with"
+        " credentials does not belong in argv)",
+    )
     parser.add_argument("--name", default="target", help="the target's name, for logs")
     parser.add_argument("--log-format", choices=("json", "text"), default="json")
     args = parser.parse_args(argv)
+    if not args.target:
+        parser.error(f"give --target or ${TARGET_ENV}")
     key = os.environ.get(KEY_ENV, "").strip() or None
     logs.setup(fmt=args.log_format, secret=key)
+    for secret in redact.secrets_of(args.target):
+        logs.redact(secret)
     try:
         sent = remux(args.source, target_url(args.target, key), name=args.name)
     except Exception as error:  # every failure is reported the same way
-        log.error("restream failed", extra={"target": args.name, "error": _describe(error)})
+        from kubecast_worker.ingest import describe
+
+        log.error("restream failed", extra={"target": args.name, "error": describe(error)})
         return 1
     log.info("restream ended", extra={"target": args.name, "packets": sent})
     return 0
-
-
-def _describe(error: BaseException) -> str:
-    import av
-
-    if isinstance(error, av.error.FFmpegError):
-        return error.strerror or type(error).__name__
-    return str(error) or type(error).__name__
 
 
 # -- the parent: start, restart and report ------------------------------------------------
@@ -150,15 +177,19 @@ class TargetState:
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "url": self.url,  # never holds the key: the key is not part of it
+            # The key is not part of it; a password or token someone put in is masked.
+            "url": redact.url(self.url),
             "state": self.state,
-            "lastError": self.last_error,
+            "lastError": redact.text(self.last_error) if self.last_error else None,
             "restarts": self.restarts,
         }
 
 
 class Supervisor:
     """Run every target's child process while the stream is live."""
+
+    #: The child's program; its options follow. Tests may point it elsewhere.
+    child_command: tuple[str, ...] = (sys.executable, "-m", "kubecast_worker.cli", "restream")
 
     def __init__(
         self,
@@ -223,32 +254,46 @@ class Supervisor:
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _run_once(self, target: Target, source: str) -> tuple[int, str | None]:
-        env = dict(os.environ)
-        env.pop(KEY_ENV, None)
+        env = {name: os.environ[name] for name in CHILD_ENV if name in os.environ}
+        env[TARGET_ENV] = target.url
+        key = None
         if target.key_file:
             try:
-                env[KEY_ENV] = Path(target.key_file).read_text().strip()
+                key = env[KEY_ENV] = Path(target.key_file).read_text().strip()
             except OSError as e:
                 return 1, f"cannot read the target's key file: {e.strerror}"
-            logs.redact(env[KEY_ENV])
+            logs.redact(key)
+        url_secrets = redact.secrets_of(target.url) | redact.secrets_of(target_url(target.url, key))
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "kubecast_worker.cli", "restream",
-            "--source", source, "--target", target.url, "--name", target.name,
+            *self.child_command,
+            "--source", source, "--name", target.name,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             env=env,
         )  # fmt: skip
         error: str | None = None
+        started = False
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
         try:
             assert process.stderr is not None
-            async for raw in process.stderr:
-                line = raw.decode(errors="replace").rstrip("\n")
-                # Pass the child's (already redacted) log lines through to the pod's log.
+            while True:
+                try:
+                    async with asyncio.timeout_at(None if started else deadline):
+                        raw = await process.stderr.readline()
+                except TimeoutError:
+                    error = f"the target did not take the stream within {START_TIMEOUT:g} s"
+                    process.kill()
+                    break
+                if not raw:
+                    break
+                line = scrub(raw.decode(errors="replace").rstrip("\n"), key, url_secrets)
+                # To the pod's log: the child's lines, with its secrets masked once more.
                 sys.stderr.write(line + "\n")
                 with contextlib.suppress(ValueError):
                     entry = json.loads(line)
                     if entry.get("msg") == "restreaming":
+                        started = True
                         self._set(target.name, "Live")
                         self.states[target.name].last_error = None
                     elif entry.get("msg") == "restream failed":
@@ -264,3 +309,12 @@ class Supervisor:
                 if process.returncode is None:
                     process.kill()
             raise
+
+
+def scrub(line: str, key: str | None, secrets: set[str]) -> str:
+    """A line of the child's output without the key or the target URL's credentials."""
+    if key:
+        # NB: the key whatever its length: it is known to be a secret, unlike the
+        # pieces of a URL that ``redact.text`` skips when short.
+        line = line.replace(key, logs.REDACTED)
+    return redact.text(line, secrets=secrets)

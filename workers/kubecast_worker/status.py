@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any, Literal
 
+from kubecast_api import redact
+
 State = Literal["idle", "live", "reconnecting"]
 
 
@@ -207,6 +209,8 @@ class Status:
         self.sessions_total = 0
         self.session_started_at: float | None = None
         self.last_error: str | None = None
+        #: credentials of the pull URL, masked in ``last_error`` wherever they appear
+        self.secrets: set[str] = set()
         self.last_error_at: float | None = None
         self.last_live_time: float | None = None
         self.playlists_open = False
@@ -226,6 +230,9 @@ class Status:
                 self.last_live_time = time.time()
 
     def set_error(self, message: str | None) -> None:
+        """The last error, as ``/status`` shows it: with every credential masked."""
+        if message:
+            message = redact.text(message, secrets=self.secrets)
         with self.lock:
             self.last_error = message
             self.last_error_at = time.time() if message else None

@@ -29,14 +29,18 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from kubecast_api import WorkerConfig
+from kubecast_api import WorkerConfig, redact
 from kubecast_worker import admin, ingest, ladder, metrics, origin, packager, pipeline, restream
 from kubecast_worker import config as config_mod
-from kubecast_worker.logs import for_stream, redact
+from kubecast_worker.logs import for_stream
+from kubecast_worker.logs import redact as redact_secret
 from kubecast_worker.status import Status
+
+if TYPE_CHECKING:
+    from kubecast_worker.rtmp.throttle import WrongKeyLimit
 
 #: Pull retries wait 1, 2, 4 … seconds, at most this long.
 MAX_BACKOFF = 30.0
@@ -45,22 +49,14 @@ COUNTER_FIELDS = (
     "refused_wrong_key",
     "refused_unknown_app",
     "refused_busy",
+    "refused_rate_limited",
     "protocol_errors",
 )
 
 
 def safe_url(url: str) -> str:
-    """A pull URL fit for logs and /status: no credentials, query, or RTMP stream key."""
-    parts = urlsplit(url)
-    if parts.scheme == "file":
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    path = parts.path
-    if parts.scheme in ("rtmp", "rtmps") and path.count("/") >= 2:
-        path = path.rsplit("/", 1)[0] + "/***"  # rtmp://host/app/<key>
-    return f"{parts.scheme}://{host}{path}"
+    """A pull URL fit for logs and /status: its credentials masked (kubecast_api.redact)."""
+    return redact.url(url)
 
 
 #: How often the key file is re-read for a rotated key.
@@ -77,8 +73,10 @@ class Worker:
         threads: bool = True,
         x264_threads: int = 0,
         x264_thread_type: str = "frame",
+        wrong_key_limit: WrongKeyLimit | None = None,  # None: its defaults
     ) -> None:
         self.config = config
+        self.wrong_key_limit = wrong_key_limit
         self.stream_key = stream_key
         self.stream_key_file = stream_key_file  # re-read: a rotated Secret needs no restart
         self.log = for_stream(config.stream)
@@ -88,8 +86,11 @@ class Worker:
         self.status = Status(
             stream=config.stream,
             mode="push" if self.listen else "pull",
-            ingest_url=self.listen.url if self.listen else safe_url(pull.url if pull else ""),
+            ingest_url=self.listen.url if self.listen else "",
         )
+        if pull is not None:
+            # NB: read once here, so that an unreadable URL file stops the start.
+            self.status.ingest_url = safe_url(self._pull_url())
         self.registry = metrics.registry_for(self.status)
         self.settings = pipeline.Settings(
             profile=config.profile,
@@ -199,6 +200,7 @@ class Worker:
             stream_key=self.stream_key,
             on_publish=self._publishes.put_nowait,
             logger=logging.getLogger("kubecast.rtmp"),
+            wrong_key_limit=self.wrong_key_limit,
         )
         await server.start()
         self.rtmp_port = server.port
@@ -285,25 +287,42 @@ class Worker:
             except OSError:
                 continue  # mid-swap, or the volume went away: keep the key we have
             if value and value != current:
-                redact(value)
+                redact_secret(value)
                 server.rotate_key(value)
                 current = value
                 self.log.info("stream key rotated", extra={"file": str(path)})
 
+    def _pull_url(self) -> str:
+        """The pull URL as of now (a URL file is read again), its secrets made known
+        to the log filter and to /status, which mask them wherever they appear."""
+        pull = self.config.ingest.pull
+        assert pull is not None
+        url = config_mod.read_pull_url(pull)
+        for secret in redact.secrets_of(url) - self.status.secrets:
+            redact_secret(secret)
+            self.status.secrets.add(secret)
+        return url
+
     async def _serve_pull(self, started: asyncio.Event | None) -> None:
         pull = self.config.ingest.pull
         assert pull is not None
-        is_file = urlsplit(pull.url).scheme == "file"
+        url = self._pull_url()
         self.status.ready = True
-        self.log.info("pulling", extra={"source": safe_url(pull.url), "loop": pull.loop})
+        self.log.info("pulling", extra={"source": safe_url(url), "loop": pull.loop})
         if started:
             started.set()
         backoff = 1.0
         while not self._stopping.is_set():
+            try:
+                url = self._pull_url()  # a rotated Secret applies from the next connect
+            except config_mod.ConfigError as e:
+                self.log.warning("keeping the pull URL read before", extra={"error": str(e)})
+            is_file = urlsplit(url).scheme == "file"
+            self.status.ingest_url = safe_url(url)
             outcome = await self._session(
-                opener=ingest.open_pull(pull.url),
-                publisher=safe_url(pull.url),
-                realtime=ingest.paced_by_default(pull.url),
+                opener=ingest.open_pull(url),
+                publisher=safe_url(url),
+                realtime=ingest.paced_by_default(url),
                 loop=pull.loop,
             )
             if outcome is not None and outcome.reason == "eof" and is_file and not pull.loop:

@@ -27,6 +27,7 @@ from kubecast_worker.rtmp.connection import (
 )
 from kubecast_worker.rtmp.errors import ProtocolError, SilentPeer
 from kubecast_worker.rtmp.session import PublishSession
+from kubecast_worker.rtmp.throttle import WrongKeyLimit, WrongKeyThrottle
 
 OnPublish = Callable[[PublishSession], Awaitable[None] | None]
 
@@ -39,6 +40,7 @@ class IngestCounters:
     refused_wrong_key: int = 0
     refused_unknown_app: int = 0
     refused_busy: int = 0
+    refused_rate_limited: int = 0  # connections refused at accept: too many wrong keys
     protocol_errors: int = 0
 
 
@@ -48,6 +50,12 @@ class RtmpIngestServer:
     The stream key is never logged, nor is anything a peer sent as a key or app name
     (publishers put keys in the wrong field often enough). Refusals and protocol errors
     are logged with the peer address and a reason, and counted in :attr:`counters`.
+
+    Wrong keys are limited per source address (``wrong_key_limit``, see
+    :mod:`kubecast_worker.rtmp.throttle`): an address over the limit has its new
+    connections refused at accept for the back-off, each counted as
+    ``refused_rate_limited``; only the start of a back-off is logged, so that a
+    guesser cannot flood the log either.
     """
 
     # Tunables: class attributes, so that tests and callers can adjust them per instance
@@ -68,6 +76,7 @@ class RtmpIngestServer:
         on_publish: OnPublish,
         logger: logging.Logger | None = None,
         handshake_timeout: float = 10.0,
+        wrong_key_limit: WrongKeyLimit | None = None,
     ) -> None:
         if not stream_key:
             raise ValueError("stream_key is empty; an empty key would let anyone publish")
@@ -77,6 +86,7 @@ class RtmpIngestServer:
         self.counters = IngestCounters()
         self.current: PublishSession | None = None
         self.handshake_timeout = handshake_timeout
+        self.throttle = WrongKeyThrottle(wrong_key_limit or WrongKeyLimit())
         self._key = stream_key.encode("utf-8")
         self._on_publish = on_publish
         self._log = logger or logging.getLogger(__name__)
@@ -131,6 +141,11 @@ class RtmpIngestServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = format_peer(writer.get_extra_info("peername"))
+        if self.throttle.blocked_for(_host(peer)) > 0:
+            # NB: before the handshake: a guesser's connection costs us no more than this.
+            self.counters.refused_rate_limited += 1
+            writer.transport.abort()
+            return
         if len(self._connections) >= self.max_connections:
             self._protocol_error(peer, "too many connections at once", phase="accept")
             writer.transport.abort()
@@ -218,6 +233,7 @@ class RtmpIngestServer:
         self, *, connection: RtmpConnection, app: str, stream_key: str
     ) -> PublishSession | str:
         # Constant time, so the answer's timing does not leak how much of a guess was right.
+        host = _host(connection.peer)
         if not hmac.compare_digest(stream_key.encode("utf-8"), self._key):
             self.counters.refused_wrong_key += 1
             self._event(
@@ -227,7 +243,19 @@ class RtmpIngestServer:
                 peer=connection.peer,
                 reason="wrong_key",
             )
+            if self.throttle.wrong_key(host):
+                limit = self.throttle.limit
+                self._event(
+                    logging.WARNING,
+                    "rtmp.rate_limited",
+                    f"rtmp address refused for {limit.backoff:g} s after {limit.attempts}"
+                    f" wrong stream key(s) within {limit.window:g} s",
+                    peer=connection.peer,
+                    reason="rate_limited",
+                    backoff_s=limit.backoff,
+                )
             return "wrong_key"
+        self.throttle.right_key(host)
         if self.current is not None:
             self.counters.refused_busy += 1
             self._event(
@@ -306,3 +334,10 @@ class RtmpIngestServer:
 
 async def _await(awaitable: Awaitable[None]) -> None:
     await awaitable
+
+
+def _host(peer: str) -> str:
+    """``[::1]:5000`` → ``::1``, ``10.0.0.7:5000`` → ``10.0.0.7`` (format_peer's forms)."""
+    if peer.startswith("["):
+        return peer[1 : peer.find("]")]
+    return peer.rpartition(":")[0] or peer

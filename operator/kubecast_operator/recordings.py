@@ -21,6 +21,7 @@ import kopf
 import pydantic
 
 from kubecast_api import RecordingSpec, RecordingStatus, describe_error
+from kubecast_api.worker_status import RecorderStatus
 from kubecast_operator import children, conditions, metrics, tokens, worker_client
 from kubecast_operator.kube import Kube
 from kubecast_operator.settings import WORKER_ADMIN_PORT, WORKER_HTTP_PORT, Settings
@@ -153,7 +154,7 @@ async def step(memo: kopf.Memo, body: dict[str, Any], logger: kopf.Logger) -> No
     if pod is not None and (address := worker_client.pod_address([pod])):
         try:
             recorder = await worker_client.fetch_status(
-                memo.http, address, port=worker_client.admin_port(pod)
+                memo.http, address, port=worker_client.admin_port(pod), model=RecorderStatus
             )
         except worker_client.WorkerUnreachable as error:
             metrics.WORKER_POLL_ERRORS.labels("Recording").inc()
@@ -254,7 +255,7 @@ async def _stop_and_wait(
     last = None
     while time.monotonic() < deadline:
         with contextlib.suppress(worker_client.WorkerUnreachable):
-            last = await worker_client.fetch_status(http, address, port=port)
+            last = await worker_client.fetch_status(http, address, port=port, model=RecorderStatus)
         if last and last.get("state") in ("completed", "failed"):
             return last
         await asyncio.sleep(1)

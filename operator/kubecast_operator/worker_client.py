@@ -10,12 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import pydantic
 
+from kubecast_api import describe_error
+from kubecast_api.worker_status import RecorderStatus, WorkerStatus
 from kubecast_operator.settings import WORKER_ADMIN_PORT, WORKER_HTTP_PORT
 
 
 class WorkerUnreachable(Exception):
-    """The worker did not answer /status (not started, crashed, or network)."""
+    """The worker did not answer /status (not started, crashed, or network), or
+    answered a document this operator does not know (a version skew)."""
 
 
 async def fetch_status(
@@ -24,15 +28,24 @@ async def fetch_status(
     *,
     port: int = WORKER_ADMIN_PORT,
     timeout: float = 2.0,
+    model: type[WorkerStatus] | type[RecorderStatus] = WorkerStatus,
 ) -> dict[str, Any]:
+    """The pod's ``/status``, checked against the contract (kubecast_api.worker_status)."""
     url = f"http://{address}:{port}/status"
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             response.raise_for_status()
             doc: dict[str, Any] = await response.json(content_type=None)
-            return doc
     except (aiohttp.ClientError, TimeoutError, ValueError) as error:
         raise WorkerUnreachable(f"{url}: {error or type(error).__name__}") from error
+    try:
+        model.model_validate(doc)
+    except pydantic.ValidationError as error:
+        raise WorkerUnreachable(
+            f"{url} answered a status this operator does not understand (are the worker and"
+            f" operator images the same version?): {describe_error(error)}"
+        ) from error
+    return doc
 
 
 def pod_address(pods: list[dict[str, Any]]) -> str | None:

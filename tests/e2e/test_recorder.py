@@ -151,8 +151,10 @@ def launch(
     wrapper: list[str] | None = None,
 ) -> Recorder:
     port = port or free_port()
-    token_file = out.parent / f"{out.name}-stop-token"
-    token_file.parent.mkdir(parents=True, exist_ok=True)
+    # NB: beside the volume, not in it: a test may mount a small tmpfs over the
+    # volume in the recorder's namespace (as a Secret is its own mount in a pod).
+    token_file = out.parent.parent / f"{out.parent.name}-{out.name}-stop-token"
+    out.parent.mkdir(parents=True, exist_ok=True)
     token_file.write_text(secrets.token_hex(16))
     command = [
         sys.executable, "-m", "kubecast_worker.recorder.cli",

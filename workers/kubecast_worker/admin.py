@@ -13,11 +13,10 @@ NetworkPolicy lets only the operator's pods reach this port.
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from kubecast_api.worker_status import WorkerStatus
 from kubecast_worker.status import Status
 
 NO_STORE = {"Cache-Control": "no-store"}
@@ -41,7 +40,10 @@ def add_probe_routes(app: web.Application, *, status: Status) -> None:
 def make_app(*, status: Status, registry: CollectorRegistry) -> web.Application:
     async def status_json(request: web.Request) -> web.Response:
         return web.Response(
-            text=json.dumps(status.snapshot(), indent=1),
+            # Through the contract's model: what the operator will validate, checked here.
+            text=WorkerStatus.model_validate(status.snapshot()).model_dump_json(
+                by_alias=True, exclude_unset=True, indent=1
+            ),
             content_type="application/json",
             headers=NO_STORE,
         )

@@ -19,6 +19,7 @@ import hmac
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kubecast_api.worker_status import RecorderStatus
 from kubecast_worker.recorder.metrics import Metrics
 from kubecast_worker.recorder.recorder import Recorder
 
@@ -29,7 +30,9 @@ CHALLENGE = {"WWW-Authenticate": 'Bearer realm="kubecast-recorder"'}
 
 
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[RECORDER].status())
+    # Through the contract's model: what the operator will validate, checked here.
+    document = RecorderStatus.model_validate(request.app[RECORDER].status())
+    return web.json_response(text=document.model_dump_json(exclude_unset=True))
 
 
 def authorized(header: str | None, token: bytes) -> bool:

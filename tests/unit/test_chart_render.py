@@ -51,10 +51,10 @@ def _helm() -> None:
         pytest.skip("no helm binary: run `make binaries`")
 
 
-def helm_template(*args: str) -> subprocess.CompletedProcess[str]:
+def helm_template(*args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
     helm = _find_helm()
     assert helm is not None
-    command = [helm, "template", "kc", str(CHART), "-n", "kubecast-system"]
+    command = [helm, "template", "kc", str(chart), "-n", "kubecast-system"]
     return subprocess.run(
         [*command, "--kube-version", KUBE_VERSION, *args],
         capture_output=True,
@@ -65,6 +65,13 @@ def helm_template(*args: str) -> subprocess.CompletedProcess[str]:
 
 def render(*args: str) -> list[dict[str, Any]]:
     proc = helm_template(*args)
+    assert proc.returncode == 0, proc.stderr
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def render_chart(chart: Path, *args: str) -> list[dict[str, Any]]:
+    """``render`` of another copy of the chart (one a test changed)."""
+    proc = helm_template(*args, chart=chart)
     assert proc.returncode == 0, proc.stderr
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 

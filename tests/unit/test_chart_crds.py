@@ -14,11 +14,10 @@ from typing import Any
 
 import pytest
 import yaml
+from test_chart_render import _helm, of_kind, render, render_chart
 
 from kubecast_api import crdgen
 from kubecast_api.resources import KINDS
-
-from test_chart_render import _helm, of_kind, render, render_chart
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "kubecast"

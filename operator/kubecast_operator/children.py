@@ -26,6 +26,8 @@ STREAM_KEY_FIELD = "streamKey"
 CONFIG_HASH = "kubecast.dev/config-hash"
 CONFIG_DIR = "/etc/kubecast/config"
 KEY_DIR = "/etc/kubecast/stream-key"
+#: The worker pod's volume of the stream key: its FailedMount Events say the Secret is missing.
+STREAM_KEY_VOLUME = "stream-key"
 RESTREAM_KEY_DIR = "/etc/kubecast/restream"  # /<target index>/<key>
 MEDIA_DIR = "/var/lib/kubecast/media"
 RECORDING_DIR = "/var/lib/kubecast/recording"
@@ -331,7 +333,7 @@ def worker_deployment(
     if key_ref:
         volumes.append(
             {
-                "name": "stream-key",
+                "name": STREAM_KEY_VOLUME,
                 "secret": {
                     "secretName": key_ref[0],
                     "items": [{"key": key_ref[1], "path": key_ref[1]}],
@@ -339,7 +341,7 @@ def worker_deployment(
                 },
             }
         )
-        mounts.append({"name": "stream-key", "mountPath": KEY_DIR, "readOnly": True})
+        mounts.append({"name": STREAM_KEY_VOLUME, "mountPath": KEY_DIR, "readOnly": True})
     for index, target in enumerate(spec.restream):
         ref = target.stream_key_secret_ref
         if ref is None:

@@ -78,8 +78,8 @@ NAMESPACED_RULES = [
     ("", "services", "get list watch create patch"),
     ("apps", "deployments", "get list watch create patch"),
     ("", "pods", "get list watch create"),
-    ("", "secrets", "get create"),
-    ("", "events", "create"),
+    ("", "secrets", "create"),
+    ("", "events", "create list"),
     ("kubecast.dev", "livestreams", "get list watch patch"),
     ("kubecast.dev", "transcodeprofiles", "get list watch patch"),
     ("kubecast.dev", "recordings", "get list watch patch delete"),
@@ -196,7 +196,10 @@ def test_default_install_renders_a_restricted_operator_that_the_cli_understands(
     docs = render(helm_bin)
     kinds = sorted(d["kind"] for d in docs)
     expected = "ClusterRole ClusterRoleBinding Deployment Lease Role RoleBinding Service"
-    assert kinds == sorted([*expected.split(), "ServiceAccount", "TranscodeProfile"])
+    assert kinds == sorted(
+        [*expected.split(), "ServiceAccount", "TranscodeProfile", *["CustomResourceDefinition"] * 3,
+         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    )  # fmt: skip
 
     deployment = one(docs, "Deployment")
     spec = deployment["spec"]
@@ -246,7 +249,7 @@ def test_default_install_renders_a_restricted_operator_that_the_cli_understands(
             assert {"escalate", "bind", "impersonate"}.isdisjoint(rule["verbs"])
 
     profile = one(docs, "TranscodeProfile")
-    assert profile["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert profile["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert profile["metadata"]["namespace"] == "kubecast-system"
 
 
@@ -261,8 +264,10 @@ def test_chart_crds_are_the_crds_in_the_repository(helm_bin: Path) -> None:
         assert crd["spec"] == plain["spec"], f"differs from {path.name}"
         assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
     assert rendered == {}, "the chart has CRDs that crds/ does not"
-    # The GitOps path: `helm template` carries them, first (Helm sorts CRDs first).
-    assert [d["kind"] for d in docs[:3]] == ["CustomResourceDefinition"] * 3
+    # The GitOps path: `helm template` carries them, before any object of their kinds.
+    kinds = [d["kind"] for d in docs]
+    last_crd = max(i for i, k in enumerate(kinds) if k == "CustomResourceDefinition")
+    assert kinds.index("TranscodeProfile") > last_crd
     assert not [d for d in render(helm_bin, "--set", "crds.enabled=false")
                 if d["kind"] == "CustomResourceDefinition"]  # fmt: skip
 

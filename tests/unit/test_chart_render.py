@@ -217,3 +217,42 @@ def test_replicas_prefer_different_nodes_unless_affinity_is_given() -> None:
         )
     )
     assert pod["spec"]["affinity"] == given
+
+
+def _rules(role: dict[str, Any]) -> dict[str, set[str]]:
+    return {
+        f"{group or 'core'}/{resource}": set(rule["verbs"])
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+
+
+def test_the_operator_may_create_secrets_but_never_read_one() -> None:
+    for values in ([], ["--set", "operator.watchNamespaces={live}"]):
+        docs = render(*values)
+        for role in of_kind(docs, "ClusterRole") + of_kind(docs, "Role"):
+            verbs = _rules(role).get("core/secrets", set())
+            assert verbs <= {"create"}, f"{role['metadata']['name']}: secrets {verbs}"
+    (cluster_role,) = of_kind(render(), "ClusterRole")
+    assert _rules(cluster_role)["core/secrets"] == {"create"}
+    assert _rules(cluster_role)["core/events"] == {"create", "list"}
+
+
+def test_the_admission_policy_binds_the_operator_service_account_only() -> None:
+    docs = render("--set", "serviceAccount.name=streamer")
+    (policy,) = of_kind(docs, "ValidatingAdmissionPolicy")
+    (binding,) = of_kind(docs, "ValidatingAdmissionPolicyBinding")
+    assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+    (condition,) = policy["spec"]["matchConditions"]
+    assert "'system:serviceaccount:kubecast-system:streamer'" in condition["expression"]
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    resources = {r for rule in policy["spec"]["matchConstraints"]["resourceRules"]
+                 for r in rule["resources"]}  # fmt: skip
+    assert {"secrets", "pods", "deployments", "replicasets"} <= resources
+    off = render("--set", "rbac.admissionPolicy=false")
+    assert of_kind(off, "ValidatingAdmissionPolicy") == []

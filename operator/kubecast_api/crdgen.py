@@ -232,14 +232,14 @@ def chart_template(kind: Kind) -> str:
     body = (CHART_BODY_DIR / filename(kind)).as_posix()
     return (
         TEMPLATE_HEADER
-        + "{{- if .Values.crds.enabled }}\n"
+        + '{{- if include "kubecast.crdsEnabled" . }}\n'
         + "apiVersion: apiextensions.k8s.io/v1\n"
         + "kind: CustomResourceDefinition\n"
         + "metadata:\n"
         + f"  name: {crd['metadata']['name']}\n"
         + "  labels:\n"
         + '    {{- include "kubecast.commonLabels" . | nindent 4 }}\n'
-        + "  {{- if .Values.crds.keep }}\n"
+        + '  {{- if include "kubecast.crdsKeep" . }}\n'
         + "  # Uninstalling the chart must not delete the CRDs, and with them\n"
         + "  # every LiveStream, TranscodeProfile and Recording in the cluster.\n"
         + "  annotations:\n"

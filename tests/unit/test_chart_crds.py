@@ -35,7 +35,7 @@ def test_chart_crd_files_are_what_the_models_generate(kind: crdgen.Kind) -> None
     body = (CHART / crdgen.CHART_BODY_DIR / crdgen.filename(kind)).read_text()
     assert template == crdgen.chart_template(kind), "the chart's CRDs are stale: run `make crds`"
     assert body == crdgen.chart_body(kind), "the chart's CRDs are stale: run `make crds`"
-    assert template.splitlines()[1] == "{{- if .Values.crds.enabled }}"
+    assert template.splitlines()[1] == '{{- if include "kubecast.crdsEnabled" . }}'
 
 
 def test_chart_has_no_crds_folder_that_helm_would_install_once() -> None:
@@ -124,3 +124,14 @@ def test_generator_writes_and_checks_the_chart_too(tmp_path: Path) -> None:
     assert crdgen.main(["--out", str(out), "--chart", str(chart), "--check"]) == 1
     # Without --chart only crds/ is looked at, as `make crds-check` always did.
     assert crdgen.main(["--out", str(out), "--check"]) == 0
+
+
+@pytest.mark.usefixtures(_helm.__name__)
+def test_an_upgrade_reusing_values_of_a_chart_without_the_switches_gets_their_defaults() -> None:
+    # `helm upgrade --reuse-values` from 0.1.0 reuses values without crds.* and
+    # rbac.admissionPolicy; null removes a key just so.
+    docs = render("--set", "crds=null", "--set", "rbac.admissionPolicy=null")
+    crds = of_kind(docs, "CustomResourceDefinition")
+    assert len(crds) == len(KINDS)
+    assert all(crd["metadata"]["annotations"] == KEEP for crd in crds)
+    assert len(of_kind(docs, "ValidatingAdmissionPolicy")) == 1

@@ -19,7 +19,6 @@ from pydantic import ConfigDict, Field
 
 from kubecast_api.common import ApiModel
 
-
 #: Field names as they are, for documents that are snake_case on the wire.
 SNAKE_CASE = ConfigDict(**{**ApiModel.model_config, "alias_generator": None})
 

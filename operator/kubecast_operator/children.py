@@ -32,6 +32,8 @@ STREAM_KEY_FIELD = "streamKey"
 CONFIG_HASH = "kubecast.dev/config-hash"
 CONFIG_DIR = "/etc/kubecast/config"
 KEY_DIR = "/etc/kubecast/stream-key"
+#: The worker pod's volume of the stream key: its FailedMount Events say the Secret is missing.
+STREAM_KEY_VOLUME = "stream-key"
 RESTREAM_KEY_DIR = "/etc/kubecast/restream"  # /<target index>/<key>
 STOP_TOKEN_DIR = "/etc/kubecast/stop-token"
 STOP_TOKEN_FIELD = "token"
@@ -365,7 +367,7 @@ def worker_deployment(
     if key_ref:
         volumes.append(
             {
-                "name": "stream-key",
+                "name": STREAM_KEY_VOLUME,
                 "secret": {
                     "secretName": key_ref[0],
                     "items": [{"key": key_ref[1], "path": key_ref[1]}],
@@ -373,7 +375,7 @@ def worker_deployment(
                 },
             }
         )
-        mounts.append({"name": "stream-key", "mountPath": KEY_DIR, "readOnly": True})
+        mounts.append({"name": STREAM_KEY_VOLUME, "mountPath": KEY_DIR, "readOnly": True})
     url_ref = spec.ingest.pull.url_secret_ref if spec.ingest.pull else None
     if url_ref is not None:
         volumes.append(

@@ -22,6 +22,7 @@ FIELD_MANAGER = "kubecast-operator"
 # kind -> (api prefix, plural, namespaced)
 _PATHS: dict[str, tuple[str, str, bool]] = {
     "ConfigMap": ("/api/v1", "configmaps", True),
+    "Event": ("/api/v1", "events", True),
     "Secret": ("/api/v1", "secrets", True),
     "Service": ("/api/v1", "services", True),
     "Pod": ("/api/v1", "pods", True),
@@ -94,9 +95,15 @@ class Kube:
         return result
 
     def list(
-        self, kind: str, namespace: str | None = None, *, label_selector: str | None = None
+        self,
+        kind: str,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> list[dict[str, Any]]:
         query = [("labelSelector", label_selector)] if label_selector else []
+        query += [("fieldSelector", field_selector)] if field_selector else []
         result = self._call("GET", path(kind, namespace), query=query)
         items: list[dict[str, Any]] = result.get("items", [])
         return items

@@ -16,7 +16,7 @@ import pydantic
 
 from kubecast_api import LiveStreamSpec, LiveStreamStatus, describe_error, redact
 from kubecast_api.profile import TranscodeProfileSpec
-from kubecast_operator import children, conditions
+from kubecast_operator import children, conditions, pod_problems
 from kubecast_operator.kube import Kube
 from kubecast_operator.settings import (
     WORKER_HTTP_PORT,
@@ -41,8 +41,6 @@ class Observation:
     node_address: str | None = None
     worker: dict[str, Any] | None = None  # the worker's /status document
     worker_error: str | None = None
-    # Restream targets whose key Secret is missing: reported, not blocking the stream.
-    missing_restream_keys: list[str] = field(default_factory=list)
 
 
 def new_stream_key() -> str:
@@ -91,6 +89,7 @@ def reconcile(kube: Kube, body: dict[str, Any], settings: Settings) -> Observati
         namespace,
         label_selector=f"kubecast.dev/stream={name},app.kubernetes.io/component=worker",
     )
+    seen.problem = seen.problem or _worker_pod_problem(kube, body, spec, seen.pods)
     seen.ingest_service = kube.get("Service", namespace, children.ingest_service_name(name))
     seen.playback_service = kube.get("Service", namespace, children.playback_service_name(name))
     if "NodePort" in (spec.ingest_service.type, spec.playback_service.type):
@@ -110,24 +109,8 @@ def _ensure_children(
     if key_ref and spec.ingest.push and spec.ingest.push.stream_key_secret_ref is None:
         # create, never apply: re-applying would replace the key under the publisher.
         kube.create(children.generated_key_secret(body, key=new_stream_key()))
-    elif key_ref:
-        secret = kube.get("Secret", namespace, key_ref[0])
-        if secret is None or key_ref[1] not in (secret.get("data") or {}):
-            what = "not found" if secret is None else f"has no key {key_ref[1]!r}"
-            seen.problem = (
-                "StreamKeySecretNotFound",
-                f"Secret {key_ref[0]!r} {what} in namespace {namespace!r}; create it or fix"
-                " spec.ingest.push.streamKeySecretRef",
-            )
-
-    for target in spec.restream:
-        ref = target.stream_key_secret_ref
-        if ref is None:
-            continue
-        secret = kube.get("Secret", namespace, ref.name)
-        if secret is None or ref.key not in (secret.get("data") or {}):
-            what = "not found" if secret is None else f"has no key {ref.key!r}"
-            seen.missing_restream_keys.append(f"{target.name}: Secret {ref.name!r} {what}")
+    # NB: a user's key Secret is never read (the operator may not get secrets);
+    # the worker pod's mount of it tells whether it exists (see pod_problems).
 
     profile, problem = resolve_profile(kube, namespace, spec.profile_ref.name)
     seen.problem = seen.problem or problem
@@ -146,6 +129,31 @@ def _ensure_children(
             body, spec, rendered=rendered, settings=settings, profile=profile
         )
     )
+
+
+def _worker_pod_problem(
+    kube: Kube, body: dict[str, Any], spec: LiveStreamSpec, pods: list[dict[str, Any]]
+) -> tuple[str, str] | None:
+    """Why the worker pod cannot start, as the kubelet reported it; None while it can."""
+    namespace = body["metadata"]["namespace"]
+    key_ref = children.stream_key_secret_ref(body, spec)
+    user_key = bool(spec.ingest.push and spec.ingest.push.stream_key_secret_ref)
+    for pod in filter(pod_problems.waiting, pods):
+        if key_ref and user_key:
+            events = kube.list(
+                "Event", namespace, field_selector=pod_problems.failed_mount_selector(pod)
+            )
+            what = pod_problems.secret_mount_problem(
+                events, volume=children.STREAM_KEY_VOLUME, secret=key_ref[0], namespace=namespace
+            )
+            if what:
+                return (
+                    "StreamKeySecretNotFound",
+                    f"{what}; create it or fix spec.ingest.push.streamKeySecretRef",
+                )
+        if config := pod_problems.container_config_problem(pod):
+            return ("WorkerConfigError", f"the worker cannot start: {config}")
+    return None
 
 
 def _node_address(kube: Kube) -> str | None:
@@ -290,6 +298,26 @@ def worker_restarts(pods: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def missing_restream_keys(seen: Observation) -> list[str]:
+    """Restream targets whose key the worker cannot read, named with their Secret.
+
+    Their volumes are optional (a missing target key must not stop the stream),
+    so the kubelet mounts them empty; the worker finds the file missing and
+    says so in its /status (restream.py).
+    """
+    if seen.spec is None:
+        return []
+    refs = {t.name: t.stream_key_secret_ref for t in seen.spec.restream}
+    missing = []
+    for target in (seen.worker or {}).get("restream") or []:
+        ref = refs.get(str(target.get("name")))
+        if ref and str(target.get("lastError") or "").startswith(RESTREAM_KEY_UNREADABLE):
+            missing.append(
+                f"{target.get('name')}: Secret {ref.name!r} not found or has no key {ref.key!r}"
+            )
+    return missing
+
+
 def outputs_condition(seen: Observation) -> dict[str, Any]:
     """OutputsReady: whether the worker produces every output the spec asks for.
 
@@ -306,12 +334,13 @@ def outputs_condition(seen: Observation) -> dict[str, Any]:
             "OutputNotImplemented",
             "this kubecast version does not produce DASH (spec.outputs.dash); HLS is served",
         )
-    if seen.missing_restream_keys:
+    missing = missing_restream_keys(seen)
+    if missing:
         return conditions.condition(
             "OutputsReady",
             False,
             "RestreamKeySecretNotFound",
-            "restream key missing for " + "; ".join(seen.missing_restream_keys),
+            "restream key missing for " + "; ".join(missing),
         )
     failing = [
         f"{t.get('name')}: {_redacted(t.get('lastError')) or 'failing'}"
@@ -348,6 +377,9 @@ def _without_figures(status: dict[str, Any]) -> dict[str, Any]:
     ]
     return rest
 
+
+#: How the worker's restream says it found no key file (workers/kubecast_worker/restream.py).
+RESTREAM_KEY_UNREADABLE = "cannot read the target's key file"
 
 WORKER_PHASES = {"live": "Live", "reconnecting": "Reconnecting", "idle": "Idle", "error": "Error"}
 

@@ -100,6 +100,9 @@ def install(
 ) -> Release:
     """``helm install`` the chart with the images built here; waits for the operator pod."""
     sets = {
+        # The session's CRDs come from crds/ (the kubecast_crds fixture): managed
+        # outside the release, as in a cluster with several releases.
+        "crds.enabled": "false",
         "operator.pollSeconds": "1",
         "operator.resyncSeconds": "10",
         "operator.statusFiguresSeconds": "2",

@@ -79,8 +79,8 @@ NAMESPACED_RULES = [
     ("apps", "deployments", "get list watch create patch"),
     ("networking.k8s.io", "networkpolicies", "create patch"),
     ("", "pods", "get list watch create"),
-    ("", "secrets", "get create"),
-    ("", "events", "create"),
+    ("", "secrets", "create"),
+    ("", "events", "create list"),
     ("kubecast.dev", "livestreams", "get list watch patch"),
     ("kubecast.dev", "transcodeprofiles", "get list watch patch"),
     ("kubecast.dev", "recordings", "get list watch patch delete"),
@@ -197,7 +197,10 @@ def test_default_install_renders_a_restricted_operator_that_the_cli_understands(
     docs = render(helm_bin)
     kinds = sorted(d["kind"] for d in docs)
     expected = "ClusterRole ClusterRoleBinding Deployment Lease Role RoleBinding Secret Service"
-    assert kinds == sorted([*expected.split(), "ServiceAccount", "TranscodeProfile"])
+    assert kinds == sorted(
+        [*expected.split(), "ServiceAccount", "TranscodeProfile", *["CustomResourceDefinition"] * 3,
+         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
+    )  # fmt: skip
 
     deployment = one(docs, "Deployment")
     spec = deployment["spec"]
@@ -249,20 +252,27 @@ def test_default_install_renders_a_restricted_operator_that_the_cli_understands(
             assert {"escalate", "bind", "impersonate"}.isdisjoint(rule["verbs"])
 
     profile = one(docs, "TranscodeProfile")
-    assert profile["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert profile["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert profile["metadata"]["namespace"] == "kubecast-system"
 
 
 def test_chart_crds_are_the_crds_in_the_repository(helm_bin: Path) -> None:
-    shown = helm(helm_bin, "show", "crds", str(CHART)).stdout
-    rendered = {d["metadata"]["name"]: d for d in yaml.safe_load_all(shown) if d}
+    # Templates of the release (so `helm upgrade` upgrades them), not crds/.
+    assert helm(helm_bin, "show", "crds", str(CHART)).stdout.strip() == ""
+    docs = render(helm_bin)
+    rendered = {d["metadata"]["name"]: d for d in docs if d["kind"] == "CustomResourceDefinition"}
     for path in sorted(CRD_DIR.glob("*.yaml")):
         plain = yaml.safe_load(path.read_text())
-        assert rendered.pop(plain["metadata"]["name"]) == plain, f"differs from {path.name}"
+        crd = rendered.pop(plain["metadata"]["name"])
+        assert crd["spec"] == plain["spec"], f"differs from {path.name}"
+        assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
     assert rendered == {}, "the chart has CRDs that crds/ does not"
-    # The GitOps path: `helm template --include-crds` carries them, first.
-    docs = render(helm_bin, "--include-crds")
-    assert [d["kind"] for d in docs[:3]] == ["CustomResourceDefinition"] * 3
+    # The GitOps path: `helm template` carries them, before any object of their kinds.
+    kinds = [d["kind"] for d in docs]
+    last_crd = max(i for i, k in enumerate(kinds) if k == "CustomResourceDefinition")
+    assert kinds.index("TranscodeProfile") > last_crd
+    assert not [d for d in render(helm_bin, "--set", "crds.enabled=false")
+                if d["kind"] == "CustomResourceDefinition"]  # fmt: skip
 
 
 def test_every_optional_feature_and_a_namespaced_install_render(
@@ -540,8 +550,10 @@ def test_installed_chart_runs_the_operator_with_only_the_rights_it_grants(
         "--set", "operator.pollSeconds=1",
         "--set", "operator.resyncSeconds=10",
     ]  # fmt: skip
-    # NB: Helm installs the chart's crds/ first, or skips them when another test
-    # applied crds/ already: either way they are the same files.
+    # NB: the release installs the CRDs, or takes them over when another test
+    # applied crds/ already (--take-ownership): either way the same schema.
+    if cp.kubectl("get", "crd", CRD_NAMES[0], check=False).returncode == 0:
+        install.append("--take-ownership")
     notes = helm(helm_bin, *install, env=cp.env).stdout
     # NOTES.txt walks the user to a first stream, its key and its URLs.
     for step in (
@@ -648,7 +660,7 @@ def test_installed_chart_runs_the_operator_with_only_the_rights_it_grants(
         "no objects of the release left", lambda: not leftovers(cp, release, release_namespace),
         timeout=60,
     )  # fmt: skip
-    # CRDs stay (Helm never deletes a chart's crds/), and with them everyone's streams.
+    # CRDs stay (crds.keep), and with them everyone's streams.
     assert cp.kubectl("get", "crd", *CRD_NAMES, check=False).returncode == 0
 
 
@@ -666,7 +678,8 @@ def test_namespaced_install_confines_the_operator_to_its_namespaces(
     cp.kubectl("create", "namespace", other)
     try:
         helm(
-            helm_bin, "install", release, str(CHART), "-n", release_namespace, "--skip-crds",
+            helm_bin, "install", release, str(CHART), "-n", release_namespace,
+            "--set", "crds.enabled=false",
             "--set", f"operator.watchNamespaces={{{namespace}}}",
             "--set", f"defaultProfile.namespaces={{{namespace}}}",
             "--set", "operator.publicHost=127.0.0.1",

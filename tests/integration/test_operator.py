@@ -274,36 +274,82 @@ def test_missing_profile_is_reported_then_converges(
 def test_missing_key_secret_is_reported(
     control_plane: ControlPlane, operator: tuple[harness.Process, int], namespace: str
 ) -> None:
-    op, _ = operator
+    """The operator never reads the Secret; the worker pod's failed mount says it is missing.
+
+    NB: the kubelet is the one that finds the Secret missing, and no kubelet runs
+    the media pods of these tests (they go to kwok nodes, which report every pod
+    as running). So the test plays the kubelet, through the API a kubelet uses:
+    the worker pod asks for more CPU than any node has, stays Pending, and the
+    test posts the FailedMount Event the kubelet posts, in the kubelet's words
+    (kubelet/volume/secret: "MountVolume.SetUp failed for volume ..."). Then,
+    after the Secret is created, it reports the container running through the
+    pod's status subresource, as the kubelet does once its retried mount works.
+    """
+    cp, (op, _) = control_plane, operator
     stream = sample("livestream-push.yaml")
     stream["spec"]["ingest"]["push"]["streamKeySecretRef"] = {"name": "studio-key"}
-    apply(control_plane, namespace, sample("transcodeprofile-default.yaml"), stream)
+    stream["spec"]["resources"] = {"requests": {"cpu": "1000"}}
+    apply(cp, namespace, sample("transcodeprofile-default.yaml"), stream)
+    # The worker is created at once: nothing is checked before the kubelet mounts.
+    pod = wait(
+        "the worker pod",
+        lambda: (
+            items := json.loads(
+                cp.kubectl("-n", namespace, "get", "pods", "-l", "kubecast.dev/stream=studio",
+                           "-o", "json").stdout
+            )["items"]
+        ) and items[0],
+        op,
+    )  # fmt: skip
+    meta = pod["metadata"]
+    kubelet_event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta['name']}.failedmount"},
+        "involvedObject": {"kind": "Pod", "namespace": namespace, "name": meta["name"],
+                           "uid": meta["uid"], "apiVersion": "v1"},
+        "reason": "FailedMount",
+        "message": 'MountVolume.SetUp failed for volume "stream-key" : '
+                   'secret "studio-key" not found',
+        "type": "Warning",
+        "source": {"component": "kubelet", "host": "kubecast-node"},
+        "firstTimestamp": "2026-12-02T02:00:00Z",
+        "lastTimestamp": "2026-12-02T02:00:00Z",
+        "count": 1,
+    }  # fmt: skip
+    cp.kubectl("-n", namespace, "create", "-f", "-", input=json.dumps(kubelet_event))
     status = wait(
         "StreamKeySecretNotFound",
-        lambda: (
-            (s := status_of(control_plane, namespace, "livestream", "studio")).get("phase")
-            == "Error"
-            and s
-        ),
+        lambda: (s := status_of(cp, namespace, "livestream", "studio")).get("phase") == "Error"
+        and s,
         op,
-    )
+    )  # fmt: skip
     assert condition(status, "Ready")["reason"] == "StreamKeySecretNotFound"
-    control_plane.kubectl(
-        "-n",
-        namespace,
-        "create",
-        "secret",
-        "generic",
-        "studio-key",
-        "--from-literal=streamKey=my-own-key",
+    assert status["message"] == (
+        f"Secret 'studio-key' not found in namespace '{namespace}'; create it or fix"
+        " spec.ingest.push.streamKeySecretRef"
     )
-    wait(
-        "the worker once the Secret exists",
-        lambda: get(control_plane, namespace, "deployment", "studio-worker"),
+
+    cp.kubectl("-n", namespace, "create", "secret", "generic", "studio-key",
+               "--from-literal=streamKey=my-own-key")  # fmt: skip
+    running = {"status": {
+        "phase": "Running",
+        "containerStatuses": [{
+            "name": "worker", "image": "kubecast/worker:test", "imageID": "", "ready": False,
+            "restartCount": 0, "started": True,
+            "state": {"running": {"startedAt": "2026-12-02T02:01:00Z"}},
+        }],
+    }}  # fmt: skip
+    cp.kubectl("-n", namespace, "patch", "pod", meta["name"], "--subresource=status",
+               "--type=merge", "-p", json.dumps(running))  # fmt: skip
+    status = wait(
+        "no longer Error once the worker runs",
+        lambda: (s := status_of(cp, namespace, "livestream", "studio")).get("phase") != "Error"
+        and s,
         op,
-        timeout=30,
-    )
-    assert get(control_plane, namespace, "secret", "studio-stream-key") is None
+    )  # fmt: skip
+    assert condition(status, "Ready")["reason"] != "StreamKeySecretNotFound"
+    assert get(cp, namespace, "secret", "studio-stream-key") is None
 
 
 def test_deleting_a_stream_removes_its_children(

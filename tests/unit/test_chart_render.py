@@ -52,10 +52,10 @@ def _helm() -> None:
         pytest.skip("no helm binary: run `make binaries`")
 
 
-def helm_template(*args: str) -> subprocess.CompletedProcess[str]:
+def helm_template(*args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
     helm = _find_helm()
     assert helm is not None
-    command = [helm, "template", "kc", str(CHART), "-n", "kubecast-system"]
+    command = [helm, "template", "kc", str(chart), "-n", "kubecast-system"]
     return subprocess.run(
         [*command, "--kube-version", KUBE_VERSION, *args],
         capture_output=True,
@@ -66,6 +66,13 @@ def helm_template(*args: str) -> subprocess.CompletedProcess[str]:
 
 def render(*args: str) -> list[dict[str, Any]]:
     proc = helm_template(*args)
+    assert proc.returncode == 0, proc.stderr
+    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def render_chart(chart: Path, *args: str) -> list[dict[str, Any]]:
+    """``render`` of another copy of the chart (one a test changed)."""
+    proc = helm_template(*args, chart=chart)
     assert proc.returncode == 0, proc.stderr
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
 
@@ -270,3 +277,42 @@ def test_the_network_policy_option_turns_on_the_operators_per_stream_policies() 
         "resources": ["networkpolicies"],
         "verbs": ["create", "patch"],
     } in role["rules"]
+
+
+def _rules(role: dict[str, Any]) -> dict[str, set[str]]:
+    return {
+        f"{group or 'core'}/{resource}": set(rule["verbs"])
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+
+
+def test_the_operator_may_create_secrets_but_never_read_one() -> None:
+    for values in ([], ["--set", "operator.watchNamespaces={live}"]):
+        docs = render(*values)
+        for role in of_kind(docs, "ClusterRole") + of_kind(docs, "Role"):
+            verbs = _rules(role).get("core/secrets", set())
+            assert verbs <= {"create"}, f"{role['metadata']['name']}: secrets {verbs}"
+    (cluster_role,) = of_kind(render(), "ClusterRole")
+    assert _rules(cluster_role)["core/secrets"] == {"create"}
+    assert _rules(cluster_role)["core/events"] == {"create", "list"}
+
+
+def test_the_admission_policy_binds_the_operator_service_account_only() -> None:
+    docs = render("--set", "serviceAccount.name=streamer")
+    (policy,) = of_kind(docs, "ValidatingAdmissionPolicy")
+    (binding,) = of_kind(docs, "ValidatingAdmissionPolicyBinding")
+    assert policy["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+    (condition,) = policy["spec"]["matchConditions"]
+    assert "'system:serviceaccount:kubecast-system:streamer'" in condition["expression"]
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    resources = {r for rule in policy["spec"]["matchConstraints"]["resourceRules"]
+                 for r in rule["resources"]}  # fmt: skip
+    assert {"secrets", "pods", "deployments", "replicasets"} <= resources
+    off = render("--set", "rbac.admissionPolicy=false")
+    assert of_kind(off, "ValidatingAdmissionPolicy") == []

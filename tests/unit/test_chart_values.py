@@ -105,3 +105,12 @@ def test_pod_disruption_budget_is_off_by_default_and_then_lets_one_pod_go() -> N
     }
     declared = SCHEMA["properties"]["podDisruptionBudget"]
     assert declared["additionalProperties"] is False
+
+
+def test_crds_are_upgraded_with_the_release_and_kept_on_uninstall_by_default() -> None:
+    assert VALUES["crds"] == {"enabled": True, "keep": True}
+    assert SCHEMA["properties"]["crds"]["additionalProperties"] is False
+
+
+def test_the_operator_admission_policy_is_on_by_default() -> None:
+    assert VALUES["rbac"] == {"create": True, "admissionPolicy": True}

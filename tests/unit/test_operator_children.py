@@ -372,14 +372,23 @@ def test_restream_state_is_shown_and_a_failing_target_is_a_condition() -> None:
     assert outputs["message"] == "retrying open: Connection refused"
     assert status["phase"] == "Live"
 
-    missing = streams.compute_status(
-        stream,
-        _observed(LIVE_WORKER, stream, missing_restream_keys=["youtube: Secret 'yt' not found"]),
-    )
+    # The target's key volume is optional, so the worker finds the file missing.
+    unreadable = {
+        **LIVE_WORKER,
+        "restream": [
+            {
+                "name": "youtube",
+                "state": "Retrying",
+                "lastError": "cannot read the target's key file: No such file or directory",
+                "restarts": 1,
+            }
+        ],
+    }
+    missing = streams.compute_status(stream, _observed(unreadable, stream))
     outputs = next(c for c in missing["conditions"] if c["type"] == "OutputsReady")
     assert (outputs["reason"], outputs["message"]) == (
         "RestreamKeySecretNotFound",
-        "restream key missing for youtube: Secret 'yt' not found",
+        "restream key missing for youtube: Secret 'yt' not found or has no key 'key'",
     )
 
 
@@ -496,6 +505,8 @@ class _Cluster:
         self.applied: list[dict[str, Any]] = []
 
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        # NB: a Secret is never read: the operator has no `get` on secrets.
+        assert kind != "Secret", "the operator read a Secret"
         return self.objects.get((kind, name))
 
     def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -634,3 +645,17 @@ def test_an_srt_stream_says_its_srt_url_in_status() -> None:
     status = streams.compute_status(stream, _observed(LIVE_WORKER, stream))
     assert status["ingestUrl"] == "srt://203.0.113.7:31935"
     assert status["streamKeySecret"] == "studio-stream-key"
+
+
+def test_a_user_key_secret_is_never_read_and_the_worker_is_created_anyway() -> None:
+    stream = body("livestream-push.yaml")
+    stream["spec"]["ingest"]["push"]["streamKeySecretRef"] = {"name": "studio-key"}
+    stream["spec"]["restream"] = RESTREAM
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    kube = _Cluster({("TranscodeProfile", "default"): body("transcodeprofile-default.yaml")})
+    seen = streams.Observation()
+    streams._ensure_children(cast(Kube, kube), stream, spec, SETTINGS, seen)
+    assert seen.problem is None
+    (deployment,) = [m for m in kube.applied if m["kind"] == "Deployment"]
+    key = _volumes(deployment["spec"]["template"]["spec"])[children.STREAM_KEY_VOLUME]
+    assert key["secret"]["secretName"] == "studio-key"

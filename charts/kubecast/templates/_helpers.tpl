@@ -163,3 +163,22 @@ managed node upgrades) of a node running the operator: refuse it.
 {{- fail "serviceAccount.create=false needs serviceAccount.name: rbac.create would otherwise grant the operator's rights to the namespace's default ServiceAccount" }}
 {{- end }}
 {{- end }}
+
+{{/*
+Switches added after 0.1.0 ("true" or nothing). NB: `helm upgrade --reuse-values`
+reuses the old release's values as they were, without the keys a newer chart
+added, so a missing key means its default here rather than a nil pointer.
+*/}}
+{{- define "kubecast.crdsEnabled" -}}
+{{- $crds := .Values.crds | default dict }}
+{{- if or (not (hasKey $crds "enabled")) $crds.enabled }}true{{ end }}
+{{- end }}
+
+{{- define "kubecast.crdsKeep" -}}
+{{- $crds := .Values.crds | default dict }}
+{{- if or (not (hasKey $crds "keep")) $crds.keep }}true{{ end }}
+{{- end }}
+
+{{- define "kubecast.admissionPolicy" -}}
+{{- if and .Values.rbac.create (or (not (hasKey .Values.rbac "admissionPolicy")) .Values.rbac.admissionPolicy) }}true{{ end }}
+{{- end }}

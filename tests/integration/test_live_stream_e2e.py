@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from . import netns
 from . import operator_harness as harness
 from . import release as rel
 from .conftest import ControlPlane
@@ -466,3 +467,86 @@ def test_a_stream_is_restreamed_to_another_rtmp_ingest_with_a_key_from_a_secret(
         timeout=60,
         logs=logs,
     )
+
+
+PULL_PASSWORD = "S3cretPass-9f2c"
+PULL_TOKEN = "T0ken-77ab41"
+
+
+def test_no_key_or_pull_credential_shows_anywhere_users_and_logs_look(
+    control_plane: ControlPlane,
+    namespace: str,
+    running: Running,
+) -> None:
+    """A whole run, searched: statuses, Events, the operator's and the workers' logs,
+    the workers' /status and /metrics (labels included), the operator's metrics."""
+    logs = running.logs
+    cp = control_plane
+    camera_url = f"rtsp://viewer:{PULL_PASSWORD}@127.0.0.1:9/stream1?token={PULL_TOKEN}"
+    pull_secret = {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "camera-url"},
+        "stringData": {"url": camera_url},
+    }  # fmt: skip
+    camera = {
+        "apiVersion": "kubecast.dev/v1alpha1",
+        "kind": "LiveStream",
+        "metadata": {"name": "camera"},
+        "spec": {
+            "ingest": {"pull": {"urlSecretRef": {"name": "camera-url", "key": "url"}}},
+            "profileRef": {"name": "small"},
+        },
+    }
+    cp.kubectl(
+        "-n", namespace, "apply", "-f", "-",
+        input=yaml.safe_dump_all([PROFILE, STREAM, pull_secret, camera]),
+    )  # fmt: skip
+    ready = ready_to_publish(cp, namespace, logs)
+    key = stream_key(cp, namespace, ready["streamKeySecret"])
+    publisher = publish(f"{ready['ingestUrl']}/{key}", seconds=30)
+    try:
+        harness.eventually(
+            "the pushed stream Live",
+            lambda: status(cp, namespace).get("phase") == "Live",
+            timeout=60,
+            logs=logs,
+        )
+        # The pull source refuses: its error, with the URL masked, reaches status.
+        failing = harness.eventually(
+            "the camera's pull error in its status",
+            lambda: "***" in ((m := status(cp, namespace, "camera").get("message")) or "") and m,
+            timeout=90,
+            logs=logs,
+        )
+        assert "127.0.0.1:9" in failing  # where it failed is still said
+        seen = {
+            "resources": cp.kubectl("-n", namespace, "get", "livestreams,recordings", "-o", "json"),
+            "events": cp.kubectl("get", "events", "-A", "-o", "json"),
+            "operator log": running.release.operator_log(),
+            "media logs": cp.kubectl(
+                "-n", namespace, "logs", "-l", "app.kubernetes.io/managed-by=kubecast-operator",
+                "--tail=-1", "--all-containers", "--prefix", check=False,
+            ),
+        }  # fmt: skip
+        for stream in ("e2e", "camera"):
+            pod = rel.worker_pod(cp, namespace, stream)
+            assert pod is not None, stream
+            for path in ("/status", "/metrics"):
+                url = f"http://{pod['status']['podIP']}:9090{path}"
+                code, body = netns.http_get(cp.netns, url)
+                assert code == 200, (url, code)
+                seen[f"{stream} {path}"] = body.decode()
+        operator = running.release.operator_pod()
+        assert operator is not None
+        code, body = netns.http_get(cp.netns, f"http://{operator['status']['podIP']}:8080/metrics")
+        seen["operator metrics"] = body.decode()
+        text = {
+            name: value if isinstance(value, str) else value.stdout + value.stderr
+            for name, value in seen.items()
+        }
+        assert "kubecast_ingest_accepted" in text["e2e /metrics"]  # we searched real pages
+        for secret in (key, PULL_PASSWORD, PULL_TOKEN):
+            leaks = [name for name, value in text.items() if secret in value]
+            assert not leaks, f"a credential shows in: {leaks}"
+    finally:
+        publisher.kill()
+        publisher.wait()

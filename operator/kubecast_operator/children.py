@@ -38,6 +38,7 @@ RESTREAM_KEY_DIR = "/etc/kubecast/restream"  # /<target index>/<key>
 STOP_TOKEN_DIR = "/etc/kubecast/stop-token"
 STOP_TOKEN_FIELD = "token"
 PULL_URL_DIR = "/etc/kubecast/pull-url"
+PULL_URL_VOLUME = "pull-url"
 MEDIA_DIR = "/var/lib/kubecast/media"
 RECORDING_DIR = "/var/lib/kubecast/recording"
 
@@ -380,7 +381,7 @@ def worker_deployment(
     if url_ref is not None:
         volumes.append(
             {
-                "name": "pull-url",
+                "name": PULL_URL_VOLUME,
                 "secret": {
                     "secretName": url_ref.name,
                     "items": [{"key": url_ref.key, "path": url_ref.key}],
@@ -388,7 +389,7 @@ def worker_deployment(
                 },
             }
         )
-        mounts.append({"name": "pull-url", "mountPath": PULL_URL_DIR, "readOnly": True})
+        mounts.append({"name": PULL_URL_VOLUME, "mountPath": PULL_URL_DIR, "readOnly": True})
     for index, target in enumerate(spec.restream):
         ref = target.stream_key_secret_ref
         if ref is None:

@@ -138,19 +138,29 @@ def _worker_pod_problem(
     namespace = body["metadata"]["namespace"]
     key_ref = children.stream_key_secret_ref(body, spec)
     user_key = bool(spec.ingest.push and spec.ingest.push.stream_key_secret_ref)
+    # The user's Secrets the pod mounts, which the operator never reads itself.
+    mounted: list[tuple[str, str, str, str]] = []  # volume, Secret, reason, field to fix
+    if key_ref and user_key:
+        mounted.append(
+            (children.STREAM_KEY_VOLUME, key_ref[0], "StreamKeySecretNotFound",
+             "spec.ingest.push.streamKeySecretRef")
+        )  # fmt: skip
+    if spec.ingest.pull and spec.ingest.pull.url_secret_ref:
+        mounted.append(
+            (children.PULL_URL_VOLUME, spec.ingest.pull.url_secret_ref.name,
+             "PullUrlSecretNotFound", "spec.ingest.pull.urlSecretRef")
+        )  # fmt: skip
     for pod in filter(pod_problems.waiting, pods):
-        if key_ref and user_key:
+        if mounted:
             events = kube.list(
                 "Event", namespace, field_selector=pod_problems.failed_mount_selector(pod)
             )
-            what = pod_problems.secret_mount_problem(
-                events, volume=children.STREAM_KEY_VOLUME, secret=key_ref[0], namespace=namespace
-            )
-            if what:
-                return (
-                    "StreamKeySecretNotFound",
-                    f"{what}; create it or fix spec.ingest.push.streamKeySecretRef",
+            for volume, secret, reason, field in mounted:
+                what = pod_problems.secret_mount_problem(
+                    events, volume=volume, secret=secret, namespace=namespace
                 )
+                if what:
+                    return (reason, f"{what}; create it or fix {field}")
         if config := pod_problems.container_config_problem(pod):
             return ("WorkerConfigError", f"the worker cannot start: {config}")
     return None

@@ -120,3 +120,17 @@ def test_a_generated_key_is_not_looked_up() -> None:
     kube = _Events([event(NOT_FOUND)])
     assert streams._worker_pod_problem(cast(Kube, kube), stream, spec, [pod()]) is None
     assert kube.selectors == []
+
+
+def test_a_missing_pull_url_secret_is_named_too() -> None:
+    stream = body("livestream-pull.yaml")
+    stream["spec"]["ingest"]["pull"] = {"urlSecretRef": {"name": "camera-url", "key": "url"}}
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    message = 'MountVolume.SetUp failed for volume "pull-url" : secret "camera-url" not found'
+    problem = streams._worker_pod_problem(cast(Kube, _Events([event(message)])), stream, spec,
+                                          [pod()])  # fmt: skip
+    assert problem == (
+        "PullUrlSecretNotFound",
+        "Secret 'camera-url' not found in namespace 'live'; create it or fix"
+        " spec.ingest.pull.urlSecretRef",
+    )

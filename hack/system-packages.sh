@@ -3,7 +3,8 @@
 # when they are missing (a no-op on a machine that has them all).
 #
 #   hack/system-packages.sh          the demo's: media tools and the real node
-#   hack/system-packages.sh --tests  also what the tests need (a browser, npm)
+#   hack/system-packages.sh --tests  also what the tests need (a browser, npm, and
+#                                    GStreamer: a second real RTMP publisher beside ffmpeg)
 #
 # The real node: containerd and runc run the pods, the CNI plugins wire them,
 # iptables carries kube-proxy's rules, buildah and debootstrap build the images
@@ -30,6 +31,14 @@ want debootstrap debootstrap
 if [[ "${1:-}" == --tests ]]; then
   want npm npm
   want /usr/bin/chromium chromium
+  # gst-launch-1.0; videotestsrc/audiotestsrc (base), flvmux (good), rtmp2sink (bad),
+  # x264enc (ugly), avenc_aac (libav): the publisher of tests/faults/test_gstreamer_publish.py
+  want gst-launch-1.0 gstreamer1.0-tools
+  want /usr/lib/x86_64-linux-gnu/gstreamer-1.0/libgstvideotestsrc.so gstreamer1.0-plugins-base
+  want /usr/lib/x86_64-linux-gnu/gstreamer-1.0/libgstflv.so gstreamer1.0-plugins-good
+  want /usr/lib/x86_64-linux-gnu/gstreamer-1.0/libgstrtmp2.so gstreamer1.0-plugins-bad
+  want /usr/lib/x86_64-linux-gnu/gstreamer-1.0/libgstx264.so gstreamer1.0-plugins-ugly
+  want /usr/lib/x86_64-linux-gnu/gstreamer-1.0/libgstlibav.so gstreamer1.0-libav
 fi
 ((${#need[@]})) || exit 0
 if [[ $EUID -ne 0 ]] || ! command -v apt-get > /dev/null; then

@@ -131,3 +131,58 @@ def test_forced_keyframes_fall_on_gop_boundaries_of_the_session_timeline() -> No
         assert keys == [0, 60, 120, 180]
     finally:
         container.close()
+
+
+#: How GStreamer (avenc_aac + flvmux, on a loaded machine) stamped 1024-sample AAC frames
+#: at 44.1 kHz: milliseconds off the samples' own clock, from a recorded publish.
+GSTREAMER_AUDIO_JITTER_MS = [0, -2, -2, -3, 7, -2, -2, 4, -3, -2, 1, 12, -3, -2, 8, 19, -3, 5]
+GSTREAMER_AUDIO_JITTER_MS += [15, -2, 3, 12, -3, -1, 10, -2, -3, 6, 17, -2, 3, 13, -2, 1, 11, -3]
+
+
+def jittered_audio(frames: int) -> list[av.AudioFrame]:
+    out = []
+    for k in range(frames):
+        frame = av.AudioFrame(format="fltp", layout="stereo", samples=1024)
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        frame.sample_rate = 44100
+        jitter = GSTREAMER_AUDIO_JITTER_MS[k % len(GSTREAMER_AUDIO_JITTER_MS)]
+        frame.pts = round(k * 1024 / 44.1) + jitter
+        frame.time_base = Fraction(1, 1000)  # FLV's millisecond timestamps
+        out.append(frame)
+    return out
+
+
+def test_irregularly_stamped_audio_comes_out_on_one_continuous_timeline() -> None:
+    fanout = ladder.Fanout(video_outputs=1, audio_outputs=2, audio_rate=48000, audio_channels=2)
+    outputs: list[list[av.AudioFrame]] = [[], []]
+    for frame in jittered_audio(200):
+        for mine, chunks in zip(outputs, fanout.audio(frame), strict=True):
+            mine.extend(chunks)
+    for chunks in outputs:
+        assert len(chunks) > 150
+        starts = [c.pts for c in chunks]
+        # Every AAC-sized frame starts where the previous one ended: nothing overlaps,
+        # nothing goes back in time (which the AAC encoder and then the muxer refuse).
+        for before, after in zip(chunks, chunks[1:], strict=False):
+            assert after.pts == before.pts + before.samples, starts
+        assert {c.samples for c in chunks} == {ladder.AAC_FRAME_SIZE}
+
+
+def test_irregularly_stamped_audio_is_encoded_and_packaged_without_error(tmp_path: Path) -> None:
+    fanout = ladder.Fanout(video_outputs=1, audio_outputs=1, audio_rate=48000, audio_channels=2)
+    out = av.open(str(tmp_path / "index.m3u8"), mode="w", format="hls", options={"hls_time": "1"})
+    stream = out.add_stream("aac", rate=48000)
+    stream.codec_context.layout = "stereo"
+    stream.codec_context.format = "fltp"
+    dts = []
+    for frame in jittered_audio(300):
+        for chunk in fanout.audio(frame)[0]:
+            for packet in stream.encode(chunk):
+                dts.append(packet.dts)
+                out.mux(packet)  # raised EINVAL (non-monotonic DTS) before async=1
+    for packet in stream.encode(None):
+        out.mux(packet)
+    out.close()
+    assert dts == sorted(set(dts))
+    assert list(tmp_path.glob("*.ts"))

@@ -36,6 +36,9 @@ from kubecast_worker.status import InputState
 
 #: AAC-LC codes 1024 samples per frame.
 AAC_FRAME_SIZE = 1024
+#: Audio timestamps that jump further than this from the samples' own count are
+#: followed (by filling silence or trimming); smaller jitter is ignored (see Fanout).
+AUDIO_RESYNC_SECONDS = 0.1
 #: Frame rate used when neither the rendition nor the input says one.
 FALLBACK_FPS = Fraction(30)
 
@@ -283,13 +286,26 @@ class Fanout:
             channel_layout=frame.layout.name,
             time_base=str(frame.time_base or Fraction(1, frame.sample_rate)),
         )
+        # NB: async=1 puts the samples on one continuous timeline, counted in samples,
+        # and only fills or trims where the input's timestamps jump by more than
+        # AUDIO_RESYNC_SECONDS. Publishers stamp audio irregularly: GStreamer's
+        # avenc_aac + flvmux under CPU load sends frames 21-33 ms apart for 23.2 ms of
+        # samples, so frames overlap. Cut into AAC-sized frames as they were, the
+        # overlaps gave frames that start before the previous one, and every AAC
+        # encoder's packets then went backwards: the hls muxer refused them with
+        # EINVAL ("rendition 720p failed: Invalid argument", docs/reliability.md).
+        resample = graph.add(
+            "aresample",
+            f"osr={self.audio_rate}:async=1:min_hard_comp={AUDIO_RESYNC_SECONDS}",
+        )
         convert = graph.add(
             "aformat",
             sample_rates=str(self.audio_rate),
             sample_fmts="fltp",
             channel_layouts=self.audio_layout,
         )
-        source.link_to(convert)
+        source.link_to(resample)
+        resample.link_to(convert)
         last = convert
         if self.n_audio > 1:
             last = graph.add("asplit", str(self.n_audio))

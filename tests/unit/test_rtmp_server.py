@@ -154,16 +154,35 @@ def test_a_key_with_a_query_string_and_an_app_with_one_are_accepted() -> None:
 
 
 @pytest.mark.parametrize("name", ["", "?" + KEY, KEY + "x", KEY[:-1], KEY.upper()])
-def test_near_misses_of_the_key_are_refused_with_bad_name(name: str) -> None:
+def test_near_misses_of_the_key_are_refused_as_denied(name: str) -> None:
     async def scenario() -> None:
         async with ingest() as (server, sessions):
             client = await ScriptedClient.connect(server.port)
             status = await client.publish(name=name)
             assert status[3]["level"] == "error"
-            assert status[3]["code"] == "NetStream.Publish.BadName"
+            # Denied, not BadName: GStreamer shows BadName as "stream already exists".
+            assert status[3]["code"] == "NetStream.Publish.Denied"
+            assert "stream key" in status[3]["description"]
             assert await client.closed_by_server()
             assert server.counters.refused_wrong_key == 1
             assert sessions == []
+
+    run(scenario())
+
+
+def test_a_second_publisher_is_told_the_stream_is_taken() -> None:
+    async def scenario() -> None:
+        async with ingest() as (server, sessions):
+            first = await ScriptedClient.connect(server.port)
+            assert (await first.publish())[3]["code"] == "NetStream.Publish.Start"
+            second = await ScriptedClient.connect(server.port)
+            status = await second.publish()
+            assert status[3]["level"] == "error"
+            assert status[3]["code"] == "NetStream.Publish.BadName"  # "already exists"
+            assert "Another publisher is live" in status[3]["description"]
+            assert await second.closed_by_server()
+            assert len(sessions) == 1
+            first.writer.close()
 
     run(scenario())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import av
 import pytest
 
 from kubecast_api import TranscodeProfileSpec
-from kubecast_worker import config, ladder
-from kubecast_worker.status import InputState
+from kubecast_worker import config, ladder, packager
+from kubecast_worker.status import InputState, RenditionState
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "transcodeprofile-default.yaml"
 
@@ -72,6 +73,52 @@ def test_rendition_without_fps_keeps_the_input_rate() -> None:
     assert ladder.plan(profile, source=ntsc).rungs[0].fps == Fraction(30000, 1001)
     assert ladder.plan(profile, source=source(fps=25.0)).rungs[0].fps == Fraction(25)
     assert ladder.plan(profile, source=source(fps=None)).rungs[0].fps == Fraction(30)
+
+
+@pytest.mark.parametrize(
+    ("source_rate", "expected"),
+    [
+        (Fraction(25), Fraction(25)),  # never raised to 30 by repeating frames
+        (Fraction(24000, 1001), Fraction(24000, 1001)),
+        (Fraction(30000, 1001), Fraction(30000, 1001)),
+        (Fraction(30), Fraction(30)),
+        (Fraction(50), Fraction(25)),  # every other frame
+        (Fraction(60000, 1001), Fraction(30000, 1001)),
+        (Fraction(60), Fraction(30)),
+        (Fraction(120), Fraction(30)),
+        (Fraction(48), Fraction(24)),
+        (Fraction(3001, 100), Fraction(30)),  # a hair above: no halving to 15
+        (None, Fraction(30)),
+    ],
+)
+def test_a_rendition_is_never_faster_than_its_source(
+    source_rate: Fraction | None, expected: Fraction
+) -> None:
+    plan = ladder.plan(
+        TranscodeProfileSpec(),
+        source=source(1920, 1080, float(source_rate) if source_rate else None, rate=source_rate),
+    )
+    assert {r.fps for r in plan.rungs} == {expected}  # the default ladder asks for 30
+
+
+def test_a_rate_asked_below_the_source_is_kept_when_no_even_step_is_near() -> None:
+    assert ladder.rung_rate(24, source=Fraction(30)) == Fraction(24)  # 15 would be too far
+    assert ladder.rung_rate(15, source=Fraction(30)) == Fraction(15)
+    assert ladder.rung_rate(15, source=Fraction(25)) == Fraction(25, 2)
+    assert ladder.rung_rate(None, source=Fraction(50)) == Fraction(50)
+
+
+def test_the_master_playlist_says_the_rate_a_25_fps_source_really_gets() -> None:
+    plan = ladder.plan(TranscodeProfileSpec(), source=source(1280, 720, 25.0, rate=Fraction(25)))
+    rung = plan.rungs[0]
+    assert ladder.gop_frames(rung, gop_seconds=plan.gop_seconds) == 50
+    state = RenditionState(name=rung.name, width=rung.width, height=rung.height,
+                           fps=float(rung.fps or 0), nominal_kbps=rung.video_kbps,
+                           peak_kbps=rung.maxrate_kbps)  # fmt: skip
+    text = packager.render_master(
+        [packager.variant(state, segment_type="ts", audio_kbps=128, video_codecs="avc1.64001f")]
+    )
+    assert "FRAME-RATE=25.000" in text
 
 
 def test_codecs_the_worker_cannot_make_yet_are_refused_by_field() -> None:
@@ -164,7 +211,7 @@ def test_irregularly_stamped_audio_comes_out_on_one_continuous_timeline() -> Non
         starts = [c.pts for c in chunks]
         # Every AAC-sized frame starts where the previous one ended: nothing overlaps,
         # nothing goes back in time (which the AAC encoder and then the muxer refuse).
-        for before, after in zip(chunks, chunks[1:], strict=False):
+        for before, after in itertools.pairwise(chunks):
             assert after.pts == before.pts + before.samples, starts
         assert {c.samples for c in chunks} == {ladder.AAC_FRAME_SIZE}
 

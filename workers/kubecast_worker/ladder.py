@@ -2,7 +2,8 @@
 
 - ``plan()`` decides the ladder for an input (pure; unit-tested): a rendition
   taller than the source is dropped, never upscaled, and the reason is kept for
-  ``/status``.
+  ``/status``; likewise no rendition is made faster than the source's frame rate
+  (``rung_rate``).
 - ``Fanout`` runs in the ingest thread. It gives every encoded rendition its own
   reference to each decoded frame (FFmpeg's ``split``/``asplit``, which add
   references to the same read-only buffers rather than copying pixels), so no
@@ -39,6 +40,8 @@ AAC_FRAME_SIZE = 1024
 #: Audio timestamps that jump further than this from the samples' own count are
 #: followed (by filling silence or trimming); smaller jitter is ignored (see Fanout).
 AUDIO_RESYNC_SECONDS = 0.1
+#: How far below a rendition's requested rate an even decimation may land (rung_rate).
+EVEN_DECIMATION_SLACK = Fraction(1, 5)
 #: Frame rate used when neither the rendition nor the input says one.
 FALLBACK_FPS = Fraction(30)
 
@@ -136,7 +139,7 @@ def plan(profile: TranscodeProfileSpec, *, source: InputState) -> Ladder:
                 passthrough=False,
                 width=rendition.width,
                 height=rendition.height,
-                fps=Fraction(rendition.fps) if rendition.fps else (source_fps or FALLBACK_FPS),
+                fps=rung_rate(rendition.fps, source=source_fps),
                 video_kbps=rendition.video_bitrate,
                 maxrate_kbps=maxrate,
                 bufsize_kbit=rendition.bufsize or 2 * maxrate,
@@ -161,6 +164,27 @@ def plan(profile: TranscodeProfileSpec, *, source: InputState) -> Ladder:
         audio_rate=profile.audio.sample_rate,
         audio_channels=profile.audio.channels,
     )
+
+
+def rung_rate(requested: int | None, *, source: Fraction | None) -> Fraction:
+    """The frame rate a rendition is made at: the profile's rate is a ceiling, never a target.
+
+    - a source at or below the requested rate keeps its own rate (a 25 fps source
+      gives 25 fps, not 30 made by repeating frames, which judders and costs CPU);
+    - a faster source is decimated evenly, every n-th frame, when that lands within
+      ``EVEN_DECIMATION_SLACK`` below the requested rate (50 fps gives 25 for 30,
+      59.94 gives 29.97);
+    - otherwise the requested rate, with frames dropped unevenly (30 fps asked of 24).
+    """
+    if requested is None:
+        return source or FALLBACK_FPS
+    ceiling = Fraction(requested)
+    if source is None:
+        return ceiling
+    if source <= ceiling:
+        return source
+    even = source / math.ceil(source / ceiling)
+    return even if even >= ceiling * (1 - EVEN_DECIMATION_SLACK) else ceiling
 
 
 def gop_frames(rung: Rung, *, gop_seconds: int) -> int:

@@ -332,17 +332,20 @@ class RtmpConnection:
         key = name.split("?", 1)[0]
         result = self._admission.open_session(connection=self, app=self._app, stream_key=key)
         if isinstance(result, str):
-            description = (
-                "Another publisher is live on this stream; try again when it has stopped."
-                if result == "busy"
-                else "Stream key refused; check the stream key."
-            )
+            # NB: publishers tell their user what the code means, not the description:
+            # GStreamer shows BadName as "stream already exists" and Denied as "publish
+            # denied", and librtmp (OBS) gives up on Denied. So BadName only when busy.
+            if result == "busy":
+                code = "NetStream.Publish.BadName"
+                description = (
+                    "Another publisher is live on this stream; try again when it has stopped."
+                )
+            else:
+                code = "NetStream.Publish.Denied"
+                description = "Stream key refused; check the stream key."
             self._send(
                 messages.on_status(
-                    stream_id=stream_id,
-                    level="error",
-                    code="NetStream.Publish.BadName",
-                    description=description,
+                    stream_id=stream_id, level="error", code=code, description=description
                 )
             )
             await self._flush()

@@ -233,3 +233,27 @@ def test_irregularly_stamped_audio_is_encoded_and_packaged_without_error(tmp_pat
     out.close()
     assert dts == sorted(set(dts))
     assert list(tmp_path.glob("*.ts"))
+
+
+def test_a_resolution_change_mid_stream_continues_the_rendition_timeline(tmp_path: Path) -> None:
+    profile = TranscodeProfileSpec.model_validate(
+        {"renditions": [{"name": "180p", "width": 320, "height": 180, "videoBitrate": 200,
+                         "fps": 30, "preset": "ultrafast"}]}
+    )  # fmt: skip
+    plan = ladder.plan(profile, source=source(1280, 720, 30.0, rate=Fraction(30)))
+    out = av.open(str(tmp_path / "index.m3u8"), mode="w", format="hls", options={"hls_time": "1"})
+    encoder = ladder.Encoder(rung=plan.rungs[0], ladder=plan, container=out, with_audio=False)
+    packets = []
+    for n in range(60):  # 1 s at 1280x720, then 1 s at 640x360: the publisher changed size
+        width, height = (1280, 720) if n < 30 else (640, 360)
+        frame = av.VideoFrame(width, height, "yuv420p")
+        frame.pts, frame.time_base = n * 33, Fraction(1, 1000)  # FLV milliseconds
+        for packet in encoder.video(frame):
+            packets.append(packet.pts)
+            out.mux(packet)  # raised EINVAL when the rebuilt fps filter restarted at 0
+    for packet in encoder.flush():
+        packets.append(packet.pts)
+        out.mux(packet)
+    out.close()
+    assert sorted(packets) == list(range(len(packets)))  # one frame every 1/30 s, no repeat
+    assert 58 <= len(packets) <= 61

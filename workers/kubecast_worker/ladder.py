@@ -400,6 +400,8 @@ class Encoder:
         self._graph: tuple[Graph, Any, Any] | None = None
         self._graph_key: tuple[Any, ...] | None = None
         self._next_key: Fraction = Fraction(0)
+        #: the next output frame's pts (in 1/fps): where a rebuilt fps filter starts
+        self._next_pts = 0
         self.codecs: str | None = None
 
     # -- video
@@ -419,6 +421,8 @@ class Encoder:
         source.push(push)
         packets: list[Packet] = []
         for out in _drain(sink):
+            if out.pts is not None:
+                self._next_pts = out.pts + 1
             out.pict_type = PictureType.I if self._keyframe_due(out) else PictureType.NONE
             packets.extend(self.video_stream.encode(out))
         if self.codecs is None and self.video_stream.codec_context.is_open:
@@ -443,11 +447,15 @@ class Encoder:
             format=frame.format,
             time_base=frame.time_base or Fraction(1, 1000),
         )
+        # start_time: the session timeline starts at 0 (ingest rebases it), so every
+        # rendition's frame n is at n/fps whatever the first input pts. NB: a graph
+        # rebuilt for a new input size continues after the last frame of the old one;
+        # starting at 0 again sent pts back in time, and the muxer refused them with
+        # EINVAL ("rendition 360p failed: Invalid argument", docs/reliability.md).
+        start = Fraction(self._next_pts) / rung.fps
         chain = [
             source,
-            # start_time=0: the session timeline starts at 0 (ingest rebases it),
-            # so every rendition's frame n is at n/fps whatever the first input pts.
-            graph.add("fps", f"fps={rung.fps}:start_time=0"),
+            graph.add("fps", f"fps={rung.fps}:start_time={float(start)!r}"),
             graph.add("scale", f"{rung.width}:{rung.height}:flags=bicubic"),
             graph.add("format", "yuv420p"),
             graph.add("setsar", "1"),

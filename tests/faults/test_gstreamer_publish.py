@@ -87,6 +87,7 @@ def clean(run: dict[str, Any]) -> bool:
         and all(run["segments"][name] >= 1 for name in RENDITIONS)
         and not run["failures"]
         and not run["last_error"]
+        and run["gstreamer_exit"] == 0  # GStreamer itself saw no error, end of stream included
     )
 
 

@@ -229,6 +229,29 @@ def test_media_metadata_pings_and_acks_while_publishing() -> None:
     run(scenario())
 
 
+def test_unpublish_ends_the_media_at_once_and_leaves_the_hang_up_to_the_publisher() -> None:
+    # GStreamer's rtmp2sink sends FCUnpublish + deleteStream at end of stream, then closes;
+    # a server that closes first makes it report "connection closed remotely" and fail.
+    async def scenario() -> None:
+        async with ingest() as (server, sessions):
+            client = await ScriptedClient.connect(server.port)
+            await client.publish()
+            (session,) = sessions
+            client.send(Message(messages.VIDEO, bytes([0x17, 1]) + os.urandom(100), 0, 1, 6))
+            client.command("FCUnpublish", 6.0, None, KEY)
+            client.command("deleteStream", 7.0, None, 1.0)
+            media = await asyncio.wait_for(asyncio.to_thread(session.flv.read, -1), 1)
+            assert media.startswith(b"FLV")  # the reader has seen the end of the media
+            with pytest.raises(TimeoutError):  # and the socket is still ours to close
+                await asyncio.wait_for(client.reader.read(65536), 0.5)
+            client.writer.close()
+            await asyncio.wait_for(session.wait_closed(), 2)
+            assert session.close_reason == "publisher_left"
+            assert server.counters.protocol_errors == 0
+
+    run(scenario())
+
+
 def test_a_publisher_that_sends_media_right_behind_publish_is_not_cut_off() -> None:
     # Before publish only small messages are allowed; a keyframe pipelined in the same TCP
     # segment as the publish command must be judged by the publishing limit.

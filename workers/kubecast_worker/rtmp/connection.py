@@ -113,6 +113,7 @@ class RtmpConnection:
         self._next_stream_id = 1
         self._stream_id = 0  # the message stream being published
         self._flv_started = False
+        self._unpublished = False  # FCUnpublish/deleteStream came: waiting for the peer to close
         self._ack_window = 0  # set by the peer's Window Acknowledgement Size
         self._bytes_in = 0
         self._unacked = 0
@@ -131,18 +132,18 @@ class RtmpConnection:
                 if timeout <= 0:
                     raise TimeoutError()
             else:
-                timeout = self._limits.idle_timeout
+                timeout = CLOSE_TIMEOUT if self._unpublished else self._limits.idle_timeout
             try:
                 data = await asyncio.wait_for(self._reader.read(READ_SIZE), timeout)
             except TimeoutError:
                 if self.session is None:
                     raise
-                self._end("idle_timeout")
+                self._end("publisher_left" if self._unpublished else "idle_timeout")
                 break
             except ConnectionError:
                 if self.session is None and self.end_reason is None:
                     raise
-                self._end("connection_lost")
+                self._end("publisher_left" if self._unpublished else "connection_lost")
                 break
             if not data:
                 if self.session is None and self.end_reason is None:
@@ -282,8 +283,13 @@ class RtmpConnection:
             if transaction:
                 self._send(messages.command("_result", transaction, None, amf0.UNDEFINED))
         elif name in ("FCUnpublish", "deleteStream", "closeStream"):
-            if self.session is not None:
-                self._end("publisher_left")
+            if self.session is not None and not self._unpublished:
+                # The media ends now; the socket stays open until the peer closes it (at
+                # most CLOSE_TIMEOUT). NB: closing it first made GStreamer's rtmp2sink,
+                # which sends these at end of stream and then hangs up, end every publish
+                # with "Connection error: connection closed remotely" and exit status 1.
+                self._unpublished = True
+                self.session.flv.finish()
         elif name in ("play", "play2"):
             raise ProtocolError("play requested on the ingest port, which only takes publishers")
         # Anything else (_checkbw, getStreamLength, ...) is harmless and ignored.

@@ -452,6 +452,7 @@ class Encoder:
         # rebuilt for a new input size continues after the last frame of the old one;
         # starting at 0 again sent pts back in time, and the muxer refused them with
         # EINVAL ("rendition 360p failed: Invalid argument", docs/reliability.md).
+        assert rung.fps is not None
         start = Fraction(self._next_pts) / rung.fps
         chain = [
             source,

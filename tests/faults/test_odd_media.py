@@ -219,6 +219,7 @@ def test_odd_input_is_transcoded_or_refused_with_a_reason(
 ) -> None:
     before = sessions_over(worker)
     ended_before = len(worker.logged("playlists ended"))
+    opened_before = len(worker.logged("input opened"))
     command = case.publisher(worker.rtmp(), tmp_path)
     publisher = subprocess.run(command, capture_output=True, timeout=SECONDS + 60, check=False)
     until(lambda: sessions_over(worker) > before, timeout=60, what=f"{case.name}: session end")
@@ -227,7 +228,8 @@ def test_odd_input_is_transcoded_or_refused_with_a_reason(
         "publisher_exit": publisher.returncode,
         "state": status["state"],
         "lastError": status["lastError"],
-        "input": status.get("input"),
+        # /status has no input once idle: what the worker logged when it opened it
+        "input": [e["input"] for e in worker.logged("input opened")[opened_before:]],
         "renditions": {},
     }
     RESULTS[case.name] = result

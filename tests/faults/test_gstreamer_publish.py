@@ -67,7 +67,10 @@ def first_publish(directory: Path, *, loaded: bool) -> dict[str, Any]:
     for name in RENDITIONS:
         playlist = worker.out / name / "index.m3u8"
         segments[name] = playlist.read_text().count("#EXTINF:") if playlist.exists() else 0
-    failures = [line for line in worker.raw if "failed" in line.lower()]
+    # "mismatch": the FLV demuxer's "Packet mismatch", seen once before (not reproduced)
+    failures = [
+        line for line in worker.raw if any(w in line.lower() for w in ("failed", "mismatch"))
+    ]
     return {
         "loaded": loaded,
         "seen_live": seen_live,

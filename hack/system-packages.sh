@@ -3,7 +3,8 @@
 # when they are missing (a no-op on a machine that has them all).
 #
 #   hack/system-packages.sh          the demo's: media tools and the real node
-#   hack/system-packages.sh --tests  also what the tests need (a browser, npm)
+#   hack/system-packages.sh --tests  also what the tests need (a browser, npm, and
+#                                    GStreamer: a second real RTMP publisher beside ffmpeg)
 #
 # The real node: containerd and runc run the pods, the CNI plugins wire them,
 # iptables carries kube-proxy's rules, buildah and debootstrap build the images
@@ -32,11 +33,13 @@ if [[ "${1:-}" == --tests ]]; then
   want /usr/bin/chromium chromium
   # SRT ingest: the worker's listener (srt-live-transmit, also in the worker image)
   want srt-live-transmit srt-tools
-  # GStreamer, a second real publisher: RTMP (rtmp2sink) and SRT (srtsink) from
-  # -bad, x264enc from -ugly, avenc_aac from -libav.
+  # GStreamer, a second real publisher: videotestsrc/audiotestsrc (base), flvmux
+  # (good), rtmp2sink and srtsink (bad), x264enc (ugly), avenc_aac (libav).
   gst=/usr/lib/$(uname -m)-linux-gnu/gstreamer-1.0
   want gst-launch-1.0 gstreamer1.0-tools
   want "$gst/libgstvideotestsrc.so" gstreamer1.0-plugins-base
+  want "$gst/libgstflv.so" gstreamer1.0-plugins-good
+  want "$gst/libgstrtmp2.so" gstreamer1.0-plugins-bad
   want "$gst/libgstsrt.so" gstreamer1.0-plugins-bad
   want "$gst/libgstx264.so" gstreamer1.0-plugins-ugly
   want "$gst/libgstlibav.so" gstreamer1.0-libav

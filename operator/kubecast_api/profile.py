@@ -123,7 +123,9 @@ class Rendition(ApiModel):
     fps: int | None = Field(
         strict=True,
         default=None,
-        description="Output frame rate. Unset keeps the source frame rate.",
+        description="Highest output frame rate. A source at or below it keeps its own rate"
+        " (never raised by repeating frames); a faster one is reduced, evenly when it can"
+        " (50 fps to 25 for 30). Unset keeps the source frame rate.",
         ge=1,
         le=120,
     )

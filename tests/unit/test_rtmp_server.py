@@ -165,16 +165,35 @@ def test_a_key_with_a_query_string_and_an_app_with_one_are_accepted() -> None:
 
 
 @pytest.mark.parametrize("name", ["", "?" + KEY, KEY + "x", KEY[:-1], KEY.upper()])
-def test_near_misses_of_the_key_are_refused_with_bad_name(name: str) -> None:
+def test_near_misses_of_the_key_are_refused_as_denied(name: str) -> None:
     async def scenario() -> None:
         async with ingest() as (server, sessions):
             client = await ScriptedClient.connect(server.port)
             status = await client.publish(name=name)
             assert status[3]["level"] == "error"
-            assert status[3]["code"] == "NetStream.Publish.BadName"
+            # Denied, not BadName: GStreamer shows BadName as "stream already exists".
+            assert status[3]["code"] == "NetStream.Publish.Denied"
+            assert "stream key" in status[3]["description"]
             assert await client.closed_by_server()
             assert server.counters.refused_wrong_key == 1
             assert sessions == []
+
+    run(scenario())
+
+
+def test_a_second_publisher_is_told_the_stream_is_taken() -> None:
+    async def scenario() -> None:
+        async with ingest() as (server, sessions):
+            first = await ScriptedClient.connect(server.port)
+            assert (await first.publish())[3]["code"] == "NetStream.Publish.Start"
+            second = await ScriptedClient.connect(server.port)
+            status = await second.publish()
+            assert status[3]["level"] == "error"
+            assert status[3]["code"] == "NetStream.Publish.BadName"  # "already exists"
+            assert "Another publisher is live" in status[3]["description"]
+            assert await second.closed_by_server()
+            assert len(sessions) == 1
+            first.writer.close()
 
     run(scenario())
 
@@ -217,6 +236,29 @@ def test_media_metadata_pings_and_acks_while_publishing() -> None:
             expected += b"".join(flv.tag(flv.TAG_VIDEO, 33 * i, f) for i, f in enumerate(frames))
             assert await asyncio.to_thread(session.flv.read, -1) == expected
             assert server.current is None
+
+    run(scenario())
+
+
+def test_unpublish_ends_the_media_at_once_and_leaves_the_hang_up_to_the_publisher() -> None:
+    # GStreamer's rtmp2sink sends FCUnpublish + deleteStream at end of stream, then closes;
+    # a server that closes first makes it report "connection closed remotely" and fail.
+    async def scenario() -> None:
+        async with ingest() as (server, sessions):
+            client = await ScriptedClient.connect(server.port)
+            await client.publish()
+            (session,) = sessions
+            client.send(Message(messages.VIDEO, bytes([0x17, 1]) + os.urandom(100), 0, 1, 6))
+            client.command("FCUnpublish", 6.0, None, KEY)
+            client.command("deleteStream", 7.0, None, 1.0)
+            media = await asyncio.wait_for(asyncio.to_thread(session.flv.read, -1), 1)
+            assert media.startswith(b"FLV")  # the reader has seen the end of the media
+            with pytest.raises(TimeoutError):  # and the socket is still ours to close
+                await asyncio.wait_for(client.reader.read(65536), 0.5)
+            client.writer.close()
+            await asyncio.wait_for(session.wait_closed(), 2)
+            assert session.close_reason == "publisher_left"
+            assert server.counters.protocol_errors == 0
 
     run(scenario())
 

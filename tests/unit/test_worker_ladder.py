@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from fractions import Fraction
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import av
 import pytest
 
 from kubecast_api import TranscodeProfileSpec
-from kubecast_worker import config, ladder
-from kubecast_worker.status import InputState
+from kubecast_worker import config, ladder, packager
+from kubecast_worker.status import InputState, RenditionState
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "transcodeprofile-default.yaml"
 
@@ -74,6 +75,52 @@ def test_rendition_without_fps_keeps_the_input_rate() -> None:
     assert ladder.plan(profile, source=source(fps=None)).rungs[0].fps == Fraction(30)
 
 
+@pytest.mark.parametrize(
+    ("source_rate", "expected"),
+    [
+        (Fraction(25), Fraction(25)),  # never raised to 30 by repeating frames
+        (Fraction(24000, 1001), Fraction(24000, 1001)),
+        (Fraction(30000, 1001), Fraction(30000, 1001)),
+        (Fraction(30), Fraction(30)),
+        (Fraction(50), Fraction(25)),  # every other frame
+        (Fraction(60000, 1001), Fraction(30000, 1001)),
+        (Fraction(60), Fraction(30)),
+        (Fraction(120), Fraction(30)),
+        (Fraction(48), Fraction(24)),
+        (Fraction(3001, 100), Fraction(30)),  # a hair above: no halving to 15
+        (None, Fraction(30)),
+    ],
+)
+def test_a_rendition_is_never_faster_than_its_source(
+    source_rate: Fraction | None, expected: Fraction
+) -> None:
+    plan = ladder.plan(
+        TranscodeProfileSpec(),
+        source=source(1920, 1080, float(source_rate) if source_rate else None, rate=source_rate),
+    )
+    assert {r.fps for r in plan.rungs} == {expected}  # the default ladder asks for 30
+
+
+def test_a_rate_asked_below_the_source_is_kept_when_no_even_step_is_near() -> None:
+    assert ladder.rung_rate(24, source=Fraction(30)) == Fraction(24)  # 15 would be too far
+    assert ladder.rung_rate(15, source=Fraction(30)) == Fraction(15)
+    assert ladder.rung_rate(15, source=Fraction(25)) == Fraction(25, 2)
+    assert ladder.rung_rate(None, source=Fraction(50)) == Fraction(50)
+
+
+def test_the_master_playlist_says_the_rate_a_25_fps_source_really_gets() -> None:
+    plan = ladder.plan(TranscodeProfileSpec(), source=source(1280, 720, 25.0, rate=Fraction(25)))
+    rung = plan.rungs[0]
+    assert ladder.gop_frames(rung, gop_seconds=plan.gop_seconds) == 50
+    state = RenditionState(name=rung.name, width=rung.width, height=rung.height,
+                           fps=float(rung.fps or 0), nominal_kbps=rung.video_kbps,
+                           peak_kbps=rung.maxrate_kbps)  # fmt: skip
+    text = packager.render_master(
+        [packager.variant(state, segment_type="ts", audio_kbps=128, video_codecs="avc1.64001f")]
+    )
+    assert "FRAME-RATE=25.000" in text
+
+
 def test_codecs_the_worker_cannot_make_yet_are_refused_by_field() -> None:
     profile = TranscodeProfileSpec.model_validate(
         {
@@ -131,3 +178,82 @@ def test_forced_keyframes_fall_on_gop_boundaries_of_the_session_timeline() -> No
         assert keys == [0, 60, 120, 180]
     finally:
         container.close()
+
+
+#: How GStreamer (avenc_aac + flvmux, on a loaded machine) stamped 1024-sample AAC frames
+#: at 44.1 kHz: milliseconds off the samples' own clock, from a recorded publish.
+GSTREAMER_AUDIO_JITTER_MS = [0, -2, -2, -3, 7, -2, -2, 4, -3, -2, 1, 12, -3, -2, 8, 19, -3, 5]
+GSTREAMER_AUDIO_JITTER_MS += [15, -2, 3, 12, -3, -1, 10, -2, -3, 6, 17, -2, 3, 13, -2, 1, 11, -3]
+
+
+def jittered_audio(frames: int) -> list[av.AudioFrame]:
+    out = []
+    for k in range(frames):
+        frame = av.AudioFrame(format="fltp", layout="stereo", samples=1024)
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        frame.sample_rate = 44100
+        jitter = GSTREAMER_AUDIO_JITTER_MS[k % len(GSTREAMER_AUDIO_JITTER_MS)]
+        frame.pts = round(k * 1024 / 44.1) + jitter
+        frame.time_base = Fraction(1, 1000)  # FLV's millisecond timestamps
+        out.append(frame)
+    return out
+
+
+def test_irregularly_stamped_audio_comes_out_on_one_continuous_timeline() -> None:
+    fanout = ladder.Fanout(video_outputs=1, audio_outputs=2, audio_rate=48000, audio_channels=2)
+    outputs: list[list[av.AudioFrame]] = [[], []]
+    for frame in jittered_audio(200):
+        for mine, chunks in zip(outputs, fanout.audio(frame), strict=True):
+            mine.extend(chunks)
+    for chunks in outputs:
+        assert len(chunks) > 150
+        starts = [c.pts for c in chunks]
+        # Every AAC-sized frame starts where the previous one ended: nothing overlaps,
+        # nothing goes back in time (which the AAC encoder and then the muxer refuse).
+        for before, after in itertools.pairwise(chunks):
+            assert after.pts == before.pts + before.samples, starts
+        assert {c.samples for c in chunks} == {ladder.AAC_FRAME_SIZE}
+
+
+def test_irregularly_stamped_audio_is_encoded_and_packaged_without_error(tmp_path: Path) -> None:
+    fanout = ladder.Fanout(video_outputs=1, audio_outputs=1, audio_rate=48000, audio_channels=2)
+    out = av.open(str(tmp_path / "index.m3u8"), mode="w", format="hls", options={"hls_time": "1"})
+    stream = out.add_stream("aac", rate=48000)
+    stream.codec_context.layout = "stereo"
+    stream.codec_context.format = "fltp"
+    dts = []
+    for frame in jittered_audio(300):
+        for chunk in fanout.audio(frame)[0]:
+            for packet in stream.encode(chunk):
+                dts.append(packet.dts)
+                out.mux(packet)  # raised EINVAL (non-monotonic DTS) before async=1
+    for packet in stream.encode(None):
+        out.mux(packet)
+    out.close()
+    assert dts == sorted(set(dts))
+    assert list(tmp_path.glob("*.ts"))
+
+
+def test_a_resolution_change_mid_stream_continues_the_rendition_timeline(tmp_path: Path) -> None:
+    profile = TranscodeProfileSpec.model_validate(
+        {"renditions": [{"name": "180p", "width": 320, "height": 180, "videoBitrate": 200,
+                         "fps": 30, "preset": "ultrafast"}]}
+    )  # fmt: skip
+    plan = ladder.plan(profile, source=source(1280, 720, 30.0, rate=Fraction(30)))
+    out = av.open(str(tmp_path / "index.m3u8"), mode="w", format="hls", options={"hls_time": "1"})
+    encoder = ladder.Encoder(rung=plan.rungs[0], ladder=plan, container=out, with_audio=False)
+    packets = []
+    for n in range(60):  # 1 s at 1280x720, then 1 s at 640x360: the publisher changed size
+        width, height = (1280, 720) if n < 30 else (640, 360)
+        frame = av.VideoFrame(width, height, "yuv420p")
+        frame.pts, frame.time_base = n * 33, Fraction(1, 1000)  # FLV milliseconds
+        for packet in encoder.video(frame):
+            packets.append(packet.pts)
+            out.mux(packet)  # raised EINVAL when the rebuilt fps filter restarted at 0
+    for packet in encoder.flush():
+        packets.append(packet.pts)
+        out.mux(packet)
+    out.close()
+    assert sorted(packets) == list(range(len(packets)))  # one frame every 1/30 s, no repeat
+    assert 58 <= len(packets) <= 61

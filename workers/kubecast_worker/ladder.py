@@ -2,7 +2,8 @@
 
 - ``plan()`` decides the ladder for an input (pure; unit-tested): a rendition
   taller than the source is dropped, never upscaled, and the reason is kept for
-  ``/status``.
+  ``/status``; likewise no rendition is made faster than the source's frame rate
+  (``rung_rate``).
 - ``Fanout`` runs in the ingest thread. It gives every encoded rendition its own
   reference to each decoded frame (FFmpeg's ``split``/``asplit``, which add
   references to the same read-only buffers rather than copying pixels), so no
@@ -37,6 +38,11 @@ from kubecast_worker.thumbnail import Thumbnailer
 
 #: AAC-LC codes 1024 samples per frame.
 AAC_FRAME_SIZE = 1024
+#: Audio timestamps that jump further than this from the samples' own count are
+#: followed (by filling silence or trimming); smaller jitter is ignored (see Fanout).
+AUDIO_RESYNC_SECONDS = 0.1
+#: How far below a rendition's requested rate an even decimation may land (rung_rate).
+EVEN_DECIMATION_SLACK = Fraction(1, 5)
 #: Frame rate used when neither the rendition nor the input says one.
 FALLBACK_FPS = Fraction(30)
 
@@ -134,7 +140,7 @@ def plan(profile: TranscodeProfileSpec, *, source: InputState) -> Ladder:
                 passthrough=False,
                 width=rendition.width,
                 height=rendition.height,
-                fps=Fraction(rendition.fps) if rendition.fps else (source_fps or FALLBACK_FPS),
+                fps=rung_rate(rendition.fps, source=source_fps),
                 video_kbps=rendition.video_bitrate,
                 maxrate_kbps=maxrate,
                 bufsize_kbit=rendition.bufsize or 2 * maxrate,
@@ -159,6 +165,27 @@ def plan(profile: TranscodeProfileSpec, *, source: InputState) -> Ladder:
         audio_rate=profile.audio.sample_rate,
         audio_channels=profile.audio.channels,
     )
+
+
+def rung_rate(requested: int | None, *, source: Fraction | None) -> Fraction:
+    """The frame rate a rendition is made at: the profile's rate is a ceiling, never a target.
+
+    - a source at or below the requested rate keeps its own rate (a 25 fps source
+      gives 25 fps, not 30 made by repeating frames, which judders and costs CPU);
+    - a faster source is decimated evenly, every n-th frame, when that lands within
+      ``EVEN_DECIMATION_SLACK`` below the requested rate (50 fps gives 25 for 30,
+      59.94 gives 29.97);
+    - otherwise the requested rate, with frames dropped unevenly (30 fps asked of 24).
+    """
+    if requested is None:
+        return source or FALLBACK_FPS
+    ceiling = Fraction(requested)
+    if source is None:
+        return ceiling
+    if source <= ceiling:
+        return source
+    even = source / math.ceil(source / ceiling)
+    return even if even >= ceiling * (1 - EVEN_DECIMATION_SLACK) else ceiling
 
 
 def gop_frames(rung: Rung, *, gop_seconds: int) -> int:
@@ -284,13 +311,26 @@ class Fanout:
             channel_layout=frame.layout.name,
             time_base=str(frame.time_base or Fraction(1, frame.sample_rate)),
         )
+        # NB: async=1 puts the samples on one continuous timeline, counted in samples,
+        # and only fills or trims where the input's timestamps jump by more than
+        # AUDIO_RESYNC_SECONDS. Publishers stamp audio irregularly: GStreamer's
+        # avenc_aac + flvmux under CPU load sends frames 21-33 ms apart for 23.2 ms of
+        # samples, so frames overlap. Cut into AAC-sized frames as they were, the
+        # overlaps gave frames that start before the previous one, and every AAC
+        # encoder's packets then went backwards: the hls muxer refused them with
+        # EINVAL ("rendition 720p failed: Invalid argument", docs/reliability.md).
+        resample = graph.add(
+            "aresample",
+            f"osr={self.audio_rate}:async=1:min_hard_comp={AUDIO_RESYNC_SECONDS}",
+        )
         convert = graph.add(
             "aformat",
             sample_rates=str(self.audio_rate),
             sample_fmts="fltp",
             channel_layouts=self.audio_layout,
         )
-        source.link_to(convert)
+        source.link_to(resample)
+        resample.link_to(convert)
         last = convert
         if self.n_audio > 1:
             last = graph.add("asplit", str(self.n_audio))
@@ -361,6 +401,8 @@ class Encoder:
         self._graph: tuple[Graph, Any, Any] | None = None
         self._graph_key: tuple[Any, ...] | None = None
         self._next_key: Fraction = Fraction(0)
+        #: the next output frame's pts (in 1/fps): where a rebuilt fps filter starts
+        self._next_pts = 0
         self.codecs: str | None = None
         #: set on the smallest rendition: it offers its scaled frames for the still
         self.thumbnail: Thumbnailer | None = None
@@ -382,6 +424,8 @@ class Encoder:
         source.push(push)
         packets: list[Packet] = []
         for out in _drain(sink):
+            if out.pts is not None:
+                self._next_pts = out.pts + 1
             if self.thumbnail is not None:
                 self.thumbnail.offer(out)
             out.pict_type = PictureType.I if self._keyframe_due(out) else PictureType.NONE
@@ -408,11 +452,16 @@ class Encoder:
             format=frame.format,
             time_base=frame.time_base or Fraction(1, 1000),
         )
+        # start_time: the session timeline starts at 0 (ingest rebases it), so every
+        # rendition's frame n is at n/fps whatever the first input pts. NB: a graph
+        # rebuilt for a new input size continues after the last frame of the old one;
+        # starting at 0 again sent pts back in time, and the muxer refused them with
+        # EINVAL ("rendition 360p failed: Invalid argument", docs/reliability.md).
+        assert rung.fps is not None
+        start = Fraction(self._next_pts) / rung.fps
         chain = [
             source,
-            # start_time=0: the session timeline starts at 0 (ingest rebases it),
-            # so every rendition's frame n is at n/fps whatever the first input pts.
-            graph.add("fps", f"fps={rung.fps}:start_time=0"),
+            graph.add("fps", f"fps={rung.fps}:start_time={float(start)!r}"),
             graph.add("scale", f"{rung.width}:{rung.height}:flags=bicubic"),
             graph.add("format", "yuv420p"),
             graph.add("setsar", "1"),

@@ -113,6 +113,7 @@ class RtmpConnection:
         self._next_stream_id = 1
         self._stream_id = 0  # the message stream being published
         self._flv_started = False
+        self._unpublished = False  # FCUnpublish/deleteStream came: waiting for the peer to close
         self._ack_window = 0  # set by the peer's Window Acknowledgement Size
         self._bytes_in = 0
         self._unacked = 0
@@ -131,18 +132,18 @@ class RtmpConnection:
                 if timeout <= 0:
                     raise TimeoutError()
             else:
-                timeout = self._limits.idle_timeout
+                timeout = CLOSE_TIMEOUT if self._unpublished else self._limits.idle_timeout
             try:
                 data = await asyncio.wait_for(self._reader.read(READ_SIZE), timeout)
             except TimeoutError:
                 if self.session is None:
                     raise
-                self._end("idle_timeout")
+                self._end("publisher_left" if self._unpublished else "idle_timeout")
                 break
             except ConnectionError:
                 if self.session is None and self.end_reason is None:
                     raise
-                self._end("connection_lost")
+                self._end("publisher_left" if self._unpublished else "connection_lost")
                 break
             if not data:
                 if self.session is None and self.end_reason is None:
@@ -282,8 +283,13 @@ class RtmpConnection:
             if transaction:
                 self._send(messages.command("_result", transaction, None, amf0.UNDEFINED))
         elif name in ("FCUnpublish", "deleteStream", "closeStream"):
-            if self.session is not None:
-                self._end("publisher_left")
+            if self.session is not None and not self._unpublished:
+                # The media ends now; the socket stays open until the peer closes it (at
+                # most CLOSE_TIMEOUT). NB: closing it first made GStreamer's rtmp2sink,
+                # which sends these at end of stream and then hangs up, end every publish
+                # with "Connection error: connection closed remotely" and exit status 1.
+                self._unpublished = True
+                self.session.flv.finish()
         elif name in ("play", "play2"):
             raise ProtocolError("play requested on the ingest port, which only takes publishers")
         # Anything else (_checkbw, getStreamLength, ...) is harmless and ignored.
@@ -332,17 +338,20 @@ class RtmpConnection:
         key = name.split("?", 1)[0]
         result = self._admission.open_session(connection=self, app=self._app, stream_key=key)
         if isinstance(result, str):
-            description = (
-                "Another publisher is live on this stream; try again when it has stopped."
-                if result == "busy"
-                else "Stream key refused; check the stream key."
-            )
+            # NB: publishers tell their user what the code means, not the description:
+            # GStreamer shows BadName as "stream already exists" and Denied as "publish
+            # denied", and librtmp (OBS) gives up on Denied. So BadName only when busy.
+            if result == "busy":
+                code = "NetStream.Publish.BadName"
+                description = (
+                    "Another publisher is live on this stream; try again when it has stopped."
+                )
+            else:
+                code = "NetStream.Publish.Denied"
+                description = "Stream key refused; check the stream key."
             self._send(
                 messages.on_status(
-                    stream_id=stream_id,
-                    level="error",
-                    code="NetStream.Publish.BadName",
-                    description=description,
+                    stream_id=stream_id, level="error", code=code, description=description
                 )
             )
             await self._flush()

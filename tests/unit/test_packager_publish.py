@@ -3,6 +3,7 @@ the segments of earlier sessions that its ``append_list`` forgets to delete."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import m3u8
@@ -10,7 +11,7 @@ import m3u8
 from kubecast_worker import packager
 
 
-def muxer_playlist(first: int, segments: list[str], breaks: set[str] = frozenset()) -> str:
+def muxer_playlist(first: int, segments: list[str], breaks: Collection[str] = ()) -> str:
     """What FFmpeg's hls muxer writes: a window from media sequence ``first``, with an
     ``#EXT-X-DISCONTINUITY`` before each segment in ``breaks``."""
     lines = [
@@ -89,7 +90,6 @@ def test_an_init_section_of_an_old_session_stays_while_a_playlist_maps_it(
     (tmp_path / "a-init.mp4").write_bytes(b"x")
     (tmp_path / "a-00001.m4s").write_bytes(b"x")
     text = (
-        '#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:1\n#EXT-X-MAP:URI="a-init.mp4"\n'
-        "#EXTINF:1.0,\na-00001.m4s\n"
+        '#EXTM3U\n#EXT-X-MEDIA-SEQUENCE:1\n#EXT-X-MAP:URI="a-init.mp4"\n#EXTINF:1.0,\na-00001.m4s\n'
     )
     assert packager.stale_segments(tmp_path, epoch="b", previous=None, current=text) == []

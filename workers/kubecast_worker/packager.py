@@ -185,7 +185,9 @@ def published(previous: str | None, current: str) -> str:
     return "\n".join([*lines[:at], tag, *lines[at:]]) + "\n"
 
 
-def stale_segments(directory: Path, *, epoch: str, previous: str | None, current: str) -> list[Path]:
+def stale_segments(
+    directory: Path, *, epoch: str, previous: str | None, current: str
+) -> list[Path]:
     """Segments of earlier sessions in neither playlist: they slid out before the
     last publish, so no player that read either one still needs them. (This
     session's own are FFmpeg's to delete: one may be written but not listed yet.)"""

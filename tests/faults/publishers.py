@@ -1,9 +1,9 @@
 """Real RTMP publishers that are not all the ffmpeg CLI, for the fault tests.
 
 - ``ffmpeg``: the e2e suite's publisher (``tests.e2e.conftest.publisher_command``);
-- ``pyav``: this module run as a program, ``python -m tests.faults.publishers``: PyAV
-  (the same FFmpeg libraries through another client: its own FLV muxer settings and
-  RTMP handshake timing) encoding testsrc2 and a sine to libx264 + AAC, paced to real time;
+- ``pyav``: this module run as a program, ``python -m tests.faults.publishers``: PyAV,
+  with the FFmpeg build of its wheel (not the CLI's), its own encoder and FLV settings,
+  encoding testsrc2 and a sine to libx264 + AAC, paced to real time;
 - ``gstreamer``: ``gst-launch-1.0`` with ``rtmp2sink``, ``x264enc`` and ``avenc_aac``, a
   wholly different RTMP and FLV stack.
 
@@ -46,7 +46,7 @@ def gstreamer_command(url: str) -> list[str]:
 
 def start(kind: str, url: str) -> subprocess.Popen[bytes]:
     """Start a publisher of ``kind`` pushing to ``url`` until it is stopped."""
-    from tests.e2e.conftest import publisher_command
+    from tests.e2e.conftest import REPO, publisher_command
 
     env = dict(os.environ)
     if kind == "ffmpeg":
@@ -61,7 +61,7 @@ def start(kind: str, url: str) -> subprocess.Popen[bytes]:
         raise ValueError(kind)
     return subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env=env, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+        env=env, cwd=REPO,
     )  # fmt: skip
 
 

@@ -26,6 +26,13 @@ Across publishes:
   ``#EXT-X-ENDLIST`` to every media playlist;
 - a publish after that starts *new* playlists: the directory is emptied first,
   and the master playlist is written again once every rendition has a segment.
+
+The muxer writes its playlist to a dot-file (``.index.m3u8``, which the origin never
+serves), and every version of it is published as ``index.m3u8`` with what FFmpeg
+leaves out (``published()``): ``#EXT-X-DISCONTINUITY-SEQUENCE``, counted up each
+time a discontinuity slides out of the window (RFC 8216 6.2.1; players tell the
+renditions' timelines apart by it). Publishing also removes the segments of earlier
+sessions that slid out, which FFmpeg's ``append_list`` forgets (one per reconnect).
 """
 
 from __future__ import annotations
@@ -62,6 +69,9 @@ TIMESTAMP_OFFSET = 10
 MUX_DELAY_US = 700_000
 
 _MEDIA_SEQUENCE = re.compile(r"^#EXT-X-MEDIA-SEQUENCE:(\d+)", re.MULTILINE)
+_DISCONTINUITY_SEQUENCE = re.compile(r"^#EXT-X-DISCONTINUITY-SEQUENCE:(\d+)\n?", re.MULTILINE)
+#: The muxer's own playlist, beside the published one; a dot-file, so never served.
+MUXER_PLAYLIST = "." + PLAYLIST
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,66 @@ def segment_count(text: str) -> int:
     return first + text.count("#EXTINF:")
 
 
+def _listed(text: str) -> list[tuple[int, str, bool]]:
+    """(media sequence number, URI, follows a discontinuity) of each listed segment."""
+    match = _MEDIA_SEQUENCE.search(text)
+    number = int(match.group(1)) if match else 0
+    segments, discontinuity, pending = [], False, False
+    for line in text.splitlines():
+        if line == "#EXT-X-DISCONTINUITY":
+            discontinuity = True
+        elif line.startswith("#EXTINF:"):
+            pending = True
+        elif pending and line and not line.startswith("#"):
+            segments.append((number, line, discontinuity))
+            number, discontinuity, pending = number + 1, False, False
+    return segments
+
+
+def discontinuity_sequence(text: str) -> int:
+    match = _DISCONTINUITY_SEQUENCE.search(text)
+    return int(match.group(1)) if match else 0
+
+
+def published(previous: str | None, current: str) -> str:
+    """The muxer's playlist ``current`` as players get it, after ``previous``.
+
+    ``#EXT-X-DISCONTINUITY-SEQUENCE`` counts the discontinuities that slid out
+    of the window: those of ``previous`` before ``current``'s first segment. It
+    goes right after ``#EXT-X-MEDIA-SEQUENCE``, and only once it is above 0.
+    """
+    current = _DISCONTINUITY_SEQUENCE.sub("", current)
+    sequence = 0
+    if previous is not None:
+        first = _MEDIA_SEQUENCE.search(current)
+        start = int(first.group(1)) if first else 0
+        gone = sum(1 for n, _, d in _listed(previous) if d and n < start)
+        sequence = discontinuity_sequence(previous) + gone
+    if sequence == 0:
+        return current
+    tag = f"#EXT-X-DISCONTINUITY-SEQUENCE:{sequence}"
+    lines = current.splitlines()
+    at = next((i + 1 for i, line in enumerate(lines) if _MEDIA_SEQUENCE.match(line)), 1)
+    return "\n".join([*lines[:at], tag, *lines[at:]]) + "\n"
+
+
+def stale_segments(
+    directory: Path, *, epoch: str, previous: str | None, current: str
+) -> list[Path]:
+    """Segments of earlier sessions in neither playlist: they slid out before the
+    last publish, so no player that read either one still needs them. (This
+    session's own are FFmpeg's to delete: one may be written but not listed yet.)"""
+    keep = {uri for text in (previous, current) if text for _, uri, _ in _listed(text)}
+    keep |= {m for text in (previous, current) if text for m in re.findall(r'URI="([^"]+)"', text)}
+    return [
+        f
+        for f in directory.iterdir()
+        if f.suffix in (".ts", ".m4s", ".mp4")
+        and not f.name.startswith((epoch + "-", "."))
+        and f.name not in keep
+    ]
+
+
 # -- media playlists -------------------------------------------------------------------
 
 
@@ -148,7 +218,15 @@ class HlsWriter:
         self.directory = packaging.out_dir / state.name
         self.directory.mkdir(parents=True, exist_ok=True)
         self.playlist = self.directory / PLAYLIST
+        self.muxer_playlist = self.directory / MUXER_PLAYLIST
+        self.epoch = epoch
         append = append and self.playlist.exists()
+        self._published: str | None = None
+        if append:
+            # NB: from the published playlist, which a crashed run may have left
+            # without its muxer's copy; FFmpeg skips the tags it does not know.
+            self._published = self.playlist.read_text()
+            files.write_atomically(self.muxer_playlist, self._published)
         suffix = SEGMENT_SUFFIX[packaging.segment_type]
         flags = ["temp_file", "independent_segments", "omit_endlist", "program_date_time"]
         if not packaging.event:
@@ -177,11 +255,11 @@ class HlsWriter:
             options["hls_fmp4_init_filename"] = f"{epoch}-init.mp4"
         if packaging.event:
             options["hls_playlist_type"] = "event"
-        self._seen = segment_count(self.playlist.read_text()) if append else 0
+        self._seen = segment_count(self._published) if self._published else 0
         self._mtime = 0
         state.segment_bitrates = SegmentBitrates(packaging.segment_seconds)
         self.container: av.container.OutputContainer = av.open(
-            str(self.playlist), mode="w", format="hls", options=options
+            str(self.muxer_playlist), mode="w", format="hls", options=options
         )
 
     def write(self, packets: Iterable[Packet], *, media_time: float | None = None) -> None:
@@ -206,17 +284,19 @@ class HlsWriter:
             state.meter.add(written, state.media_time)
 
     def _check_playlist(self) -> None:
+        """Publish a new version of the muxer's playlist, and count its segments."""
         try:
-            stat = self.playlist.stat()
+            stat = self.muxer_playlist.stat()
         except FileNotFoundError:
             return
         if stat.st_mtime_ns == self._mtime:
             return
         self._mtime = stat.st_mtime_ns
         try:
-            text = self.playlist.read_text()
+            text = self.muxer_playlist.read_text()
         except FileNotFoundError:
             return
+        self._publish(text)
         count = segment_count(text)
         new = count - self._seen
         if new <= 0:
@@ -236,6 +316,14 @@ class HlsWriter:
             except (FileNotFoundError, TypeError):
                 continue  # already slid out and deleted: too late to count
             self.state.segment_bitrates.add(segment.duration or 0.0, size)
+
+    def _publish(self, text: str) -> None:
+        previous, self._published = self._published, published(self._published, text)
+        files.write_atomically(self.playlist, self._published)
+        for stale in stale_segments(
+            self.directory, epoch=self.epoch, previous=previous, current=self._published
+        ):
+            stale.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Flush the last segment and the playlist (without ENDLIST: see the module doc)."""

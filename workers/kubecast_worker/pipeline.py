@@ -318,6 +318,10 @@ def run(
         )
         if not continuing:
             packager.reset(packaging.out_dir)
+            with status.lock:
+                # NB: the old master is gone; /status must not offer it until the
+                # new one is written (a player would get a 404, and give up).
+                status.master_url = None
         packaging.out_dir.mkdir(parents=True, exist_ok=True)
         epoch = packager.new_epoch()
         renditions = [

@@ -401,7 +401,7 @@ def test_wrong_keys_from_one_address_shut_it_out_for_the_backoff_but_no_one_else
     async def refused(server: RtmpIngestServer, source: str) -> None:
         client = await ScriptedClient.connect(server.port, source=source)
         status = await client.publish(name="a-guess")
-        assert status[3]["code"] == "NetStream.Publish.BadName"
+        assert status[3]["code"] == "NetStream.Publish.Denied"
         assert await client.closed_by_server()
 
     async def scenario() -> None:

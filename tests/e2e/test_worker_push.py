@@ -72,6 +72,9 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     worker = launch_worker(tmp_path_factory.mktemp("push-small"), profile=SMALL_PROFILE)
     try:
         publisher = publish(worker.rtmp(), seconds=8, wait=False)
+        # The first still (of media time 0) as soon as there is one: the next is 5 s later.
+        until(lambda: worker.status().get("thumbnailUrl"), timeout=20, what="a thumbnail")
+        thumbnail = http_get(worker.url("/thumbnail.jpg"))
         live = until(
             lambda: _all_renditions_have_segments(worker, 2),
             timeout=20,
@@ -82,7 +85,6 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
         playlist = http_get(worker.url("/360p/index.m3u8"))
         first = next(line for line in playlist.text.splitlines() if line.endswith(".ts"))
         segment = http_get(worker.url(f"/360p/{first}"))
-        thumbnail = http_get(worker.url("/thumbnail.jpg"))
         paths = ("/status", "/metrics", "/player/status")
         on_playback = {path: http_get(worker.url(path)) for path in paths}
         assert publisher.wait(timeout=30) == 0, publisher.stderr.read() if publisher.stderr else ""

@@ -73,8 +73,9 @@ def main() -> None:
     runs: list[dict[str, Any]] = []
     with (
         tempfile.TemporaryDirectory(prefix="kubecast-viewers-") as tmp,
-        live_stream(Path(tmp) / "worker", seconds=publish_seconds) as worker,
+        live_stream(Path(tmp) / "worker", seconds=publish_seconds) as live,
     ):
+        worker = live.worker
         nginx = Nginx(worker.out, workers=args.nginx_workers)
         try:
             servers = {"origin": worker.http, "nginx": nginx.base}
@@ -83,6 +84,7 @@ def main() -> None:
                 order = ["origin", "nginx"] if round_ % 2 == 0 else ["nginx", "origin"]
                 for pace in paces:
                     for name in order:
+                        cpu = live.cpu(nginx=nginx.process.pid).start()
                         watch = EncoderWatch(
                             worker.status, disk, segment_seconds=segment_seconds
                         ).start()
@@ -92,7 +94,8 @@ def main() -> None:
                             seconds=args.seconds, pace_ms=pace,
                         )  # fmt: skip
                         encoder = watch.stop()
-                        run = result.to_json() | {"round": round_ + 1,
+                        cores = cpu.stop() | {"wrk": result.client_cores}
+                        run = result.to_json() | {"round": round_ + 1, "cores": cores,
                                                   "encoder": encoder.to_json()}  # fmt: skip
                         runs.append(run)
                         print(_line(run), file=sys.stderr)
@@ -113,7 +116,7 @@ def _line(run: dict[str, Any]) -> str:
         f" p99 {run['latency_ms']['p99']:>7.1f} ms errors {run['errors']}"
         f" established {run['established_mid_run']} | encoder dropped {e['dropped_frames']}"
         f" late {e['late_frames']} max gap {e['max_gap_between_segments_s']} s"
-        f" | load {run['load_average_before'][0]}"
+        f" | cores {run['cores']} | load {run['load_average_before'][0]}"
     )
 
 
@@ -160,16 +163,19 @@ def _machine() -> dict[str, str]:
 def _markdown(report: dict[str, Any]) -> str:
     rows = [
         "| round | pace | server | req/s | p50 (ms) | p99 (ms) | max (ms) | errors"
-        " | segments Mbit/s | dropped / late frames | longest segment gap (s) | load avg |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        " | segments Mbit/s | dropped / late frames | longest segment gap (s)"
+        " | cores: worker, nginx, wrk, publisher | load avg |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---|---:|",
     ]
     for r in report["runs"]:
-        e, lat = r["encoder"], r["latency_ms"]
+        e, lat, c = r["encoder"], r["latency_ms"], r["cores"]
         rows.append(
             f"| {r['round']} | {r['pace_ms']} | {r['server']} | {r['requests_per_second']:.0f}"
             f" | {lat['p50']:.1f} | {lat['p99']:.1f} | {lat['max']:.0f} | {r['errors']}"
             f" | {r['segment_mbit_per_second']} | {e['dropped_frames']} / {e['late_frames']}"
-            f" | {e['max_gap_between_segments_s']} | {r['load_average_before'][0]} |"
+            f" | {e['max_gap_between_segments_s']}"
+            f" | {c['worker']}, {c['nginx']}, {c['wrk']}, {c['publisher']}"
+            f" | {r['load_average_before'][0]} |"
         )
     rows += ["", "| pace | origin req/s | nginx req/s | origin / nginx | origin p99 (ms)"
              " | nginx p99 (ms) | errors (origin, nginx) | encoder kept real time |",

@@ -69,6 +69,39 @@ def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) and of its live children
+    (nginx's workers), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children = (task / "children").read_text().split()
+            total += sum(cpu_seconds(int(child)) for child in children)
+    return total
+
+
+class CpuMeter:
+    """Cores each named process used between ``start()`` and ``stop()``."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+
+    def start(self) -> CpuMeter:
+        self._wall = time.monotonic()
+        self._cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        return self
+
+    def stop(self) -> dict[str, float]:
+        wall = time.monotonic() - self._wall
+        return {
+            name: round((cpu_seconds(pid) - self._cpu[name]) / wall, 2)
+            for name, pid in self.pids.items()
+        }
+
+
 # -- wrk ------------------------------------------------------------------------------------
 
 
@@ -91,6 +124,7 @@ class WrkResult:
     established: int  # connections seen established to the server mid-run (ss)
     load_before: tuple[float, float, float]
     pace_ms: int = 0
+    client_cores: float = 0.0  # CPU wrk used, in cores
 
     @property
     def rps(self) -> float:
@@ -129,6 +163,7 @@ class WrkResult:
             "invalid_playlists": self.invalid_playlists,
             "wrong_content_type": self.wrong_type,
             "load_average_before": [round(x, 2) for x in self.load_before],
+            "wrk_cores": self.client_cores,
         }
 
 
@@ -158,11 +193,13 @@ def run_wrk(
         "wrk", "-c", str(connections), "-t", str(threads), "-d", f"{seconds}s",
         "--timeout", f"{WRK_TIMEOUT_S}s", "-s", str(SCRIPT), base, "--", playlist, str(pace_ms),
     ]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Midway, count the connections the server really holds (wrk opens them all at once).
     time.sleep(min(seconds / 2, 5))
     established = established_to(port)
     stdout, stderr = process.communicate(timeout=seconds + 60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert process.returncode == 0, f"wrk failed ({process.returncode}):\n{stderr}\n{stdout}"
     line = next((x for x in stdout.splitlines() if x.startswith("HLS_VIEWERS ")), None)
     assert line is not None, f"no summary from wrk:\n{stdout}\n{stderr}"
@@ -187,6 +224,11 @@ def run_wrk(
         established=established,
         load_before=load_before,
         pace_ms=pace_ms,
+        client_cores=round(
+            (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+            / (data["duration_us"] / 1e6),
+            2,
+        ),
     )
 
 
@@ -395,8 +437,19 @@ class EncoderWatch:
 # -- the live stream ------------------------------------------------------------------------
 
 
+@dataclass
+class Live:
+    worker: WorkerProcess
+    publisher: subprocess.Popen[bytes]
+
+    def cpu(self, **more: int) -> CpuMeter:
+        """Cores used by the worker (encoder and origin), the publisher and ``more``."""
+        return CpuMeter({"worker": self.worker.process.pid, "publisher": self.publisher.pid,
+                         **more})  # fmt: skip
+
+
 @contextlib.contextmanager
-def live_stream(directory: Path, *, seconds: float) -> Iterator[WorkerProcess]:
+def live_stream(directory: Path, *, seconds: float) -> Iterator[Live]:
     """A real ``kubecast-worker run`` (the small 2-rung ladder of the e2e tests) with the
     ffmpeg CLI publishing to it at real time for ``seconds``; yields once every rendition
     lists two segments, so that a viewer has a newest one from the start."""
@@ -413,7 +466,7 @@ def live_stream(directory: Path, *, seconds: float) -> Iterator[WorkerProcess]:
             return bool(active) and all(r["segments"] >= 2 for r in active)
 
         until(listed, timeout=30, what="two segments of every rendition")
-        yield worker
+        yield Live(worker, publisher)
     finally:
         if publisher is not None and publisher.poll() is None:
             publisher.kill()

@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -63,6 +64,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
     paces = [int(p) for p in args.pace_ms.split(",")]
+    missing = [tool for tool in ("wrk", "nginx", "ffmpeg") if shutil.which(tool) is None]
+    if missing:
+        sys.exit(f"needs {', '.join(missing)}: hack/system-packages.sh --tests installs them")
 
     before, after = raise_fd_limit(4 * args.connections + 1024)
     if after != before:

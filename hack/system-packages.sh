@@ -3,7 +3,8 @@
 # when they are missing (a no-op on a machine that has them all).
 #
 #   hack/system-packages.sh          the demo's: media tools and the real node
-#   hack/system-packages.sh --tests  also what the tests need (a browser, npm)
+#   hack/system-packages.sh --tests  also what the tests need (a browser, npm, and
+#                                    wrk and nginx for the viewer load test)
 #
 # The real node: containerd and runc run the pods, the CNI plugins wire them,
 # iptables carries kube-proxy's rules, buildah and debootstrap build the images
@@ -30,6 +31,10 @@ want debootstrap debootstrap
 if [[ "${1:-}" == --tests ]]; then
   want npm npm
   want /usr/bin/chromium chromium
+  # tests/faults/test_viewer_load.py: wrk is the load, nginx the yardstick (it runs
+  # from a config of its own on a loopback port; the package's service is not used).
+  want wrk wrk
+  want /usr/sbin/nginx nginx
 fi
 ((${#need[@]})) || exit 0
 if [[ $EUID -ne 0 ]] || ! command -v apt-get > /dev/null; then

@@ -124,7 +124,29 @@ def _line(run: dict[str, Any]) -> str:
     )
 
 
+def _server_cores(run: dict[str, Any], runs: list[dict[str, Any]]) -> float | None:
+    """CPU the server itself used, in cores. nginx: its processes. The origin: the
+    worker's event loop (its main thread) less what that loop did (the RTMP ingest)
+    while nginx took the same load in the same round."""
+    if run["server"] == "nginx":
+        return float(run["cores"]["nginx"])
+    twin = next(
+        (r for r in runs if r["server"] == "nginx" and r["round"] == run["round"]
+         and r["pace_ms"] == run["pace_ms"]),
+        None,
+    )  # fmt: skip
+    if twin is None:
+        return None
+    return max(float(run["cores"]["worker_loop"]) - float(twin["cores"]["worker_loop"]), 0.0)
+
+
 def _summary(runs: list[dict[str, Any]], paces: list[int]) -> dict[str, Any]:
+    for run in runs:
+        cores = _server_cores(run, runs)
+        run["server_cores"] = None if cores is None else round(cores, 3)
+        run["requests_per_server_cpu_second"] = (
+            round(run["requests_per_second"] / cores) if cores else None
+        )
     summary: dict[str, Any] = {}
     for pace in paces:
         by: dict[str, list[dict[str, Any]]] = {"origin": [], "nginx": []}
@@ -133,17 +155,30 @@ def _summary(runs: list[dict[str, Any]], paces: list[int]) -> dict[str, Any]:
                 by[run["server"]].append(run)
         entry: dict[str, Any] = {}
         for name, values in by.items():
+            efficiency = [
+                v["requests_per_server_cpu_second"]
+                for v in values
+                if v["requests_per_server_cpu_second"]
+            ]
             entry[name] = {
                 "requests_per_second": statistics.median(v["requests_per_second"] for v in values),
                 "p50_ms": statistics.median(v["latency_ms"]["p50"] for v in values),
                 "p99_ms": statistics.median(v["latency_ms"]["p99"] for v in values),
                 "errors": sum(v["errors"] for v in values),
                 "encoder_kept_real_time": all(v["encoder"]["kept_real_time"] for v in values),
+                "requests_per_server_cpu_second": statistics.median(efficiency)
+                if efficiency
+                else None,
             }
         o, n = entry["origin"], entry["nginx"]
         entry["origin_vs_nginx"] = {
             "requests_per_second": round(o["requests_per_second"] / n["requests_per_second"], 3),
             "p99": round(o["p99_ms"] / n["p99_ms"], 2) if n["p99_ms"] else None,
+            "requests_per_server_cpu_second": round(
+                o["requests_per_server_cpu_second"] / n["requests_per_server_cpu_second"], 3
+            )
+            if o["requests_per_server_cpu_second"] and n["requests_per_server_cpu_second"]
+            else None,
         }
         summary[f"pace {pace} ms"] = entry
     return summary
@@ -168,7 +203,7 @@ def _markdown(report: dict[str, Any]) -> str:
     rows = [
         "| round | pace | server | req/s | p50 (ms) | p99 (ms) | max (ms) | errors"
         " | segments Mbit/s | dropped / late frames | longest segment gap (s)"
-        " | cores: worker, nginx, wrk, publisher | load avg |",
+        " | cores: worker (its loop), nginx, wrk, publisher | load avg |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---|---:|",
     ]
     for r in report["runs"]:
@@ -178,19 +213,22 @@ def _markdown(report: dict[str, Any]) -> str:
             f" | {lat['p50']:.1f} | {lat['p99']:.1f} | {lat['max']:.0f} | {r['errors']}"
             f" | {r['segment_mbit_per_second']} | {e['dropped_frames']} / {e['late_frames']}"
             f" | {e['max_gap_between_segments_s']}"
-            f" | {c['worker']}, {c['nginx']}, {c['wrk']}, {c['publisher']}"
+            f" | {c['worker']} ({c['worker_loop']}), {c['nginx']}, {c['wrk']}, {c['publisher']}"
             f" | {r['load_average_before'][0]} |"
         )
     rows += ["", "| pace | origin req/s | nginx req/s | origin / nginx | origin p99 (ms)"
-             " | nginx p99 (ms) | errors (origin, nginx) | encoder kept real time |",
-             "|---|---:|---:|---:|---:|---:|---|---|"]  # fmt: skip
+             " | nginx p99 (ms) | errors (origin, nginx) | encoder kept real time"
+             " | req per server CPU-s (origin, nginx) | origin / nginx per CPU-s |",
+             "|---|---:|---:|---:|---:|---:|---|---|---|---:|"]  # fmt: skip
     for pace, s in report["summary"].items():
         o, n = s["origin"], s["nginx"]
         rows.append(
             f"| {pace} | {o['requests_per_second']:.0f} | {n['requests_per_second']:.0f}"
             f" | {s['origin_vs_nginx']['requests_per_second']:.2f} | {o['p99_ms']:.1f}"
             f" | {n['p99_ms']:.1f} | {o['errors']}, {n['errors']}"
-            f" | {o['encoder_kept_real_time'] and n['encoder_kept_real_time']} |"
+            f" | {o['encoder_kept_real_time'] and n['encoder_kept_real_time']}"
+            f" | {o['requests_per_server_cpu_second']}, {n['requests_per_server_cpu_second']}"
+            f" | {s['origin_vs_nginx']['requests_per_server_cpu_second']} |"
         )
     machine = report["machine"]
     rows += ["", ", ".join(f"{k} {v}" for k, v in machine.items())]

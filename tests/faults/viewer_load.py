@@ -69,14 +69,17 @@ def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int, *, thread: int | None = None) -> float:
     """User + system CPU time of a process (all its threads) and of its live children
-    (nginx's workers), from /proc."""
+    (nginx's workers), from /proc; of one of its threads only, with ``thread``."""
     ticks = os.sysconf("SC_CLK_TCK")
+    stat = f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat"
     total = 0.0
     with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(stat).read_text().rsplit(")", 1)[1].split()
         total += (int(fields[11]) + int(fields[12])) / ticks
+        if thread:
+            return total
         for task in Path(f"/proc/{pid}/task").iterdir():
             children = (task / "children").read_text().split()
             total += sum(cpu_seconds(int(child)) for child in children)
@@ -84,22 +87,28 @@ def cpu_seconds(pid: int) -> float:
 
 
 class CpuMeter:
-    """Cores each named process used between ``start()`` and ``stop()``."""
+    """Cores each named process used between ``start()`` and ``stop()``; a name given as
+    (pid, tid) is one thread of a process."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int | tuple[int, int]]) -> None:
         self.pids = pids
+
+    def _read(self) -> dict[str, float]:
+        return {
+            name: cpu_seconds(*pid[:1], thread=pid[1]) if isinstance(pid, tuple)
+            else cpu_seconds(pid)
+            for name, pid in self.pids.items()
+        }  # fmt: skip
 
     def start(self) -> CpuMeter:
         self._wall = time.monotonic()
-        self._cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._cpu = self._read()
         return self
 
     def stop(self) -> dict[str, float]:
         wall = time.monotonic() - self._wall
-        return {
-            name: round((cpu_seconds(pid) - self._cpu[name]) / wall, 2)
-            for name, pid in self.pids.items()
-        }
+        now = self._read()
+        return {name: round((now[name] - self._cpu[name]) / wall, 3) for name in self.pids}
 
 
 # -- wrk ------------------------------------------------------------------------------------
@@ -227,7 +236,7 @@ def run_wrk(
         client_cores=round(
             (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
             / (data["duration_us"] / 1e6),
-            2,
+            3,
         ),
     )
 
@@ -443,9 +452,12 @@ class Live:
     publisher: subprocess.Popen[bytes]
 
     def cpu(self, **more: int) -> CpuMeter:
-        """Cores used by the worker (encoder and origin), the publisher and ``more``."""
-        return CpuMeter({"worker": self.worker.process.pid, "publisher": self.publisher.pid,
-                         **more})  # fmt: skip
+        """Cores used by the worker (encoder and origin), by its event loop alone (the
+        main thread: the origin and the RTMP ingest; the media work is in threads of its
+        own), by the publisher and by ``more``."""
+        pid = self.worker.process.pid
+        return CpuMeter({"worker": pid, "worker_loop": (pid, pid),
+                         "publisher": self.publisher.pid, **more})  # fmt: skip
 
 
 @contextlib.contextmanager

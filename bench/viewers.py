@@ -68,6 +68,7 @@ def main() -> None:
     if missing:
         sys.exit(f"needs {', '.join(missing)}: hack/system-packages.sh --tests installs them")
 
+    machine = _machine()
     before, after = raise_fd_limit(4 * args.connections + 1024)
     if after != before:
         print(f"raised the soft RLIMIT_NOFILE from {before} to {after}", file=sys.stderr)
@@ -105,7 +106,7 @@ def main() -> None:
                         print(_line(run), file=sys.stderr)
         finally:
             nginx.stop()
-    report = {"machine": _machine(), "config": vars(args) | {"json": str(args.json)},
+    report = {"machine": machine | {"load_average_at_end": _load()}, "config": vars(args) | {"json": str(args.json)},
               "runs": runs, "summary": _summary(runs, paces)}  # fmt: skip
     print(_markdown(report))
     if args.json:
@@ -195,8 +196,12 @@ def _machine() -> dict[str, str]:
         "aiohttp": aiohttp.__version__,
         "wrk": (wrk.stdout or wrk.stderr).split("\n")[0].split(" [")[0],
         "nginx": nginx.stderr.strip().split(": ", 1)[-1],
-        "load_average_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load_average_at_start": _load(),
     }
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def _markdown(report: dict[str, Any]) -> str:

@@ -106,8 +106,12 @@ def main() -> None:
                         print(_line(run), file=sys.stderr)
         finally:
             nginx.stop()
-    report = {"machine": machine | {"load_average_at_end": _load()}, "config": vars(args) | {"json": str(args.json)},
-              "runs": runs, "summary": _summary(runs, paces)}  # fmt: skip
+    report = {
+        "machine": machine | {"load_average_at_end": _load()},
+        "config": vars(args) | {"json": str(args.json)},
+        "runs": runs,
+        "summary": _summary(runs, paces),
+    }
     print(_markdown(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -20,8 +20,9 @@ process, sendfile, no access log, the origin's cache headers), on the same files
   per 2 s segment per viewer, as real players of a live stream ask (about 1,000
   requests per second for 1,000 viewers).
 Rounds alternate which server goes first, so load from other processes on the machine
-hits both alike. While each run lasts, the worker's dropped and late frame counters
-and the packager's segment cadence (on disk) say whether the encoder kept real time.
+hits both alike; before each run, the encoder catches up with what the last one left
+it. While each run lasts, the worker's dropped and late frame counters and the
+packager's segment cadence (on disk) say whether the encoder kept real time.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from tests.faults.viewer_load import (  # noqa: E402
     live_stream,
     raise_fd_limit,
     run_wrk,
+    settle,
 )
 
 PLAYLIST = "/360p/index.m3u8"
@@ -89,6 +91,7 @@ def main() -> None:
                 order = ["origin", "nginx"] if round_ % 2 == 0 else ["nginx", "origin"]
                 for pace in paces:
                     for name in order:
+                        settle(worker.status)
                         cpu = live.cpu(nginx=nginx.process.pid).start()
                         watch = EncoderWatch(
                             worker.status, disk, segment_seconds=segment_seconds

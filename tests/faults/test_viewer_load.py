@@ -54,6 +54,7 @@ from .viewer_load import (
     live_stream,
     raise_fd_limit,
     run_wrk,
+    settle,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, needs_ffmpeg, pytest.mark.timeout(300)]
@@ -116,6 +117,7 @@ def _play(base: str, stop: threading.Event, sample: Sample) -> None:
 def _phase(live: Live, nginx: Nginx, server: str, *, pace_ms: int) -> Phase:
     worker = live.worker
     base = worker.http if server == "origin" else nginx.base
+    settle(worker.status)
     cpu = live.cpu(nginx=nginx.process.pid).start()
     watch = EncoderWatch(
         worker.status, worker.out / PLAYLIST.strip("/"), segment_seconds=SEGMENT_SECONDS

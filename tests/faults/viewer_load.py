@@ -388,6 +388,25 @@ class EncoderReport:
         }
 
 
+def settle(status: Any, *, quiet: float = 4.0, timeout: float = 60.0) -> float:
+    """Wait until the encoder has caught up with what the last load left it (its dropped
+    and late frame counters stay put for ``quiet`` seconds), so that the next run is not
+    charged with it. Returns the seconds waited."""
+    started = time.monotonic()
+
+    def counters() -> tuple[int, int]:
+        s = status()
+        return s["droppedFrames"], s["lateFrames"]
+
+    last, since = counters(), time.monotonic()
+    while time.monotonic() - since < quiet and time.monotonic() - started < timeout:
+        time.sleep(0.5)
+        now = counters()
+        if now != last:
+            last, since = now, time.monotonic()
+    return time.monotonic() - started
+
+
 class EncoderWatch:
     """From ``start()`` to ``stop()``: the worker's frame counters (from /status) and
     the segments its packager added to ``playlist`` on disk, polled every 50 ms."""

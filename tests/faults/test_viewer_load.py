@@ -253,7 +253,9 @@ def test_the_encoder_kept_real_time_while_the_origin_served(campaign: Campaign) 
     assert encoder.late_frames == 0, report
     cadence = encoder.cadence
     assert cadence.media_seconds >= cadence.seconds - 2 * SEGMENT_SECONDS, report
-    assert cadence.max_gap_s <= 1.5 * SEGMENT_SECONDS, report
+    # A player holds three segments (hls.js's default live sync distance): a wait of two
+    # between new ones does not stall it.
+    assert cadence.max_gap_s <= 2 * SEGMENT_SECONDS, report
     assert campaign.worker.status()["state"] == "live"
 
 

@@ -4,7 +4,8 @@
 #
 #   hack/system-packages.sh          the demo's: media tools and the real node
 #   hack/system-packages.sh --tests  also what the tests need (a browser, npm, and
-#                                    GStreamer: a second real RTMP publisher beside ffmpeg)
+#                                    GStreamer and SRT tools for more real publishers,
+#                                    wrk and nginx for the viewer load test)
 #
 # The real node: containerd and runc run the pods, the CNI plugins wire them,
 # iptables carries kube-proxy's rules, buildah and debootstrap build the images
@@ -43,6 +44,10 @@ if [[ "${1:-}" == --tests ]]; then
   want "$gst/libgstsrt.so" gstreamer1.0-plugins-bad
   want "$gst/libgstx264.so" gstreamer1.0-plugins-ugly
   want "$gst/libgstlibav.so" gstreamer1.0-libav
+  # tests/faults/test_viewer_load.py: wrk is the load, nginx the yardstick (it runs
+  # from a config of its own on a loopback port; the package's service is not used).
+  want wrk wrk
+  want /usr/sbin/nginx nginx
 fi
 ((${#need[@]})) || exit 0
 if [[ $EUID -ne 0 ]] || ! command -v apt-get > /dev/null; then

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -90,6 +91,46 @@ def test_segments_answer_range_requests(tree: Path) -> None:
             assert r.status == 206
             assert r.headers["Content-Range"] == "bytes 188-375/1880"
             assert len(await r.read()) == 188
+
+    serve(tree, scenario)
+
+
+def test_a_playlist_the_packager_replaces_is_served_new_at_once(tree: Path) -> None:
+    """The origin keeps the files viewers ask for in memory: never a stale one."""
+    playlist = tree / "360p" / "index.m3u8"
+
+    async def scenario(host: str, port: int) -> None:
+        async with aiohttp.ClientSession(f"http://{host}:{port}") as http:
+            for sequence in range(2, 6):
+                async with http.get("/360p/index.m3u8") as r:
+                    assert await r.read() == playlist.read_bytes()
+                tmp = playlist.with_name(".index.m3u8.tmp")
+                tmp.write_text(f"#EXTM3U\n#EXTINF:2.0,\nab-{sequence:05d}.ts\n")
+                tmp.rename(playlist)  # as FFmpeg's hls muxer does (temp_file)
+                async with http.get("/360p/index.m3u8") as r:
+                    assert (await r.text()).endswith(f"ab-{sequence:05d}.ts\n")
+
+    serve(tree, scenario)
+
+
+def test_segments_can_be_revalidated(tree: Path) -> None:
+    """A CDN's conditional GET gets 304 with the ETag the full answer gave."""
+    # NB: whole seconds: aiohttp compares If-Modified-Since with the exact mtime.
+    os.utime(tree / "360p" / "ab-00001.ts", (1_700_000_000, 1_700_000_000))
+
+    async def scenario(host: str, port: int) -> None:
+        async with aiohttp.ClientSession(f"http://{host}:{port}") as http:
+            async with http.get("/360p/ab-00001.ts") as r:
+                assert r.status == 200 and r.headers["Accept-Ranges"] == "bytes"
+                etag, modified = r.headers["ETag"], r.headers["Last-Modified"]
+            async with http.get("/360p/ab-00001.ts", headers={"If-None-Match": etag}) as r:
+                assert r.status == 304
+                assert r.headers["ETag"] == etag
+            async with http.get("/360p/ab-00001.ts", headers={"If-Modified-Since": modified}) as r:
+                assert r.status == 304
+            (tree / "360p" / "ab-00001.ts").unlink()  # deleted from the live window
+            async with http.get("/360p/ab-00001.ts") as r:
+                assert r.status == 404
 
     serve(tree, scenario)
 

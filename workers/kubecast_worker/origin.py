@@ -26,12 +26,16 @@ resolved path must stay inside the output directory (no symlink escapes).
 
 from __future__ import annotations
 
+import functools
+import os
+import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from kubecast_worker import admin, player
+from kubecast_worker.hot_files import HotFiles
 from kubecast_worker.status import Status
 
 CONTENT_TYPES = {
@@ -64,14 +68,44 @@ def resolve(root: Path, tail: str) -> Path | None:
         return None
     if Path(parts[-1]).suffix not in CONTENT_TYPES:
         return None
-    base = root.resolve()
+    base = _real(root)
+    # NB: no part is "..", and ``base`` has no symlink in it, so only a symlink among
+    # the one or two names under it can lead out: lstat those rather than resolve the
+    # whole path from / for every request (that was a quarter of the origin's time
+    # under 1,000 viewers; so are strings here rather than Path objects).
+    name = base
     try:
-        path = base.joinpath(*parts).resolve(strict=True)
+        for part in parts:
+            name = f"{name}/{part}"
+            st = os.lstat(name)
+            if stat.S_ISLNK(st.st_mode):
+                return _through_link(Path(base), Path(base, *parts))
+    except OSError:
+        return None
+    return Path(name) if stat.S_ISREG(st.st_mode) else None
+
+
+@functools.lru_cache(maxsize=16)
+def _real(root: Path) -> str:
+    return str(root.resolve())
+
+
+def _through_link(base: Path, path: Path) -> Path | None:
+    try:
+        real = path.resolve(strict=True)
     except (OSError, RuntimeError):
         return None
-    if not path.is_relative_to(base) or not path.is_file():
+    if not real.is_relative_to(base) or not real.is_file():
         return None
-    return path
+    return real
+
+
+#: Requests that aiohttp's FileResponse answers (206, 304, 412) instead of the copy
+#: in memory.
+CONDITIONAL = (
+    hdrs.RANGE, hdrs.IF_RANGE, hdrs.IF_MATCH, hdrs.IF_NONE_MATCH, hdrs.IF_MODIFIED_SINCE,
+    hdrs.IF_UNMODIFIED_SINCE,
+)  # fmt: skip
 
 
 def _not_found() -> web.Response:
@@ -103,25 +137,30 @@ def make_app(
         response.headers.update(CORS)
         return response
 
+    hot_files = HotFiles()
+
     async def media(request: web.Request) -> web.StreamResponse:
         path = resolve(root, request.match_info["tail"])
         if path is None:
             return _not_found()
-        content_type = CONTENT_TYPES[path.suffix]
-        if path.suffix in CHANGING:
-            # Read whole: the packager replaces playlists (and the thumbnail) by
-            # rename, so this is always one complete version.
+        # Playlists and the thumbnail change in place (by rename): cached briefly.
+        playlist = path.suffix in CHANGING
+        headers = {
+            "Content-Type": CONTENT_TYPES[path.suffix],
+            "Cache-Control": PLAYLIST_CACHE if playlist else SEGMENT_CACHE,
+        }
+        # NB: a playlist is always answered whole (one version: the packager replaces
+        # it by rename); a segment too, unless asked for a range or revalidated.
+        if playlist or not any(h in request.headers for h in CONDITIONAL):
             try:
-                body = path.read_bytes()
-            except FileNotFoundError:
+                hot = hot_files.get(path)
+            except OSError:
                 return _not_found()
-            return web.Response(
-                body=body,
-                headers={"Content-Type": content_type, "Cache-Control": PLAYLIST_CACHE},
-            )
-        return web.FileResponse(
-            path, headers={"Content-Type": content_type, "Cache-Control": SEGMENT_CACHE}
-        )
+            if hot is not None:
+                if not playlist:
+                    headers.update(hot.headers, **{"Accept-Ranges": "bytes"})
+                return web.Response(body=hot.body, headers=headers)
+        return web.FileResponse(path, headers=headers)
 
     app = web.Application(middlewares=[cors])
     admin.add_probe_routes(app, status=status)

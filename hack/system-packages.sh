@@ -6,7 +6,8 @@
 #   hack/system-packages.sh --tests  also what the tests need (a browser, npm)
 #
 # The real node: containerd and runc run the pods, the CNI plugins wire them,
-# iptables carries kube-proxy's rules, buildah and debootstrap build the images
+# iptables carries kube-proxy's rules, ipset holds kube-router's NetworkPolicy
+# address sets, buildah and debootstrap build the images
 # (no Docker daemon, no registry). ffmpeg publishes, openssl makes the cluster's
 # certificates.
 set -euo pipefail
@@ -22,6 +23,7 @@ want column bsdextrautils
 want nsenter util-linux
 want ip iproute2
 want iptables iptables
+want ipset ipset
 want containerd containerd
 want runc runc
 want /usr/lib/cni/bridge containernetworking-plugins

@@ -105,6 +105,13 @@ def install(
         "operator.statusFiguresSeconds": "2",
         **values,
     }
+    # The previous module's release namespace may still be terminating (its
+    # uninstall waits 120 s for it): a namespace being deleted refuses new objects.
+    harness.eventually(
+        f"namespace {namespace} gone",
+        lambda: cp.kubectl("get", "namespace", namespace, check=False).returncode != 0,
+        timeout=300,
+    )
     args = ["install", name, str(CHART), "-n", namespace, "--create-namespace", "--wait",
             "--timeout", "180s"]  # fmt: skip
     for key, value in sets.items():

@@ -268,6 +268,28 @@ def worker_restarts(pods: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def worker_down(pods: list[dict[str, Any]]) -> str | None:
+    """Why the worker does not answer, when the kubelet knows: its container ended
+    and is being restarted (a SIGKILL, an OOM kill). None for a first start."""
+    for pod in pods:
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            ended = (container.get("lastState") or {}).get("terminated")
+            if not ended:
+                continue
+            how = f"exit code {ended.get('exitCode')} ({ended.get('reason') or 'Error'})"
+            state = container.get("state") or {}
+            if waiting := state.get("waiting"):
+                detail = ", ".join(
+                    str(part) for part in (waiting.get("reason"), waiting.get("message")) if part
+                )
+                return f"the worker container ended with {how}; the kubelet restarts it: {detail}"
+            if not container.get("ready"):
+                return f"the worker container ended with {how}; restarted, starting"
+    return None
+
+
 def outputs_condition(seen: Observation) -> dict[str, Any]:
     """OutputsReady: whether the worker produces every output the spec asks for.
 
@@ -400,6 +422,8 @@ def compute_status(
     if seen.worker is not None:
         status.update(_worker_figures(seen.worker, playback_base))
     message = seen.problem[1] if seen.problem else (seen.worker or {}).get("lastError")
+    if message is None and seen.worker is None:
+        message = worker_down(seen.pods)
     status["message"] = message
     status["lastLiveTime"] = at if live else previous.get("lastLiveTime")
     status.update(worker_restarts(seen.pods))

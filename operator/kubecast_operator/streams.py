@@ -271,22 +271,30 @@ def worker_restarts(pods: list[dict[str, Any]]) -> dict[str, Any]:
 def worker_down(pods: list[dict[str, Any]]) -> str | None:
     """Why the worker does not answer, when the kubelet knows: its container ended
     and is being restarted (a SIGKILL, an OOM kill). None for a first start."""
+
+    def how(ended: dict[str, Any]) -> str:
+        return f"exit code {ended.get('exitCode')} ({ended.get('reason') or 'Error'})"
+
     for pod in pods:
         if (pod.get("metadata") or {}).get("deletionTimestamp"):
             continue
         for container in (pod.get("status") or {}).get("containerStatuses") or []:
-            ended = (container.get("lastState") or {}).get("terminated")
-            if not ended:
-                continue
-            how = f"exit code {ended.get('exitCode')} ({ended.get('reason') or 'Error'})"
             state = container.get("state") or {}
+            if ended := state.get("terminated"):  # just now; lastState is an older one
+                return f"the worker container ended with {how(ended)}; the kubelet restarts it"
+            last = (container.get("lastState") or {}).get("terminated")
+            if not last:
+                continue
             if waiting := state.get("waiting"):
-                detail = ", ".join(
-                    str(part) for part in (waiting.get("reason"), waiting.get("message")) if part
+                # e.g. "back-off 40s restarting failed container=worker pod=<name>_<ns>(<uid>)"
+                said = str(waiting.get("message") or "").split(" pod=", 1)[0]
+                detail = ", ".join(part for part in (waiting.get("reason"), said) if part)
+                return (
+                    f"the worker container ended with {how(last)}; the kubelet restarts it:"
+                    f" {detail}"
                 )
-                return f"the worker container ended with {how}; the kubelet restarts it: {detail}"
             if not container.get("ready"):
-                return f"the worker container ended with {how}; restarted, starting"
+                return f"the worker container ended with {how(last)}; restarted, starting"
     return None
 
 

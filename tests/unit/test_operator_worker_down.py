@@ -24,13 +24,23 @@ def pod(state: dict[str, Any], *, ready: bool = False, restarts: int = 3) -> dic
 
 
 def test_a_worker_in_crash_loop_back_off_is_explained() -> None:
-    back_off = "back-off 40s restarting failed container=worker"
+    back_off = "back-off 40s restarting failed container=worker pod=e2e-worker-7b5_live(55ec)"
     waiting = {"waiting": {"reason": "CrashLoopBackOff", "message": back_off}}
     message = streams.worker_down([pod(waiting)])
     assert message == (
         "the worker container ended with exit code 137 (Error); the kubelet restarts it:"
         " CrashLoopBackOff, back-off 40s restarting failed container=worker"
     )
+
+
+def test_a_worker_that_just_ended_is_explained_by_that_exit_not_the_one_before() -> None:
+    ended = {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
+    assert streams.worker_down([pod(ended)]) == (
+        "the worker container ended with exit code 137 (OOMKilled); the kubelet restarts it"
+    )
+    first = pod(ended, restarts=0)
+    first["status"]["containerStatuses"][0]["lastState"] = {}
+    assert "OOMKilled" in (streams.worker_down([first]) or "")
 
 
 def test_a_restarted_worker_not_yet_ready_is_explained() -> None:

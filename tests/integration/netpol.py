@@ -149,10 +149,13 @@ def wait_for(
         seen.append(outcome)
         return outcome if outcome in wanted else None
 
-    outcome = harness.eventually(
-        f"{probe.name} -> {host}:{port} {sorted(wanted)} (seen {seen[-5:]})",
-        reached, timeout=timeout, interval=0.5,
-    )  # fmt: skip
+    try:
+        outcome = harness.eventually(
+            f"{probe.name} -> {host}:{port} {sorted(wanted)}",
+            reached, timeout=timeout, interval=0.5,
+        )  # fmt: skip
+    except AssertionError as error:
+        raise AssertionError(f"{error}\noutcomes seen, last 10: {seen[-10:]}") from None
     return outcome, time.monotonic() - start
 
 

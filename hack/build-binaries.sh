@@ -8,6 +8,7 @@
 #   kwok                                                             sigs.k8s.io/kwok
 #   helm                                                             helm.sh/helm/v3
 #   coredns (cluster DNS of the real node)                           github.com/coredns/coredns
+#   kube-router (NetworkPolicy on the real node; firewall only)      github.com/cloudnativelabs/kube-router/v2
 #   pause (the pod sandbox's process; no registry to pull one from)  a few lines of Go, below
 #   kwok-stages.yaml  kwok's stock "fast" node/pod Stages, from the kwok module
 #
@@ -242,6 +243,19 @@ go_install() { # go_install NAME PACKAGE VERSION LDFLAGS
   install_built "$name"
 }
 
+# ---------------------------------------------------------------- kube-router
+# Only its network policy controller runs (cluster-up passes --run-firewall
+# alone). The version is not part of the bin dir's name, so the recipe, which
+# names it, decides when to rebuild. Same ldflags as kube-router's Makefile.
+build_kube_router() {
+  local v="$KUBE_ROUTER_VERSION" pkg=github.com/cloudnativelabs/kube-router/v2
+  local ld="-s -w -X $pkg/pkg/version.Version=$v -X $pkg/pkg/version.BuildDate=1970-01-01T00:00:00Z"
+  if [ -s "$BIN_DIR/kube-router" ] && ! recipe_changed kube-router "$ld" && [ "$force" = 0 ]; then return 0; fi
+  rm -f "$BIN_DIR/kube-router"
+  go_install kube-router "$pkg/cmd/kube-router" "$v" "$ld"
+  echo "$ld" > "$BIN_DIR/.recipe-kube-router"
+}
+
 # kwok has no built-in behaviour: "Stages" tell it how fake nodes and pods
 # progress. Take the stock fast stages (the ones kwokctl uses by default) from
 # the same kwok module version, so they always match the binary.
@@ -272,5 +286,6 @@ kwok_stages
 build_helm
 build_pause
 go_install coredns github.com/coredns/coredns "$COREDNS_VERSION" "-s -w"
+build_kube_router
 
 echo "$BIN_DIR"

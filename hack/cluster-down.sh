@@ -16,7 +16,26 @@ CGROUP_ROOT=kubecast
 
 # The node first, so nothing restarts what is being stopped: kubelet, then
 # every container process (found by the cgroup tree kubelet put them in).
-for c in coredns kube-proxy kubelet; do stop_component "$c" 10; done
+for c in kube-router coredns kube-proxy kubelet; do stop_component "$c" 10; done
+# kube-router's NetworkPolicy state: its chains in the filter table (and the
+# jumps to them from INPUT, FORWARD and OUTPUT), then its ipsets, which cannot
+# be destroyed while a rule refers to them. Deleting the namespace below would
+# drop them too; removing them first also covers a namespace that something
+# still holds open. (kube-router v2.1's own --cleanup-config is no help: it
+# panics in its service proxy's cleanup and leaves the firewall's chains.)
+netpol_cleanup() {
+  local own='KUBE-ROUTER-|KUBE-NWPLCY-|KUBE-POD-FW-' rules
+  rules="$(in_netns iptables-save -t filter 2> /dev/null)" || return 0
+  if grep -qE "^:($own)" <<< "$rules"; then
+    grep -vE "^:($own)|^-A ($own)|-j ($own)" <<< "$rules" | in_netns iptables-restore -T filter || true
+  fi
+  local set
+  for set in $(in_netns ipset list -n 2> /dev/null || true); do
+    [[ "$set" =~ ^(inet6:)?KUBE- ]] && { in_netns ipset destroy "$set" || true; }
+  done
+  return 0
+}
+[ ! -e "$NETNS_PATH" ] || netpol_cleanup
 kill_pods() {
   local procs
   procs="$(cat /sys/fs/cgroup/*/"$CGROUP_ROOT"/**/cgroup.procs 2> /dev/null | sort -u || true)"

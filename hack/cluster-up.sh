@@ -5,7 +5,8 @@
 #   etcd -> kube-apiserver -> kube-controller-manager, kube-scheduler
 #        -> kwok fake nodes (for scale runs; tainted, so real work avoids them)
 #        -> one real node: containerd + runc, the CNI bridge, kubelet,
-#           kube-proxy (iptables) and CoreDNS
+#           kube-proxy (iptables), CoreDNS, and kube-router's network policy
+#           controller (the CNI bridge does not enforce NetworkPolicy)
 #
 # Every private-range address of the cluster (the node's, the pods', the
 # bridge's, the ClusterIPs) exists only inside that namespace, and so do its
@@ -191,6 +192,8 @@ make_pki() {
   client_cert kube-scheduler system:kube-scheduler
   client_cert kubelet "system:node:$NODE_NAME" system:nodes
   client_cert kube-proxy system:kube-proxy
+  # No built-in role for this one: start_network_policy binds it to its own.
+  client_cert kube-router kubecast:kube-router
   # Service-account tokens: apiserver signs with the private key and verifies
   # with the public one; controller-manager signs the legacy token Secrets.
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
@@ -575,6 +578,49 @@ SC
   start_host local_volumes --kubeconfig "$KUBECONFIG_ADMIN" --root "$NODE_DIR/volumes"
 }
 
+# NetworkPolicy: the bridge CNI wires pods but enforces no policy. kube-router's
+# network policy controller does, with iptables and ipset, beside kube-proxy:
+# its firewall alone, no routing (one node, one bridge) and no service proxy
+# (kube-proxy has that). It runs in the cluster's namespace like kube-proxy, so
+# its chains and address sets live and die there. It looks its Node up once at
+# start, hence after the node is Ready. Ready means its chains are in place.
+start_network_policy() {
+  kubectl apply -f - > /dev/null <<'RBAC' || fail kube-apiserver "could not create kube-router's RBAC"
+# What kube-router's informers list and watch (its firewall daemonset's role,
+# without the lease and services/status writes that only its other parts make).
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "kubecast:kube-router"}
+rules:
+- apiGroups: [""]
+  resources: [namespaces, pods, services, nodes, endpoints]
+  verbs: [get, list, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "kubecast:kube-router"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "kubecast:kube-router"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "kubecast:kube-router"}
+RBAC
+  # --health-port=0 and no --metrics-port: it opens no port at all.
+  start kube-router \
+    --kubeconfig="$KCFG/kube-router.kubeconfig" \
+    --hostname-override="$NODE_NAME" \
+    --run-firewall=true --run-router=false --run-service-proxy=false \
+    --enable-cni=false \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --health-port=0
+  wait_for kube-router 60 "kube-router's KUBE-ROUTER-FORWARD chain" \
+    in_netns iptables -w -n -L KUBE-ROUTER-FORWARD
+}
+
 write_env() {
   cat > "$CLUSTER_DIR/cluster.env" <<ENV
 # Written by hack/cluster-up.sh; describes the running local cluster.
@@ -617,7 +663,7 @@ BIN_DIR="${KUBECAST_BIN_DIR:-$("$REPO_ROOT/hack/build-binaries.sh")}"
 # half-started one are cleaned up first.
 all_alive=1
 for c in "${COMPONENTS[@]}"; do
-  case "$c" in containerd | kubelet | kube-proxy | coredns | local_volumes) [ "$REAL_NODE" = 1 ] || continue ;; esac
+  case "$c" in containerd | kubelet | kube-proxy | coredns | local_volumes | kube-router) [ "$REAL_NODE" = 1 ] || continue ;; esac
   alive "$c" || all_alive=0
 done
 if [ "$all_alive" = 1 ] && "$BIN_DIR/kubectl" --kubeconfig="$KUBECONFIG_ADMIN" \
@@ -640,7 +686,7 @@ t0=$SECONDS
 make_pki
 write_kubeconfig "$KUBECONFIG_ADMIN" admin "https://127.0.0.1:$APISERVER_PORT"
 write_kubeconfig "$KUBECONFIG_NETNS" admin
-for c in kube-controller-manager kube-scheduler kubelet kube-proxy; do
+for c in kube-controller-manager kube-scheduler kubelet kube-proxy kube-router; do
   write_kubeconfig "$KCFG/$c.kubeconfig" "$c"
 done
 
@@ -661,7 +707,7 @@ start_scheduler
 start_kwok
 create_fake_nodes
 if [ "$REAL_NODE" = 1 ]; then
-  say "starting the real node $NODE_NAME: containerd, kubelet, kube-proxy, CoreDNS"
+  say "starting the real node $NODE_NAME: containerd, kubelet, kube-proxy, CoreDNS, kube-router"
   start_node
 fi
 
@@ -678,6 +724,7 @@ if [ "$REAL_NODE" = 1 ]; then
     bash -c "'$BIN_DIR/kubectl' --kubeconfig='$KUBECONFIG_ADMIN' get node $NODE_NAME \
       -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"
   alive kube-proxy || fail kube-proxy "kube-proxy exited"
+  start_network_policy
   alive coredns || fail coredns "coredns exited"
   alive local_volumes || fail local_volumes "local_volumes exited"
 fi

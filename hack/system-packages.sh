@@ -8,7 +8,8 @@
 #                                    wrk and nginx for the viewer load test)
 #
 # The real node: containerd and runc run the pods, the CNI plugins wire them,
-# iptables carries kube-proxy's rules, buildah and debootstrap build the images
+# iptables carries kube-proxy's rules, ipset holds kube-router's NetworkPolicy
+# address sets, buildah and debootstrap build the images
 # (no Docker daemon, no registry). ffmpeg publishes, openssl makes the cluster's
 # certificates.
 set -euo pipefail
@@ -24,6 +25,7 @@ want column bsdextrautils
 want nsenter util-linux
 want ip iproute2
 want iptables iptables
+want ipset ipset
 want containerd containerd
 want runc runc
 want /usr/lib/cni/bridge containernetworking-plugins

@@ -9,6 +9,7 @@
 #   etcd/                 etcd data
 #   kubeconfigs/          per-component kubeconfigs (inside the namespace)
 #   node/                 the real node: containerd, kubelet, CNI, kube-proxy, CoreDNS state
+#                         (kube-router keeps none: its state is the namespace's iptables and ipsets)
 #   logs/<component>.log  one log per process
 #   <component>.pid       one pid per process
 #   <component>.cmd       the exact command line, so a component can be restarted
@@ -39,7 +40,7 @@ DNS_IP="$NODE_IP"                   # CoreDNS runs on the node, as a process
 APISERVER_NETNS_PORT=6443
 
 # Start order; cluster-down stops them in reverse.
-COMPONENTS=(etcd kube-apiserver tunnel kube-controller-manager kube-scheduler kwok containerd kubelet kube-proxy coredns local_volumes)
+COMPONENTS=(etcd kube-apiserver tunnel kube-controller-manager kube-scheduler kwok containerd kubelet kube-proxy coredns local_volumes kube-router)
 
 say() { echo "cluster: $*" >&2; }
 
@@ -56,8 +57,14 @@ pid_of() {
   state="$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' "/proc/$pid/status" 2>/dev/null)"
   [ "$state" != "Z" ] || return 1
   # argv0 is the binary (nsenter execs it); for a script, argv1 is.
-  local argv
-  argv="$(head -z -n2 "/proc/$pid/cmdline" 2>/dev/null | tr '\0' ' ')"
+  # A process in the middle of exec (setsid -> nsenter -> the binary) shows an
+  # empty cmdline for a moment: look again rather than call it dead.
+  local argv i
+  for ((i = 0; i < 20; i++)); do
+    argv="$(head -z -n2 "/proc/$pid/cmdline" 2>/dev/null | tr '\0' ' ')"
+    [ -z "$argv" ] && [ -e "/proc/$pid" ] || break
+    sleep 0.05
+  done
   [[ " $argv" == *"/$name "* || " $argv" == *"/$name.py "* ]] || return 1
   echo "$pid"
 }

@@ -75,8 +75,12 @@ def _wake(memo: kopf.Memo, kind: str, namespace: str | None, name: str | None) -
         event.set()
 
 
-async def _sleep(memo: kopf.Memo, key: tuple[str, str, str], stopped: Any, seconds: float) -> None:
-    """Sleep until woken by an event, stopped, or ``seconds`` pass."""
+async def _sleep(memo: kopf.Memo, key: tuple[str, str, str], stopped: Any, seconds: float) -> bool:
+    """Sleep until woken by an event, stopped, or ``seconds`` pass; True if woken.
+
+    The wake is consumed here, so a loop that reconciles in full only when woken
+    must use the answer: it can no longer see the event set.
+    """
     wake = memo.wakeups.setdefault(key, asyncio.Event())
     waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
     try:
@@ -84,7 +88,9 @@ async def _sleep(memo: kopf.Memo, key: tuple[str, str, str], stopped: Any, secon
     finally:
         for waiter in waiters:
             waiter.cancel()
+    woken = wake.is_set()
     wake.clear()
+    return woken
 
 
 # --- LiveStream -----------------------------------------------------------------
@@ -140,11 +146,13 @@ async def run_stream(
     last_full = 0.0
     last_written = 0.0
     last_generation = None
+    woken = False
     while not stopped:
         wake = memo.wakeups[key]
         snapshot = copy.deepcopy(dict(body))
         full = (
-            wake.is_set()
+            woken
+            or wake.is_set()
             or seen is None
             or snapshot["metadata"].get("generation") != last_generation
             or time.monotonic() - last_full > settings.resync_seconds
@@ -173,7 +181,9 @@ async def run_stream(
         if seen is not None:
             memo.stream_phases[key] = (body.get("status") or {}).get("phase") or "Pending"
             metrics.count_phases(memo.stream_phases.values())
-        await _sleep(memo, key, stopped, settings.poll_seconds)
+        # Woken by a child's event (a deleted Service, a pod that got its IP): the
+        # next pass reconciles in full, not just a poll of the worker.
+        woken = await _sleep(memo, key, stopped, settings.poll_seconds)
     memo.wakeups.pop(key, None)
     memo.stream_phases.pop(key, None)
     metrics.count_phases(memo.stream_phases.values())

@@ -328,6 +328,36 @@ def missing_restream_keys(seen: Observation) -> list[str]:
     return missing
 
 
+def worker_down(pods: list[dict[str, Any]]) -> str | None:
+    """Why the worker does not answer, when the kubelet knows: its container ended
+    and is being restarted (a SIGKILL, an OOM kill). None for a first start."""
+
+    def how(ended: dict[str, Any]) -> str:
+        return f"exit code {ended.get('exitCode')} ({ended.get('reason') or 'Error'})"
+
+    for pod in pods:
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            state = container.get("state") or {}
+            if ended := state.get("terminated"):  # just now; lastState is an older one
+                return f"the worker container ended with {how(ended)}; the kubelet restarts it"
+            last = (container.get("lastState") or {}).get("terminated")
+            if not last:
+                continue
+            if waiting := state.get("waiting"):
+                # e.g. "back-off 40s restarting failed container=worker pod=<name>_<ns>(<uid>)"
+                said = str(waiting.get("message") or "").split(" pod=", 1)[0]
+                detail = ", ".join(part for part in (waiting.get("reason"), said) if part)
+                return (
+                    f"the worker container ended with {how(last)}; the kubelet restarts it:"
+                    f" {detail}"
+                )
+            if not container.get("ready"):
+                return f"the worker container ended with {how(last)}; restarted, starting"
+    return None
+
+
 def outputs_condition(seen: Observation) -> dict[str, Any]:
     """OutputsReady: whether the worker produces every output the spec asks for.
 
@@ -472,6 +502,8 @@ def compute_status(
     if seen.worker is not None:
         status.update(_worker_figures(seen.worker, playback_base))
     message = seen.problem[1] if seen.problem else (seen.worker or {}).get("lastError")
+    if message is None and seen.worker is None:
+        message = worker_down(seen.pods)
     status["message"] = _redacted(message)
     status["lastLiveTime"] = at if live else previous.get("lastLiveTime")
     status.update(worker_restarts(seen.pods))

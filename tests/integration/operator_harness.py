@@ -87,11 +87,13 @@ def operator(
     name: str = "operator",
     *,
     kwok: bool = True,
+    args: tuple[str, ...] = (),
     **settings: str,
 ) -> tuple[Process, int]:
     """An operator process inside the cluster's namespace; returns it and its metrics port.
 
     ``kwok``: put the streams' media pods on the kwok nodes (see ON_KWOK).
+    ``args``: more command-line flags (e.g. ``--no-leader-election``).
     """
     metrics_port = free_port()
     proc_env = {
@@ -112,6 +114,7 @@ def operator(
         str(free_port()),
         "--lease-namespace",
         "default",
+        *args,
     ]
     return Process(argv, env=proc_env, log=workdir / f"{name}.log").start(), metrics_port
 

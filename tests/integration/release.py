@@ -108,6 +108,13 @@ def install(
         "operator.statusFiguresSeconds": "2",
         **values,
     }
+    # The previous module's release namespace may still be terminating (its
+    # uninstall waits 120 s for it): a namespace being deleted refuses new objects.
+    harness.eventually(
+        f"namespace {namespace} gone",
+        lambda: cp.kubectl("get", "namespace", namespace, check=False).returncode != 0,
+        timeout=300,
+    )
     args = ["install", name, str(CHART), "-n", namespace, "--create-namespace", "--wait",
             "--timeout", "180s"]  # fmt: skip
     for key, value in sets.items():
@@ -127,6 +134,14 @@ def install(
 
 
 def uninstall(release: Release) -> None:
+    # First what the operator finalizes, while it still runs: the chart keeps its
+    # default profile on uninstall, and a stream a test namespace was deleting
+    # waits for the operator too. Without the operator their finalizers stay and
+    # the namespaces they are in never finish terminating.
+    release.cp.kubectl(
+        "delete", "livestreams,recordings,transcodeprofiles", "--all", "--all-namespaces",
+        "--wait=true", "--timeout=120s", check=False, timeout=150,
+    )  # fmt: skip
     helm(release.cp, "uninstall", release.name, "-n", release.namespace, "--wait",
          "--timeout", "120s")  # fmt: skip
     # Wait: the next module installs into a namespace of the same name, and a

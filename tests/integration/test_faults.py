@@ -1,6 +1,6 @@
 """Faults on the real node that a recording must survive (docs/reliability.md).
 
-A recorder pod that is evicted (a node drain, a kubelet under pressure) gets
+A recorder pod that is evicted (a node drain, a kubelet under pressure) or deleted gets
 SIGTERM and its grace period: it writes out what it has, and the pod the operator
 makes next resumes the same Recording on the same claim. When the Recording ends,
 its MP4 holds both parts.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +65,12 @@ def evict(cp: ControlPlane, namespace: str, pod: str) -> None:
     )  # fmt: skip
 
 
-def test_an_evicted_recorder_keeps_what_it_has_and_the_next_pod_resumes(
-    control_plane: ControlPlane, kubecast: rel.Release, namespace: str
+@pytest.mark.parametrize("fault", ["evicted", "deleted"])
+def test_a_recorder_pod_that_goes_away_keeps_what_it_has_and_the_next_pod_resumes(
+    control_plane: ControlPlane, kubecast: rel.Release, namespace: str, fault: str
 ) -> None:
+    """Evicted (the Eviction API, as `kubectl drain` uses) or deleted (`kubectl delete
+    pod`, graceful): either way the pod gets SIGTERM and its grace period (60 s)."""
     cp = control_plane
     logs = lambda: kubecast.logs(namespace)  # noqa: E731
     recording = {
@@ -102,9 +106,13 @@ def test_an_evicted_recorder_keeps_what_it_has_and_the_next_pod_resumes(
         )  # fmt: skip
         old = harness.get_json(cp.kubectl, "-n", namespace, "pod", "show-recorder")
         assert old is not None
-        evict(cp, namespace, "show-recorder")
+        faulted = time.monotonic()
+        if fault == "evicted":
+            evict(cp, namespace, "show-recorder")
+        else:
+            cp.kubectl("-n", namespace, "delete", "pod", "show-recorder", "--wait=false")
         harness.eventually(
-            "the evicted pod gone",
+            f"the {fault} pod gone",
             lambda: (
                 (p := harness.get_json(cp.kubectl, "-n", namespace, "pod", "show-recorder"))
                 is None
@@ -112,12 +120,14 @@ def test_an_evicted_recorder_keeps_what_it_has_and_the_next_pod_resumes(
             ),
             timeout=90, logs=logs,
         )  # fmt: skip
-        # What the evicted pod had is on the claim, playable: nothing was lost.
+        gone_s = time.monotonic() - faulted
+        # What the pod had is on the claim, playable: nothing was lost.
         kept = data / "recording.mp4"
         assert kept.exists(), sorted(p.name for p in data.iterdir())
         boxes = top_level_boxes(kept)
         assert boxes.index("moov") < boxes.index("mdat"), boxes
-        assert duration_of(kept) >= before["durationSeconds"] - SEGMENT_S
+        kept_s = duration_of(kept)
+        assert kept_s >= before["durationSeconds"] - SEGMENT_S
 
         harness.eventually(
             "a new recorder pod resuming the same recording",
@@ -125,6 +135,7 @@ def test_an_evicted_recorder_keeps_what_it_has_and_the_next_pod_resumes(
             and (s.get("durationSeconds") or 0) >= before["durationSeconds"] + 4,
             timeout=120, logs=logs,
         )  # fmt: skip
+        resumed_s = time.monotonic() - faulted
     finally:
         publisher.kill()
         publisher.wait()
@@ -140,6 +151,11 @@ def test_an_evicted_recorder_keeps_what_it_has_and_the_next_pod_resumes(
     assert boxes.index("moov") < boxes.index("mdat"), boxes
     assert duration_of(final) == pytest.approx(recorded_seconds, abs=SEGMENT_S)
     assert recorded_seconds >= before["durationSeconds"] + 4
+    print({"fault": fault, "recorded_before_s": before["durationSeconds"],
+           "kept_mp4_s": round(kept_s, 2), "pod_gone_after_s": round(gone_s, 1),
+           "recording_again_after_s": round(resumed_s, 1),
+           "playlist_s": round(recorded_seconds, 2), "final_mp4_s": round(duration_of(final), 2),
+           "discontinuities": sum(1 for s in playlist.segments if s.discontinuity)})  # fmt: skip
     events = json.loads(
         cp.kubectl(
             "-n", namespace, "get", "events", "-o", "json",

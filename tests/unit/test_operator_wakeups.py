@@ -1,0 +1,44 @@
+"""A child's event must make the stream's loop reconcile in full.
+
+The loop sleeps between passes and an event (a deleted Service, a worker pod
+that got its IP) wakes it. The sleep consumes the wake; before it said so, the
+loop woke, found no wake set, and only polled the worker: a deleted child came
+back at the next resync (30 s), not at once. Real asyncio events, no kopf runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+from kubecast_operator import handlers
+
+KEY = ("LiveStream", "ns", "cam")
+
+
+def test_the_sleep_says_it_was_woken_and_consumes_the_wake() -> None:
+    async def go() -> tuple[bool, bool, bool]:
+        memo = SimpleNamespace(wakeups={KEY: asyncio.Event()})
+        stopped = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.05, handlers._wake, memo, *KEY)
+        woken = await handlers._sleep(memo, KEY, stopped, 5)
+        still_set = memo.wakeups[KEY].is_set()
+        timed_out = await handlers._sleep(memo, KEY, stopped, 0.05)
+        return woken, still_set, timed_out
+
+    assert asyncio.run(go()) == (True, False, False)
+
+
+def test_a_wake_during_a_pass_is_not_lost() -> None:
+    """An event that arrives while the loop reconciles ends the next sleep at once."""
+
+    async def go() -> tuple[bool, float]:
+        memo = SimpleNamespace(wakeups={KEY: asyncio.Event()})
+        handlers._wake(memo, *KEY)  # during the pass, before the sleep
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        woken = await handlers._sleep(memo, KEY, asyncio.Event(), 5)
+        return woken, loop.time() - started
+
+    woken, took = asyncio.run(go())
+    assert woken and took < 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import secrets
 import signal
 import subprocess
 import sys
@@ -54,7 +55,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e, needs_ffmpeg, pytest.mark.timeo
 
 KEY = "drops-k3y-7c41e09b5d"
 DROPS = 20
-WINDOW_S = 8  # reconnectWindowSeconds: longer than any return below takes
+WINDOW_S = 15  # reconnectWindowSeconds: longer than any return takes, on a busy machine too
 SEGMENT_S = 1
 WINDOW_SEGMENTS = 6  # outputs.hls.windowSegments (the default)
 #: New segments in every rendition after each return, before the next drop.
@@ -218,10 +219,16 @@ class Recorder:
 def start_recorder(out: Path, source: str) -> Recorder:
     log = out.parent / "recorder.log"
     port = free_port()
+    # The recorder's POST /stop needs a token (the operator's in a cluster); this
+    # test stops it with SIGTERM, but the recorder will not start without one.
+    token = out.parent / "stop-token"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    token.write_text(secrets.token_hex(16))
     command = [
         sys.executable, "-m", "kubecast_worker.recorder.cli",
         "--source", source, "--out", str(out), "--formats", "hls,mp4",
-        "--idle-timeout", "120", "--http", f"127.0.0.1:{port}", "--bind-host", "127.0.0.1",
+        "--idle-timeout", "120", "--admin", f"127.0.0.1:{port}", "--bind-host", "127.0.0.1",
+        "--stop-token-file", str(token),
     ]  # fmt: skip
     with open(log, "wb") as sink:
         process = subprocess.Popen(

@@ -98,13 +98,14 @@ COPY --from=worker-venv /opt/kubecast /opt/kubecast
 LABEL org.opencontainers.image.title="kubecast worker" \
       org.opencontainers.image.description="RTMP and SRT ingest, ABR transcode (PyAV), HLS origin and recorder"
 # SRT ingest: PyAV's FFmpeg has no libsrt, so the worker runs Haivision's
-# srt-live-transmit (Debian's srt-tools, on libsrt1.5-openssl; about 2 MB with
-# its libraries) as the SRT listener. Debian's version of the base's release:
+# srt-live-transmit (Debian's srt-tools, on libsrt1.5-openssl; a few MB with its
+# libraries) as the SRT listener. Debian's version of the base's release:
 # bookworm's security updates replace a pinned version, so it is not pinned.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends srt-tools \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 # Where the operator mounts the media and recording volumes; owned by the
 # worker's user so that a plain `docker run` can write there too.
 RUN mkdir -p /var/lib/kubecast/media /var/lib/kubecast/recording /etc/kubecast/config \

@@ -196,11 +196,13 @@ def test_the_image_imports_its_stack_and_only_that(
     assert proc.stdout.strip().split(maxsplit=1) == [str(UID), "[]"], proc.stdout + proc.stderr
 
 
-def test_the_worker_has_its_srt_listener_and_no_apt_lists(images: dict[str, Image]) -> None:
+def test_the_worker_has_its_srt_listener_and_no_apt_caches(images: dict[str, Image]) -> None:
     """SRT ingest runs srt-live-transmit (srt.py); it must start as the worker's user."""
     proc = images["worker"].run("srt-live-transmit", "-version")
     assert "SRT Library version: 1.5" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-    assert not list((images["worker"].rootfs / "var/lib/apt/lists").glob("*_Packages"))
+    root = images["worker"].rootfs
+    assert not list((root / "var/lib/apt/lists").glob("*_Packages"))
+    assert not list((root / "var/cache/apt").glob("*.bin")), "apt's package caches (tens of MB)"
 
 
 @pytest.mark.parametrize("target", ["operator", "worker"])

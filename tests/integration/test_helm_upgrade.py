@@ -87,9 +87,21 @@ def test_helm_upgrade_rolls_the_operator_and_leaves_live_streams_alone(
         finally:
             publisher.kill()
             publisher.wait()
-    finally:
+    except BaseException:
         rel.uninstall(release)
-    # What stays: the CRDs (and with them everyone's streams); nothing of the release.
+        raise
+    # Uninstalled as a user does, with helm alone (rel.uninstall also deletes the
+    # streams first, for the next module): the streams must stay.
+    rel.helm(cp, "uninstall", release.name, "-n", release.namespace, "--wait",
+             "--timeout", "120s")  # fmt: skip
+    try:
+        assert_only_the_streams_stay(cp, namespace)
+    finally:
+        forget(cp, namespace, release.namespace)
+
+
+def assert_only_the_streams_stay(cp: ControlPlane, namespace: str) -> None:
+    """What stays: the CRDs (and with them everyone's streams); nothing of the release."""
     selector = "app.kubernetes.io/instance=upgrade"
     left = cp.kubectl(
         "get", "-A", "-l", selector, "-o", "name",
@@ -106,3 +118,17 @@ def test_helm_upgrade_rolls_the_operator_and_leaves_live_streams_alone(
     )  # fmt: skip
     assert all("pod/" in name or "replicaset" in name for name in left), left
     assert harness.get_json(cp.kubectl, "-n", namespace, "livestream", "e2e") is not None
+
+
+def forget(cp: ControlPlane, *namespaces: str) -> None:
+    """With no operator left to finalize them, drop the kept objects' finalizers and
+    the release's namespace, so that nothing is left terminating for the next module."""
+    for ns in namespaces:
+        for name in cp.kubectl(
+            "-n", ns, "get", "livestreams,recordings,transcodeprofiles", "-o", "name",
+            check=False,
+        ).stdout.split():  # fmt: skip
+            cp.kubectl("-n", ns, "patch", name, "--type", "merge",
+                       "-p", '{"metadata":{"finalizers":null}}', check=False)  # fmt: skip
+    cp.kubectl("delete", "namespace", namespaces[-1], "--wait=true", "--timeout=120s",
+               check=False, timeout=150)  # fmt: skip

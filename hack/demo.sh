@@ -34,7 +34,8 @@ publisher=""
 cleanup() {
   trap - INT TERM EXIT
   say "stopping the demo"
-  [[ -z "$publisher" ]] || kill "$publisher" 2> /dev/null || true
+  # the publisher's whole session: its retry loop and the ffmpeg it runs
+  [[ -z "$publisher" ]] || kill -- "-$publisher" 2> /dev/null || true
   hack/cluster-down.sh
 }
 trap cleanup INT TERM EXIT
@@ -93,12 +94,26 @@ INGEST="$(jsonpath '{.status.ingestUrl}')"
 SECRET="$(jsonpath '{.status.streamKeySecret}')"
 KEY="$(kubectl -n "$NS" get secret "$SECRET" -o jsonpath='{.data.streamKey}' | base64 -d)"
 
+# Idle is what the operator saw at the pod's own address; the Service routes once
+# its endpoint is ready and kube-proxy has synced (a second or so more).
+endpoint_ready() {
+  kubectl -n "$NS" get endpointslices -l "kubernetes.io/service-name=$STREAM-ingest" \
+    -o jsonpath='{.items[*].endpoints[*].conditions.ready}' | grep -q true
+}
+wait_for 60 "the ingest Service's endpoint" endpoint_ready
+
 mkdir -p "$DEMO_LOGS"
 say "publishing a synthetic 720p30 test stream to $INGEST/<key from Secret $SECRET>"
-setsid ffmpeg -hide_banner -loglevel error -re \
-  -f lavfi -i "testsrc2=size=1280x720:rate=30" -f lavfi -i "sine=frequency=440:sample_rate=48000" \
-  -c:v libx264 -preset veryfast -tune zerolatency -g 60 -b:v 2500k \
-  -c:a aac -b:a 128k -f flv "$INGEST/$KEY" > "$DEMO_LOGS/publisher.log" 2>&1 < /dev/null &
+# Like an encoder (OBS reconnects by itself), the publisher tries again when a
+# connection fails; its log has the key masked (ffmpeg prints the URL it failed on).
+KEY="$KEY" INGEST="$INGEST" setsid bash -c '
+  while :; do
+    ffmpeg -hide_banner -loglevel error -re \
+      -f lavfi -i "testsrc2=size=1280x720:rate=30" -f lavfi -i "sine=frequency=440:sample_rate=48000" \
+      -c:v libx264 -preset veryfast -tune zerolatency -g 60 -b:v 2500k \
+      -c:a aac -b:a 128k -f flv "$INGEST/$KEY" < /dev/null 2>&1 | sed -u "s|$KEY|***|g"
+    sleep 1
+  done' > "$DEMO_LOGS/publisher.log" 2>&1 < /dev/null &
 publisher=$!
 
 is_live() { [[ "$(jsonpath '{.status.phase}')" == Live ]]; }

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -212,21 +212,9 @@ class Worker:
             started.set()
         watcher = asyncio.create_task(self._follow_key_file(server))
         try:
-            while not self._stopping.is_set():
-                session = await self._next(self._publishes.get())
-                if session is None:
-                    break
-                self._session_close = session.close
-                try:
-                    await self._session(
-                        opener=ingest.open_push(session.flv),
-                        publisher=session.peer,
-                        realtime=False,
-                    )
-                finally:
-                    self._session_close = None
-                    session.close()
-                self._between_sessions()
+            await self._publishers(
+                self._publishes.get, lambda session: ingest.open_push(session.flv)
+            )
         finally:
             watcher.cancel()
             await server.stop()
@@ -251,24 +239,33 @@ class Worker:
             started.set()
         watcher = asyncio.create_task(self._follow_key_file(listener))
         try:
-            while not self._stopping.is_set():
-                session = await self._next(listener.accept())
-                if session is None:
-                    break
-                self._session_close = session.close
-                try:
-                    await self._session(
-                        opener=ingest.open_mpegts(session.stream),
-                        publisher=session.peer,
-                        realtime=False,
-                    )
-                finally:
-                    self._session_close = None
-                    session.close()
-                self._between_sessions()
+            await self._publishers(
+                listener.accept, lambda session: ingest.open_mpegts(session.stream)
+            )
         finally:
             watcher.cancel()
             listener.stop()
+
+    async def _publishers(
+        self,
+        accept: Callable[[], Awaitable[Any]],
+        opener: Callable[[Any], ingest.Opener],
+    ) -> None:
+        """One accepted publisher after another (RTMP or SRT alike), until stopped.
+
+        ``accept()`` gives the next session: anything with ``peer`` and ``close()``.
+        """
+        while not self._stopping.is_set():
+            session = await self._next(accept())
+            if session is None:
+                return
+            self._session_close = session.close
+            try:
+                await self._session(opener=opener(session), publisher=session.peer, realtime=False)
+            finally:
+                self._session_close = None
+                session.close()
+            self._between_sessions()
 
     async def _follow_key_file(self, server: Any) -> None:
         """Take a new key from the key file without a restart.

@@ -317,11 +317,13 @@ def run(
             },
         )
         if not continuing:
-            packager.reset(packaging.out_dir)
             with status.lock:
-                # NB: the old master is gone; /status must not offer it until the
-                # new one is written (a player would get a 404, and give up).
+                # NB: withdrawn before the old master is deleted, not after: /status
+                # must never offer a master that is not there (a player would get a
+                # 404, and give up), and it is polled while the files go.
                 status.master_url = None
+                status.thumbnail_url = None
+            packager.reset(packaging.out_dir)
         packaging.out_dir.mkdir(parents=True, exist_ok=True)
         epoch = packager.new_epoch()
         renditions = [

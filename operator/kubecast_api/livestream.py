@@ -389,9 +389,10 @@ class LiveStreamStatus(ApiModel):
     )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready (worker running), IngestConnected (publisher connected),"
-        " Transcoding (ladder producing segments), OutputsReady (every requested output,"
-        " restream targets included, is produced).",
+        description="Ready (the worker answers, accepts publishers and runs the current"
+        " config), Progressing (True while a new config rolls out to the worker pod),"
+        " IngestConnected (publisher connected), Transcoding (ladder producing segments),"
+        " OutputsReady (every requested output, restream targets included, is produced).",
     )
     ingest_url: str | None = Field(
         default=None,

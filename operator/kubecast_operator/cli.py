@@ -51,6 +51,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("POD_NAMESPACE", "default"),
         help="namespace of the leader-election Lease",
     )
+    parser.add_argument(
+        "--lease-seconds",
+        type=int,
+        default=15,
+        help="how long a standby waits on an unrenewed Lease before taking it over",
+    )
+    parser.add_argument(
+        "--renew-deadline-seconds",
+        type=float,
+        default=10.0,
+        help="a leader that has not renewed for this long stops acting and exits"
+        " (shorter than --lease-seconds)",
+    )
+    parser.add_argument(
+        "--lease-retry-seconds",
+        type=float,
+        default=2.0,
+        help="how often the Lease is renewed, or looked at while standing by",
+    )
     parser.add_argument("--log-format", choices=["plain", "json"], default="plain")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
@@ -59,7 +78,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> int:
     load_config()
     elector = (
-        LeaderElector(Kube(), namespace=args.lease_namespace) if args.leader_election else None
+        LeaderElector(
+            # NB: a client of its own: renewals never wait for the reconciles'
+            # connections, and give up in time to meet the renew deadline.
+            Kube(request_timeout=args.renew_deadline_seconds / 2),
+            namespace=args.lease_namespace,
+            lease_seconds=args.lease_seconds,
+            renew_deadline=args.renew_deadline_seconds,
+            retry_seconds=args.lease_retry_seconds,
+        )
+        if args.leader_election
+        else None
     )
     state = health.Health(elector)
     # NB: up before the Lease is asked for, so that a standby answers its probes.
@@ -77,31 +106,21 @@ async def _operate(args: argparse.Namespace, state: health.Health) -> int:
     ]
     elector = state.elector
     if elector is not None:
+        # From here the lease thread renews on its own, and ends the process
+        # the moment leadership is lost (see leader.py).
         await elector.acquire()
         state.lead()
-    stop = asyncio.Event()
-    operator = asyncio.create_task(
-        kopf.operator(
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            standalone=True,
-            stop_flag=stop,
-            # Raised once the startup handlers ran and the watch tasks start: /readyz.
-            ready_flag=state.watching,
-        )
+    await kopf.operator(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        standalone=True,
+        # Every write of ours goes through this gate (handlers.configure).
+        memo=kopf.Memo(fence=elector.check if elector is not None else None),
+        # Raised once the startup handlers ran and the watch tasks start: /readyz.
+        ready_flag=state.watching,
     )
-    if elector is None:
-        await operator
-        return 0
-    holding = asyncio.create_task(elector.hold())
-    done, _ = await asyncio.wait({operator, holding}, return_when=asyncio.FIRST_COMPLETED)
-    if holding in done:
-        # Lost the lease: stop acting at once and let the pod restart and queue up.
-        stop.set()
-        await asyncio.wait({operator}, timeout=10)
-        return 1
-    holding.cancel()
-    await asyncio.to_thread(elector.release)
+    if elector is not None:
+        await asyncio.to_thread(elector.release)
     return 0
 
 

@@ -55,7 +55,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     selector = ",".join(f"{k}={v}" for k, v in OWNED.items())
     for resource in (("apps", "v1", "deployments"), ("v1", "services"), ("v1", "pods")):
         settings.watching.label_selectors[resource] = selector
-    memo.kube = Kube()
+    # NB: every write goes through the leader's fence (cli.py): one that no
+    # longer leads raises NotLeading instead of writing. kopf.event and kopf.warn
+    # are only ever called after such a write succeeded.
+    memo.kube = Kube(fence=memo.get("fence"))
     memo.settings = Settings.from_env()
     recordings.signer(memo)  # a bad KUBECAST_SIGNING_KEY_FILE stops the start, not a recording
     memo.http = aiohttp.ClientSession()

@@ -5,9 +5,9 @@ They answer different questions, so the kubelet acts on each differently:
 - ``/healthz``, liveness: *should this process be restarted?* It answers from
   the operator's own event loop, so a blocked or dead loop fails it by timing
   out. A standby waiting for the Lease is healthy: restarting it would only
-  put it back in the queue. A leader that has not renewed its Lease for
-  ``RENEW_DEADLINE_SECONDS`` fails it: others may have taken the Lease over,
-  and a restart turns it into a standby that asks again.
+  put it back in the queue. A leader that has not renewed its Lease within
+  its renew deadline fails it (the lease thread normally ends the process
+  first, see leader.py; this is the kubelet's backstop).
 - ``/readyz``, readiness: *can this replica do its part right now?* The leader
   is ready once kopf has run its startup handlers and started its watches, and
   while its Lease is not past its duration. A standby is ready while the API
@@ -36,13 +36,6 @@ from aiohttp import web
 from kubecast_operator import metrics
 from kubecast_operator.leader import LeaderElector
 
-#: How long a leader may go without a renewal the API server answered before
-#: /healthz fails. Longer than an API server restart usually takes (the leader
-#: rides those out, see LeaderElector.hold), short enough that a leader that
-#: cannot renew, whose Lease has long expired, soon stops acting. The probe's
-#: failureThreshold x periodSeconds comes on top.
-RENEW_DEADLINE_SECONDS = 60.0
-
 Role = Literal["standby", "leader"]
 
 
@@ -57,7 +50,6 @@ class Health:
     elector: LeaderElector | None
     #: set by kopf once its startup handlers ran and its watch tasks started
     watching: asyncio.Event = field(default_factory=asyncio.Event)
-    renew_deadline: float = RENEW_DEADLINE_SECONDS
     clock: Callable[[], float] = time.monotonic
     role: Role = field(init=False)
 
@@ -78,9 +70,12 @@ class Health:
     def live(self) -> tuple[bool, str]:
         if self.elector is None or self.role == "standby":
             return True, ""
-        age = self._lease_age()
-        if age is not None and age > self.renew_deadline:
-            return False, f"lease not renewed for {age:.0f}s (deadline {self.renew_deadline:.0f}s)"
+        elector = self.elector
+        if elector.renewed_at is not None:
+            age = self.clock() - elector.renewed_at
+            if age > elector.renew_deadline:
+                deadline = elector.renew_deadline
+                return False, f"lease not renewed for {age:.0f}s (deadline {deadline:.0f}s)"
         return True, ""
 
     def ready(self) -> tuple[bool, str]:

@@ -1,10 +1,29 @@
-"""Lease-based leader election, so that two operator replicas never both act.
+"""Lease-based leader election, fenced the way client-go's is.
 
 kopf's own peering works with KopfPeering objects and can freeze a new pod
 behind a terminating one (nolar/kopf#734); a coordination.k8s.io Lease is what
 every other Kubernetes controller uses, and what ``kubectl get leases`` shows.
-A replica that cannot renew within the lease duration stops acting (the CLI
-exits), so at most one replica reconciles at any time.
+
+Three durations, with client-go's defaults and its rule ``retry < deadline < lease``:
+
+- ``retry_seconds`` (2 s): how often the lease is renewed, or looked at by a standby;
+- ``renew_deadline`` (10 s): a leader whose last accepted renewal is older than
+  this stops acting: every write the operator makes is refused from then on
+  (``check``), and the process exits so that its pod restarts and queues up
+  again. It is shorter than the lease, so the leader has stopped before any
+  standby may take over;
+- ``lease_seconds`` (15 s): a standby takes the lease over only after it has
+  seen the same record, unchanged, for this long, timed on its own clock (as
+  client-go does: the holder's ``renewTime`` is another machine's clock).
+
+Renewals run in a thread of their own with their own HTTP connections, so they
+are never queued behind reconciles in asyncio's shared thread pool, nor behind a
+busy event loop. A frozen leader (SIGSTOP, a paused VM, a long GC) wakes up past
+its deadline: the renewal thread exits the process before it renews, and a
+SIGCONT handler in the main thread, where kopf's loop runs, does the same at
+once. The one write nobody can fence from here is a request that was already on
+the wire when the process froze; the API server's resourceVersion checks are
+what protect the Lease itself from it.
 """
 
 from __future__ import annotations
@@ -12,9 +31,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
+import sys
+import threading
 import time
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes.client.rest import ApiException
@@ -24,22 +47,30 @@ from kubecast_operator.kube import Kube
 log = logging.getLogger("kubecast.leader")
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+class NotLeading(RuntimeError):
+    """A write was refused because this replica does not (or no longer) lead."""
 
 
-def _format(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def default_identity() -> str:
     return f"{socket.gethostname()}_{os.getpid()}"
+
+
+def _exit_process(reason: str) -> None:
+    """What a leader does when it loses the lease: exit now, let the pod restart.
+
+    NB: ``os._exit``, not ``sys.exit``: a clean shutdown would run kopf's and our
+    cleanup handlers, which write (finalizers, status); a leader that lost the
+    lease must not write anything more.
+    """
+    log.error("stopped leading: %s; exiting so that the pod restarts", reason)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 class LeaderElector:
@@ -51,30 +82,77 @@ class LeaderElector:
         name: str = "kubecast-operator",
         identity: str | None = None,
         lease_seconds: int = 15,
-        renew_seconds: float = 5.0,
+        renew_deadline: float = 10.0,
+        retry_seconds: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_lost: Callable[[str], None] = _exit_process,
     ) -> None:
+        if not 0 < retry_seconds < renew_deadline < lease_seconds:
+            raise ValueError(
+                "leader election needs retry < renew deadline < lease duration, got"
+                f" {retry_seconds} / {renew_deadline} / {lease_seconds} s"
+            )
         self.kube, self.namespace, self.name = kube, namespace, name
         self.identity = identity or default_identity()
-        self.lease_seconds, self.renew_seconds = lease_seconds, renew_seconds
-        #: time.monotonic() when the API server last answered an attempt (a
-        #: renewal while leading, a look at the holder while standing by); None
-        #: before the first. health.py tells from it whether we are in touch.
+        self.lease_seconds, self.renew_deadline = lease_seconds, renew_deadline
+        self.retry_seconds = retry_seconds
+        self.clock, self.on_lost = clock, on_lost
+        #: clock() when the API server last answered an attempt (a renewal while
+        #: leading, a look at the holder while standing by); None before the
+        #: first. health.py tells from it whether we are in touch.
         self.answered_at: float | None = None
+        #: clock() when the last renewal that the API server accepted was sent
+        #: (sent, not answered: the lease runs from the renewTime we wrote)
+        self.renewed_at: float | None = None
+        self.leading = False
+        self._lost: str | None = None
+        self._observed: tuple[Any, ...] | None = None
+        self._observed_at = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    async def _attempt(self) -> bool:
-        """``try_acquire`` off the event loop, noting when it got an answer."""
-        held = await asyncio.to_thread(self.try_acquire)
-        self.answered_at = time.monotonic()
-        return held
+    # -- the fence ---------------------------------------------------------------
+
+    def may_act(self) -> bool:
+        """True while this replica leads and its last renewal is within the deadline."""
+        return (
+            self.leading
+            and self._lost is None
+            and self.renewed_at is not None
+            and self.clock() - self.renewed_at < self.renew_deadline
+        )
+
+    def check(self) -> None:
+        """The write gate (see ``Kube(fence=...)``): raise unless ``may_act()``."""
+        if not self.may_act():
+            raise NotLeading(
+                f"{self.identity} does not lead: "
+                + (self._lost or f"no renewal within the {self.renew_deadline:.0f}s deadline")
+            )
+
+    def _lose(self, reason: str) -> None:
+        if self._lost is None:
+            self._lost = reason
+            self.on_lost(reason)
+
+    def check_after_freeze(self, *_: Any) -> None:
+        """SIGCONT: a leader resumed past its deadline stops before anything else runs."""
+        if self.leading and not self.may_act():
+            age = self.clock() - (self.renewed_at or 0.0)
+            self._lose(
+                f"resumed {age:.1f}s after the last renewal (deadline {self.renew_deadline:.0f}s)"
+            )
+
+    # -- one attempt ---------------------------------------------------------------
 
     def try_acquire(self) -> bool:
         """One attempt to take or renew the lease; True when we hold it."""
-        now = _now()
         lease = self.kube.get("Lease", self.namespace, self.name)
-        spec_fields = {
+        now = _now()
+        fields: dict[str, Any] = {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": self.lease_seconds,
-            "renewTime": _format(now),
+            "renewTime": now,
         }
         try:
             if lease is None:
@@ -83,20 +161,25 @@ class LeaderElector:
                         "apiVersion": "coordination.k8s.io/v1",
                         "kind": "Lease",
                         "metadata": {"name": self.name, "namespace": self.namespace},
-                        "spec": {**spec_fields, "acquireTime": _format(now), "leaseTransitions": 0},
+                        "spec": {**fields, "acquireTime": now, "leaseTransitions": 0},
                     }
                 )
                 return created is not None
             spec: dict[str, Any] = lease.get("spec") or {}
             holder = spec.get("holderIdentity")
-            renewed = _parse(spec.get("renewTime")) or datetime.min.replace(tzinfo=UTC)
-            expired = renewed + timedelta(seconds=spec.get("leaseDurationSeconds") or 15) < now
-            if holder != self.identity and holder and not expired:
-                return False
+            record = (holder, spec.get("renewTime"), spec.get("leaseDurationSeconds"))
+            if record != self._observed:
+                self._observed, self._observed_at = record, self.clock()
+            duration = spec.get("leaseDurationSeconds") or self.lease_seconds
+            if holder and holder != self.identity:
+                if self.clock() - self._observed_at < duration:
+                    return False
+                log.info(
+                    "the lease of %s was not renewed for %ss: taking it over", holder, duration
+                )
             if holder != self.identity:
-                spec_fields["acquireTime"] = _format(now)
-                spec_fields["leaseTransitions"] = (spec.get("leaseTransitions") or 0) + 1
-                log.info("taking over the lease from %s", holder or "nobody")
+                fields["acquireTime"] = now
+                fields["leaseTransitions"] = (spec.get("leaseTransitions") or 0) + 1
             # NB: the resourceVersion makes this a compare-and-swap: of two
             # replicas racing for an expired lease, only one write succeeds.
             patched = self.kube.patch(
@@ -105,7 +188,7 @@ class LeaderElector:
                 self.name,
                 {
                     "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
-                    "spec": spec_fields,
+                    "spec": fields,
                 },
             )
             return patched is not None
@@ -114,25 +197,74 @@ class LeaderElector:
                 return False
             raise
 
-    async def acquire(self) -> None:
-        """Wait until this replica leads."""
+    def attempt(self) -> bool | None:
+        """One round of the loop: True held, False held by another, None no answer."""
+        sent = self.clock()
+        try:
+            held = self.try_acquire()
+        except Exception as error:
+            log.warning("lease %s/%s: %s", self.namespace, self.name, error)
+            return None
+        self.answered_at = self.clock()
+        if held:
+            self.renewed_at = sent
+            if not self.leading:
+                self.leading = True
+                log.info("leading as %s (lease %s/%s)", self.identity, self.namespace, self.name)
+        elif self.leading:
+            self._lose("another replica holds the lease")
+        return held
+
+    # -- the loop, in its own thread ---------------------------------------------------
+
+    def _run(self, acquired: Callable[[], None]) -> None:
         announced = False
-        while True:
-            try:
-                if await self._attempt():
-                    log.info(
-                        "leading as %s (lease %s/%s)", self.identity, self.namespace, self.name
-                    )
-                    return
-            except Exception as error:
-                log.warning("lease %s/%s: %s", self.namespace, self.name, error)
-            if not announced:
+        while not self._stop.is_set() and self._lost is None:
+            if self.leading and not self.may_act():
+                age = self.clock() - (self.renewed_at or 0.0)
+                self._lose(
+                    f"no renewal accepted for {age:.1f}s (deadline {self.renew_deadline:.0f}s)"
+                )
+                return
+            started = self.clock()
+            was_leading = self.leading
+            held = self.attempt()
+            if held and not was_leading:
+                acquired()
+            elif not held and not self.leading and not announced:
                 log.info("another replica leads; standing by")
                 announced = True
-            await asyncio.sleep(self.renew_seconds)
+            self._stop.wait(max(0.0, self.retry_seconds - (self.clock() - started)))
+
+    async def acquire(self) -> None:
+        """Start the lease thread and wait until this replica leads.
+
+        From then on the thread renews on its own schedule, and ends the
+        process (``on_lost``) when leadership is lost.
+        """
+        loop = asyncio.get_running_loop()
+        leading = asyncio.Event()
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(lambda: loop.call_soon_threadsafe(leading.set),),
+            name="lease",
+            daemon=True,
+        )
+        self._thread.start()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGCONT, self.check_after_freeze)
+        await leading.wait()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.retry_seconds + 5)
 
     def release(self) -> None:
         """Give the lease up on a clean shutdown, so a standby need not wait it out."""
+        self.stop()
+        if not self.may_act():
+            return
         lease = self.kube.get("Lease", self.namespace, self.name)
         if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
             self.kube.patch(
@@ -145,22 +277,4 @@ class LeaderElector:
                 },
             )
             log.info("released the lease")
-
-    async def hold(self) -> None:
-        """Renew the lease; return as soon as another replica holds it.
-
-        NB: an API server that cannot be reached is not a lost lease. Nobody can
-        take the lease over while the API server is down, and this replica
-        cannot write anything meanwhile either; when it comes back, the next
-        renewal tells whether we still lead (kopf's watches recover by
-        themselves). Exiting instead would turn every API server restart into
-        an operator restart.
-        """
-        while True:
-            await asyncio.sleep(self.renew_seconds)
-            try:
-                if not await self._attempt():
-                    log.error("lost the lease to another replica")
-                    return
-            except Exception as error:
-                log.warning("lease renewal failed, retrying: %s", error)
+        self.leading = False

@@ -16,7 +16,7 @@ import pydantic
 
 from kubecast_api import LiveStreamSpec, LiveStreamStatus, describe_error, redact
 from kubecast_api.profile import TranscodeProfileSpec
-from kubecast_operator import children, conditions, pod_problems
+from kubecast_operator import children, conditions, pod_problems, worker_client
 from kubecast_operator.kube import Kube
 from kubecast_operator.settings import (
     WORKER_HTTP_PORT,
@@ -358,6 +358,48 @@ def worker_down(pods: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def rollout_condition(seen: Observation) -> dict[str, Any]:
+    """Progressing: True while the worker pod does not yet run the current config.
+
+    The current config is the one this pass rendered from the spec and the
+    profile (its hash is on the pod template, children.CONFIG_HASH); what runs
+    is the hash on the pod that serves. A Recreate rollout stops the old pod
+    before the new one starts, so for a while no pod serves at all.
+    """
+    if seen.config_hash is None:  # nothing valid to roll out (see Ready)
+        reason, message = seen.problem or ("NoConfig", "no worker config rendered yet")
+        return conditions.condition("Progressing", False, reason, message)
+    wanted = seen.config_hash[:12]
+    serving = worker_client.serving_pod(seen.pods)
+    running = ((serving or {}).get("metadata", {}).get("annotations") or {}).get(
+        children.CONFIG_HASH
+    )
+    older = [
+        p
+        for p in seen.pods
+        if (p["metadata"].get("annotations") or {}).get(children.CONFIG_HASH) != seen.config_hash
+        and not p["metadata"].get("deletionTimestamp")
+    ]
+    if serving is None:
+        return conditions.condition(
+            "Progressing", True, "RollingOut", f"starting a worker pod with config {wanted}"
+        )
+    if running != seen.config_hash:
+        return conditions.condition(
+            "Progressing",
+            True,
+            "RollingOut",
+            f"rolling out config {wanted}; the serving pod runs {str(running)[:12]}",
+        )
+    if older:
+        return conditions.condition(
+            "Progressing", True, "RollingOut", f"config {wanted} serves; older pods are stopping"
+        )
+    return conditions.condition(
+        "Progressing", False, "RolledOut", f"the worker pod runs the current config {wanted}"
+    )
+
+
 def outputs_condition(seen: Observation) -> dict[str, Any]:
     """OutputsReady: whether the worker produces every output the spec asks for.
 
@@ -467,8 +509,16 @@ def compute_status(
         phase = "Pending"
     status["phase"] = phase
 
+    rollout = rollout_condition(seen)
     if seen.problem:
         ready = conditions.condition("Ready", False, *seen.problem)
+    elif seen.worker is not None and rollout["status"] == "True":
+        # NB: the pod that answered runs an older config: the worker is up,
+        # but not the one this generation of the spec asks for.
+        ready = conditions.condition("Ready", False, "ConfigRollingOut", rollout["message"])
+    elif seen.worker is not None and not seen.worker.get("ready"):
+        detail = _redacted(seen.worker.get("lastError")) or "the worker is starting its ingest"
+        ready = conditions.condition("Ready", False, "WorkerNotReady", detail)
     elif seen.worker is not None:
         ready = conditions.condition(
             "Ready", True, "WorkerRunning", "the worker answers and accepts publishers"
@@ -495,7 +545,7 @@ def compute_status(
     )
     status["conditions"] = conditions.merge(
         previous.get("conditions"),
-        [ready, ingest, transcoding, outputs_condition(seen)],
+        [ready, rollout, ingest, transcoding, outputs_condition(seen)],
         generation=generation,
         at=at,
     )

@@ -48,8 +48,8 @@ async def fetch_status(
     return doc
 
 
-def pod_address(pods: list[dict[str, Any]]) -> str | None:
-    """IP of the newest running pod, the one a Recreate rollout leaves serving."""
+def serving_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest running pod, the one a Recreate rollout leaves serving."""
     running = [
         p
         for p in pods
@@ -58,7 +58,13 @@ def pod_address(pods: list[dict[str, Any]]) -> str | None:
         and not p["metadata"].get("deletionTimestamp")
     ]
     running.sort(key=lambda p: p["metadata"].get("creationTimestamp", ""), reverse=True)
-    return running[0]["status"]["podIP"] if running else None
+    return running[0] if running else None
+
+
+def pod_address(pods: list[dict[str, Any]]) -> str | None:
+    """IP of ``serving_pod``: the pod whose /status the operator reads."""
+    pod = serving_pod(pods)
+    return pod["status"]["podIP"] if pod else None
 
 
 def admin_port(pod: dict[str, Any]) -> int:

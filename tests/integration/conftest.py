@@ -133,12 +133,14 @@ class ControlPlane:
         path = self.cluster_dir / "logs" / f"{component}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def restart_apiserver(self) -> None:
+    def restart_apiserver(self) -> float:
         """Stop kube-apiserver (SIGTERM) and start it again on the same port and data.
 
-        Returns once /readyz is ok. Clients with open watches see their connections drop,
-        which is what the operator's recovery tests need.
+        Returns once /readyz is ok, with the seconds that took. Clients with open
+        watches see their connections drop, which is what the operator's recovery
+        tests need.
         """
+        started = time.monotonic()
         proc = subprocess.run(
             [str(HACK / "cluster-up.sh"), "--restart-apiserver"],
             capture_output=True,
@@ -148,6 +150,7 @@ class ControlPlane:
         )
         if proc.returncode != 0:
             pytest.fail(f"kube-apiserver did not restart:\n{_tail(proc.stderr)}", pytrace=False)
+        return time.monotonic() - started
 
     def api_client(self) -> Any:
         """A ``kubernetes.client.ApiClient`` for this cluster (imported lazily)."""

@@ -219,6 +219,16 @@ def test_profile_change_rolls_the_worker(
         timeout=30,
     )
 
+    # Status follows the rollout from what the pods carry: Progressing ends with
+    # the serving pod on the new config (kwok runs it; no worker answers there).
+    def rolled_out() -> dict[str, Any] | None:
+        found = condition(status_of(control_plane, namespace, "livestream", "lobby-camera"),
+                          "Progressing")  # fmt: skip
+        return found if found.get("status") == "False" and after[:12] in found["message"] else None
+
+    done = wait("Progressing to end on the new config", rolled_out, op, timeout=60)
+    assert done["reason"] == "RolledOut", done
+
 
 def test_missing_profile_is_reported_then_converges(
     control_plane: ControlPlane, operator: tuple[harness.Process, int], namespace: str

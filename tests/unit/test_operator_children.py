@@ -217,12 +217,26 @@ def _observed(
         ),
         node_address="203.0.113.7",
         worker=worker,
-        **extra,
+        **{"config_hash": "c0ffee", "pods": [_pod("c0ffee")], **extra},
     )
+
+
+def _pod(config: str, *, created: str = "2026-12-01T10:00:00Z", **meta: Any) -> dict[str, Any]:
+    """A running worker pod whose template carried config hash ``config``."""
+    return {
+        "metadata": {
+            "name": f"studio-worker-{config}",
+            "creationTimestamp": created,
+            "annotations": {children.CONFIG_HASH: config},
+            **meta,
+        },
+        "status": {"phase": "Running", "podIP": "10.1.0.9"},
+    }
 
 
 LIVE_WORKER = {
     "state": "live",
+    "ready": True,
     "publisher": "198.51.100.4:50000",
     "input": {
         "videoCodec": "h264",
@@ -274,6 +288,46 @@ def test_live_worker_gives_live_status_with_urls_and_figures() -> None:
     assert by_type["Ready"]["status"] == "True"
     assert by_type["IngestConnected"]["status"] == "True"
     assert all(c["observedGeneration"] == 3 for c in status["conditions"])
+
+
+def _conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def test_ready_only_when_the_serving_pod_runs_the_current_config() -> None:
+    stream = body("livestream-push.yaml")
+    current = _conditions(streams.compute_status(stream, _observed(LIVE_WORKER)))
+    assert current["Ready"] == ("True", "WorkerRunning")
+    assert current["Progressing"] == ("False", "RolledOut")
+
+    # The spec changed: the new config is rendered, the old pod still answers.
+    old = _observed(LIVE_WORKER, config_hash="beef00", pods=[_pod("c0ffee")])
+    status = streams.compute_status(stream, old)
+    assert _conditions(status)["Ready"] == ("False", "ConfigRollingOut")
+    assert _conditions(status)["Progressing"] == ("True", "RollingOut")
+    progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+    assert progressing["message"] == "rolling out config beef00; the serving pod runs c0ffee"
+    assert status["phase"] == "Live", "the old worker still serves its publisher"
+
+    # Recreate: the old pod is stopping, the new one not yet running.
+    stopping = _pod("c0ffee", deletionTimestamp="2026-12-01T10:05:00Z")
+    gap = _observed(None, config_hash="beef00", pods=[stopping], worker_error="refused")
+    assert _conditions(streams.compute_status(stream, gap))["Progressing"] == (
+        "True",
+        "RollingOut",
+    )
+
+    # The new pod serves; the stopped one is gone.
+    new = _observed(LIVE_WORKER, config_hash="beef00", pods=[_pod("beef00")])
+    done = _conditions(streams.compute_status(stream, new))
+    assert done["Ready"] == ("True", "WorkerRunning")
+    assert done["Progressing"] == ("False", "RolledOut")
+
+
+def test_a_worker_that_answers_but_is_not_ready_is_not_ready() -> None:
+    starting = {**LIVE_WORKER, "state": "idle", "ready": False, "lastError": None}
+    status = streams.compute_status(body("livestream-push.yaml"), _observed(starting))
+    assert _conditions(status)["Ready"] == ("False", "WorkerNotReady")
 
 
 def test_missing_profile_is_an_error_with_a_clear_reason() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -20,7 +21,7 @@ from prometheus_client import REGISTRY
 
 from kubecast_operator import health
 from kubecast_operator.kube import Kube
-from kubecast_operator.leader import LeaderElector
+from kubecast_operator.leader import LeaderElector, NotLeading
 
 Answers = dict[str, tuple[int, dict[str, str]]]
 Get = Callable[[], Awaitable[Answers]]
@@ -69,6 +70,7 @@ class LeaseStore:
 
 
 def elector(store: LeaseStore, identity: str = "me", **kwargs: Any) -> LeaderElector:
+    kwargs.setdefault("on_lost", lambda reason: None)
     return LeaderElector(cast(Kube, store), namespace="ns", identity=identity, **kwargs)
 
 
@@ -124,7 +126,7 @@ def test_standby_is_alive_and_ready_only_while_it_reaches_the_lease() -> None:
 
         # One look at the Lease: held by a live leader, so this replica waits.
         store.lease["spec"]["renewTime"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        assert await standby._attempt() is False
+        assert standby.attempt() is False
         assert leading_gauge() == 0
         clock.now = answered(standby) + 1
         assert codes(await get()) == (200, 200)
@@ -144,14 +146,13 @@ def test_standby_is_alive_and_ready_only_while_it_reaches_the_lease() -> None:
 def test_leader_is_ready_once_kopf_watches_and_unready_then_dead_without_renewals() -> None:
     clock = Clock()
     store = LeaseStore()
-    leading = elector(store)
+    leading = elector(store, clock=clock)
     state = health.Health(leading, clock=clock)
 
     async def steps(get: Get) -> None:
-        await leading.acquire()  # no lease yet: taken at once
+        assert leading.attempt() is True  # no lease yet: taken at once
         state.lead()
         assert leading_gauge() == 1
-        clock.now = answered(leading)
         starting = await get()
         assert codes(starting) == (200, 503)
         assert starting["/readyz"][1] == {
@@ -165,54 +166,116 @@ def test_leader_is_ready_once_kopf_watches_and_unready_then_dead_without_renewal
         assert codes(ready) == (200, 200)
         assert ready["/readyz"][1] == {"status": "ok", "role": "leader"}
 
-        # Renewals fail: past the lease's duration others may take it over, so
-        # it is not ready; past the deadline it is restarted.
+        # Renewals fail: past the renew deadline it is not alive (the lease
+        # thread has normally ended the process by then), past the lease's
+        # duration others may take it over, so it is not ready either.
         store.down = True
-        with pytest.raises(ApiException):
-            await leading._attempt()
-        clock.now += 20
-        expired = await get()
-        assert codes(expired) == (200, 503)
-        assert expired["/readyz"][1]["reason"] == "lease not renewed for 20s (lease 15s)"
-
-        clock.now += health.RENEW_DEADLINE_SECONDS
+        assert leading.attempt() is None
+        clock.now += 11
         dead = await get()
-        assert codes(dead) == (503, 503)
+        assert codes(dead) == (503, 200)
         assert dead["/healthz"][1] == {
             "status": "failing",
             "role": "leader",
-            "reason": "lease not renewed for 80s (deadline 60s)",
+            "reason": "lease not renewed for 11s (deadline 10s)",
         }
-
-        # The API server is back and the renewal succeeds: healthy again.
-        store.down = False
-        assert await leading._attempt() is True
-        clock.now = answered(leading)
-        assert codes(await get()) == (200, 200)
+        clock.now += 9
+        expired = await get()
+        assert codes(expired) == (503, 503)
+        assert expired["/readyz"][1]["reason"] == "lease not renewed for 20s (lease 15s)"
 
     probe(state, steps)
 
 
-def test_hold_keeps_the_lease_fresh_and_a_failing_api_lets_it_age() -> None:
-    """The real renewal loop drives the timestamps the endpoints judge by."""
+def test_the_fence_closes_at_the_renew_deadline_before_the_lease_can_expire() -> None:
+    clock = Clock()
     store = LeaseStore()
-    leading = elector(store, renew_seconds=0.01)
+    lost: list[str] = []
+    leading = elector(store, clock=clock, on_lost=lost.append)
+    with pytest.raises(NotLeading):
+        leading.check()  # a standby never writes
+    assert leading.attempt() is True
+    leading.check()
+    clock.now += 9.9
+    leading.check()
+    store.down = True
+    assert leading.attempt() is None
+    clock.now += 0.2  # 10.1 s after the last accepted renewal
+    assert not leading.may_act()
+    with pytest.raises(NotLeading, match="me does not lead: no renewal within the 10s deadline"):
+        leading.check()
+    # A standby may take over only once the lease (15 s) has passed on its own
+    # clock since it saw the record change: by then this replica had stopped.
+    assert lost == []
+    leading.check_after_freeze()
+    assert lost == ["resumed 10.1s after the last renewal (deadline 10s)"]
+
+
+def test_a_standby_takes_over_only_after_a_full_lease_on_its_own_clock() -> None:
+    clock = Clock()
+    store = LeaseStore()
+    store.lease = {
+        "metadata": {"name": "kubecast-operator", "resourceVersion": "7"},
+        # NB: a renewTime from another machine's clock, long past: not trusted.
+        "spec": {
+            "holderIdentity": "other",
+            "leaseDurationSeconds": 15,
+            "renewTime": "2020-01-01T00:00:00.000000Z",
+            "leaseTransitions": 3,
+        },
+    }
+    standby = elector(store, clock=clock)
+    assert standby.attempt() is False
+    clock.now += 14.9
+    assert standby.attempt() is False
+    store.lease["spec"]["renewTime"] = "2020-01-01T00:00:10.000000Z"  # the holder renewed
+    clock.now += 10
+    assert standby.attempt() is False, "a renewal restarts the wait"
+    clock.now += 15.1
+    assert standby.attempt() is True
+    assert store.lease["spec"]["holderIdentity"] == "me"
+    assert store.lease["spec"]["leaseTransitions"] == 4
+
+
+def test_a_leader_that_finds_another_holder_stops_at_once() -> None:
+    clock = Clock()
+    store = LeaseStore()
+    lost: list[str] = []
+    leading = elector(store, clock=clock, on_lost=lost.append)
+    assert leading.attempt() is True
+    assert store.lease is not None
+    store.lease["spec"]["holderIdentity"] = "other"
+    store.lease["metadata"]["resourceVersion"] = "99"
+    assert leading.attempt() is False
+    assert lost == ["another replica holds the lease"]
+    with pytest.raises(NotLeading, match="another replica holds the lease"):
+        leading.check()
+
+
+def test_the_lease_thread_renews_on_its_own_and_ends_leadership_at_the_deadline() -> None:
+    """The real thread and clock: renewals keep it leading; a dead API ends it."""
+    store = LeaseStore()
+    lost: list[str] = []
+    leading = elector(
+        store, retry_seconds=0.02, renew_deadline=0.3, lease_seconds=1, on_lost=lost.append
+    )
 
     async def main() -> None:
         await leading.acquire()
-        holding = asyncio.create_task(leading.hold())
         try:
-            first = answered(leading)
-            await asyncio.sleep(0.1)
-            assert answered(leading) > first
+            first = leading.renewed_at
+            assert first is not None
+            # NB: the event loop is blocked here, and the thread renews anyway.
+            time.sleep(0.1)
+            assert (leading.renewed_at or 0) > first
+            leading.check()
             store.down = True
-            await asyncio.sleep(0.05)  # a renewal in flight may still land
-            frozen = leading.answered_at
-            await asyncio.sleep(0.1)
-            assert leading.answered_at == frozen
-            assert not holding.done(), "an unreachable API server is not a lost lease"
+            await asyncio.sleep(0.6)
+            assert len(lost) == 1 and lost[0].startswith("no renewal accepted for 0.3"), lost
+            with pytest.raises(NotLeading):
+                leading.check()
         finally:
-            holding.cancel()
+            leading.stop()
 
     asyncio.run(asyncio.wait_for(main(), 10))
 

@@ -594,6 +594,9 @@ def recorder_pod(
         f"0.0.0.0:{WORKER_ADMIN_PORT}",
         "--stop-token-file",
         f"{STOP_TOKEN_DIR}/{STOP_TOKEN_FIELD}",
+        # Its last /status, kept by the kubelet in the pod's status after it exits.
+        "--termination-log",
+        "/dev/termination-log",
     ]
     if spec.rendition:
         args += ["--rendition", spec.rendition]

@@ -32,6 +32,7 @@ RECORDER_PHASES = {
     "waiting": "Waiting",
     "recording": "Recording",
     "finalizing": "Finalizing",
+    "interrupted": "Waiting",  # its pod stopped mid-recording; the next pod resumes it
     "completed": "Completed",
     "failed": "Failed",
 }
@@ -48,7 +49,17 @@ def compute_status(
     recorder: dict[str, Any] | None,
     problem: tuple[str, str] | None,
     pod_phase: str | None,
+    exited: tuple[dict[str, Any] | None, str] | None = None,
+    pod_gone: bool = False,
 ) -> dict[str, Any]:
+    """The Recording's status, from what can be observed now.
+
+    ``recorder``: its /status, while it answers. ``exited``: once it does not,
+    what the kubelet kept of its last exit (``recorder_exit``): its own last
+    /status from the termination message, and how it ended. ``pod_gone``: no pod
+    at all; a finished recording keeps the facts it finished with, and says that
+    nothing backs them any more.
+    """
     meta = body["metadata"]
     previous = body.get("status") or {}
     generation = meta.get("generation")
@@ -60,26 +71,28 @@ def compute_status(
     elif recorder is not None:
         phase = RECORDER_PHASES.get(str(recorder.get("state")), "Waiting")
         found = conditions.condition("Ready", True, "RecorderRunning")
-        status.update(
-            {
-                "files": [
-                    {
-                        "name": f["name"],
-                        "format": f["format"],
-                        "sizeBytes": f.get("size_bytes", 0),
-                        "durationSeconds": f.get("duration_seconds"),
-                    }
-                    for f in recorder.get("files") or []
-                ],
-                "startTime": recorder.get("start_time"),
-                "endTime": recorder.get("end_time"),
-                "durationSeconds": recorder.get("duration_seconds"),
-                "segments": recorder.get("segments"),
-                "message": recorder.get("last_error"),
-            }
+        status.update(_figures(recorder))
+    elif exited is not None:
+        last, how = exited
+        if last is not None:
+            phase = RECORDER_PHASES.get(str(last.get("state")), "Waiting")
+            status.update(_figures(last))
+        else:  # it said nothing: killed before it could (SIGKILL, OOM)
+            phase = "Failed" if pod_phase == "Failed" else "Waiting"
+        found = conditions.condition("Ready", False, "RecorderExited", how)
+        status["message"] = status.get("message") or how
+    elif pod_gone and previous.get("phase") in ("Completed", "Failed"):
+        # NB: not a copy of the last status: the phase and the files are what the
+        # recording ended with (facts), the condition says the pod is gone.
+        phase = previous["phase"]
+        keep = ("files", "startTime", "endTime", "durationSeconds", "segments", "message")
+        status.update({k: previous[k] for k in keep if k in previous})
+        found = conditions.condition(
+            "Ready",
+            False,
+            "RecorderGone",
+            "the recorder pod is gone; files as the recorder reported them when it finished",
         )
-    elif previous.get("phase") in ("Completed", "Failed"):
-        return previous  # the recorder is gone after finishing; its last word stands
     else:
         phase = "Failed" if pod_phase == "Failed" else "Waiting"
         found = conditions.condition(
@@ -92,6 +105,56 @@ def compute_status(
     return RecordingStatus.model_validate(
         {k: v for k, v in status.items() if v is not None}
     ).to_api()
+
+
+def _figures(recorder: dict[str, Any]) -> dict[str, Any]:
+    """Status fields from a recorder's /status document (live or its last word)."""
+    return {
+        "files": [
+            {
+                "name": f["name"],
+                "format": f["format"],
+                "sizeBytes": f.get("size_bytes", 0),
+                "durationSeconds": f.get("duration_seconds"),
+            }
+            for f in recorder.get("files") or []
+        ],
+        "startTime": recorder.get("start_time"),
+        "endTime": recorder.get("end_time"),
+        "durationSeconds": recorder.get("duration_seconds"),
+        "segments": recorder.get("segments"),
+        "message": recorder.get("last_error"),
+    }
+
+
+def recorder_exit(pod: dict[str, Any] | None) -> tuple[dict[str, Any] | None, str] | None:
+    """What the kubelet kept of the recorder container's last exit, if it exited.
+
+    (its last /status from the termination message, or None; how it ended). The
+    current state when it has ended, else the last one while it is restarted.
+    """
+    for container in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
+        state = container.get("state") or {}
+        ended = state.get("terminated") or (
+            (container.get("lastState") or {}).get("terminated")
+            if not state.get("running")
+            else None
+        )
+        if not ended:
+            continue
+        how = (
+            f"the recorder exited with code {ended.get('exitCode')}"
+            f" ({ended.get('reason') or 'Error'}) at {ended.get('finishedAt')}"
+        )
+        if (pod or {}).get("metadata", {}).get("deletionTimestamp"):
+            how += "; its pod is being deleted, and a new one resumes the recording"
+        elif ended.get("exitCode") and pod and pod["status"].get("phase") not in ("Failed",):
+            how += "; the kubelet restarts it, and the recording resumes"
+        last = None
+        with contextlib.suppress(ValueError):  # pydantic's ValidationError is one
+            last = RecorderStatus.model_validate_json(ended.get("message") or "").model_dump()
+        return last, how
+    return None
 
 
 def signer(memo: kopf.Memo) -> tokens.Signer:
@@ -164,11 +227,16 @@ async def step(memo: kopf.Memo, body: dict[str, Any], logger: kopf.Logger) -> No
         recorder=recorder,
         problem=problem,
         pod_phase=(pod or {}).get("status", {}).get("phase"),
+        exited=recorder_exit(pod) if recorder is None else None,
+        pod_gone=pod is None,
     )
     previous = body.get("status") or {}
     if status != previous:
+        # NB: a merge patch keeps what it does not mention: fields no longer
+        # observed (a gone recorder's figures) are cleared with nulls.
+        removals = {k: None for k in previous if k not in status}
         await asyncio.to_thread(
-            kube.patch_status, "Recording", meta["namespace"], meta["name"], status
+            kube.patch_status, "Recording", meta["namespace"], meta["name"], {**removals, **status}
         )
         metrics.STATUS_WRITES.labels("Recording").inc()
         if status.get("phase") != previous.get("phase"):

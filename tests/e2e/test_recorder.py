@@ -402,11 +402,13 @@ def test_sigkill_mid_recording_then_restart_resumes_the_same_recording(
     live: Live, recorders: list[Recorder], tmp_path: Path
 ) -> None:
     out = tmp_path / "rec"
-    first = launch(out, live.source, formats="hls,mp4,fmp4")
+    last_word = tmp_path / "termination-log"  # what the kubelet keeps of an exited pod
+    first = launch(out, live.source, "--termination-log", str(last_word), formats="hls,mp4,fmp4")
     recorders.append(first)
     first.wait_segments(3)
     first.process.send_signal(signal.SIGKILL)
     first.process.wait()
+    assert not last_word.exists(), "a SIGKILLed recorder cannot have said anything"
     before = playlist(out)
     before_seconds = sum(s.duration for s in before.segments)
     assert before.segments and not before.is_endlist  # a playable event playlist, unclosed
@@ -432,6 +434,11 @@ def test_sigkill_mid_recording_then_restart_resumes_the_same_recording(
     assert mp4_seconds >= before_seconds + 3 * SEGMENT_S - 0.5  # before and after the kill
     rebuilt = format_duration(out / "recording-fragmented.mp4")
     assert rebuilt == pytest.approx(mp4_seconds, abs=SEGMENT_S)
+    # Its last /status, as the operator reads it from the pod once it no longer answers.
+    said = json.loads(last_word.read_text())
+    assert said["state"] == "interrupted", said
+    assert said["duration_seconds"] == pytest.approx(mp4_seconds, abs=SEGMENT_S)
+    assert "recording.mp4" in {f["name"] for f in said["files"]}
 
 
 def test_publisher_drop_and_return_gives_one_playlist_with_a_discontinuity(

@@ -21,9 +21,11 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+from kubecast_api.worker_status import RecorderStatus
 from kubecast_worker import logs
 from kubecast_worker.recorder import api
 from kubecast_worker.recorder.metrics import Metrics
@@ -65,6 +67,12 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="file holding the bearer token POST /stop needs (without it, /stop is refused)",
     )
+    p.add_argument(
+        "--termination-log",
+        default=None,
+        help="on exit, write the last /status here (Kubernetes: /dev/termination-log), so"
+        " that what the recorder did outlives its process",
+    )
     p.add_argument("--rendition", default=None, help="rendition name (default: the highest)")
     p.add_argument("--max-duration", type=float, default=None, help="seconds of media to record")
     p.add_argument(
@@ -102,6 +110,7 @@ def options_from(args: argparse.Namespace) -> Options:
             stop_at=parse_time(args.stop_at, "--stop-at") if args.stop_at else None,
             fail_linger=max(0.0, args.fail_linger),
             stop_token_file=Path(args.stop_token_file) if args.stop_token_file else None,
+            termination_log=Path(args.termination_log) if args.termination_log else None,
         )
     )
 
@@ -151,6 +160,32 @@ async def serve(
         return 1
     finally:
         await runner.cleanup()
+        if options.termination_log is not None:
+            write_termination_log(options.termination_log, recorder.status(), logger)
+
+
+#: The kubelet keeps at most 4096 bytes of a termination message.
+TERMINATION_MESSAGE_LIMIT = 4096
+
+
+def write_termination_log(
+    path: Path, status: dict[str, Any], logger: logging.LoggerAdapter[logging.Logger]
+) -> None:
+    """The recorder's last /status, for the kubelet to keep in the pod's status.
+
+    The operator reads it when the recorder no longer answers (its pod ended,
+    restarts, or was left behind), so that the Recording says what really
+    happened rather than what it said last. Too long (many files): the file
+    list goes first, the figures stay.
+    """
+    document = RecorderStatus.model_validate(status)
+    text = document.model_dump_json(exclude_unset=True)
+    if len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
+        text = document.model_copy(update={"files": []}).model_dump_json(exclude_unset=True)
+    try:
+        path.write_text(text[:TERMINATION_MESSAGE_LIMIT])
+    except OSError as e:
+        logger.warning("cannot write the termination log %s: %s", path, e.strerror)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-STATES = ("waiting", "recording", "finalizing", "completed", "failed")
+STATES = ("waiting", "recording", "finalizing", "interrupted", "completed", "failed")
 
 
 class Metrics:

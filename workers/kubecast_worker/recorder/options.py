@@ -25,6 +25,8 @@ class Options:
     http_port: int = 9090
     #: File holding the token POST /stop needs (a mounted Secret); None: /stop is refused.
     stop_token_file: Path | None = None
+    #: Where the last /status goes on exit (the pod's terminationMessagePath); None: nowhere.
+    termination_log: Path | None = None
     rendition: str | None = None
     max_duration: float | None = None
     wait_for_next_live: bool = False

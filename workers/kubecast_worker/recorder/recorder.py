@@ -473,6 +473,7 @@ class Recorder:
             # NB: not completed: the next pod resumes, and its end is the real end.
             saved.state, saved.stop_reason, saved.end_time = "interrupted", None, None
             await asyncio.to_thread(self.journal.save_state)
+            self._set_state("interrupted")  # what /status (and the termination log) says
             self.log.info(
                 "recording interrupted; what it has is written, and a new pod resumes it",
                 extra={"segments": len(segments)},

@@ -15,9 +15,12 @@ only way in from the host, and it only ever listens on loopback:
     a bare-metal load balancer for Services of type LoadBalancer, in the spirit
     of ``minikube tunnel`` or cloud-provider-kind: every such Service gets its
     own loopback address from ``--lb-range`` (127.77.0.0/16), written to its
-    ``status.loadBalancer.ingress``, and each of its TCP ports there is joined
+    ``status.loadBalancer.ingress``, and each of its ports there is joined
     to the Service's ClusterIP inside the namespace (kube-proxy does the rest,
-    as it would for a cloud load balancer's traffic).
+    as it would for a cloud load balancer's traffic). TCP ports are joined per
+    connection; UDP ports (SRT) per client address: each sender gets a socket of
+    its own inside the namespace, so replies find their way back, and one that
+    stays silent for ``UDP_IDLE_S`` is forgotten.
 
 How it stays on loopback: listening sockets are made in the host namespace by
 the main thread; outbound sockets are made by threads that have entered the
@@ -112,6 +115,104 @@ async def listen(
     )
 
 
+# --- UDP -------------------------------------------------------------------------------
+
+UDP_IDLE_S = 120.0
+
+
+def _udp_socket(host: str, port: int) -> socket.socket:
+    """A UDP socket connected to HOST:PORT; made in a dialing thread, so in the namespace."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect((host, port))
+    sock.setblocking(False)
+    return sock
+
+
+class _Back(asyncio.DatagramProtocol):
+    """The namespace side of one client's flow: what comes back goes to the client."""
+
+    def __init__(self, door: UdpDoor, client: tuple[str, int]) -> None:
+        self.door, self.client = door, client
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.door.touch(self.client)
+        if self.door.transport is not None:
+            self.door.transport.sendto(data, self.client)
+
+
+class UdpDoor(asyncio.DatagramProtocol):
+    """One loopback UDP port joined to HOST:PORT inside the namespace."""
+
+    def __init__(self, dialer: Dialer, host: str, port: int) -> None:
+        self.dialer, self.host, self.port = dialer, host, port
+        self.transport: asyncio.DatagramTransport | None = None
+        self.flows: dict[tuple[str, int], asyncio.DatagramTransport] = {}
+        self.waiting: dict[tuple[str, int], list[bytes]] = {}  # datagrams while a flow opens
+        self.seen: dict[tuple[str, int], float] = {}
+        self.sweeper: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+        self.sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    def touch(self, client: tuple[str, int]) -> None:
+        self.seen[client] = asyncio.get_running_loop().time()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        client = (addr[0], addr[1])
+        self.touch(client)
+        if (flow := self.flows.get(client)) is not None:
+            flow.sendto(data)
+        elif client in self.waiting:
+            self.waiting[client].append(data)
+        else:
+            self.waiting[client] = [data]
+            asyncio.get_running_loop().create_task(self._open(client))
+
+    async def _open(self, client: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            sock = await loop.run_in_executor(
+                self.dialer.pool, partial(_udp_socket, self.host, self.port)
+            )
+            flow, _ = await loop.create_datagram_endpoint(lambda: _Back(self, client), sock=sock)
+        except OSError as error:
+            log.info("cannot reach udp %s:%s in the cluster: %s", self.host, self.port, error)
+            self.waiting.pop(client, None)
+            return
+        self.flows[client] = flow
+        for data in self.waiting.pop(client, []):
+            flow.sendto(data)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(UDP_IDLE_S / 4)
+            now = asyncio.get_running_loop().time()
+            for client in [c for c, t in self.seen.items() if now - t > UDP_IDLE_S]:
+                self.seen.pop(client, None)
+                if (flow := self.flows.pop(client, None)) is not None:
+                    flow.close()
+
+    def close(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+        for flow in self.flows.values():
+            flow.close()
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def listen_udp(
+    dialer: Dialer, listen_host: str, listen_port: int, host: str, port: int
+) -> UdpDoor:
+    door = UdpDoor(dialer, host, port)
+    await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: door, local_addr=(listen_host, listen_port)
+    )
+    return door
+
+
 # --- load balancers -----------------------------------------------------------------
 
 
@@ -121,8 +222,8 @@ class Balanced:
 
     address: str
     cluster_ip: str
-    ports: tuple[int, ...]
-    servers: list[asyncio.Server] = field(default_factory=list)
+    ports: tuple[tuple[int, str], ...]  # (port, protocol)
+    servers: list[asyncio.Server | UdpDoor] = field(default_factory=list)
 
 
 class LoadBalancers:
@@ -149,7 +250,11 @@ class LoadBalancers:
         )
         current = self.by_service.get(key)
         ports = tuple(
-            sorted(p.port for p in service.spec.ports or [] if p.protocol in (None, "TCP"))
+            sorted(
+                (p.port, p.protocol or "TCP")
+                for p in service.spec.ports or []
+                if p.protocol in (None, "TCP", "UDP")
+            )
         )
         if current and (
             not wanted or current.ports != ports or current.cluster_ip != service.spec.cluster_ip
@@ -167,13 +272,16 @@ class LoadBalancers:
         )
         address = self._free_address(ingress[0].ip if ingress else None)
         entry = Balanced(address=address, cluster_ip=service.spec.cluster_ip, ports=ports)
-        for port in ports:
+        for port, protocol in ports:
+            opener = listen_udp if protocol == "UDP" else listen
             try:
                 entry.servers.append(
-                    await listen(self.dialer, address, port, entry.cluster_ip, port)
+                    await opener(self.dialer, address, port, entry.cluster_ip, port)
                 )
             except OSError as error:
-                log.error("cannot listen on %s:%s for %s: %s", address, port, key, error)
+                log.error(
+                    "cannot listen on %s %s:%s for %s: %s", protocol, address, port, key, error
+                )
         self.by_service[key] = entry
         log.info("opened %s at %s ports %s -> %s", key, address, ports, entry.cluster_ip)
         if not ingress or ingress[0].ip != address:

@@ -99,7 +99,12 @@ def status(cp: ControlPlane, namespace: str, name: str = "e2e") -> dict[str, Any
 
 
 def ready_to_publish(
-    cp: ControlPlane, namespace: str, logs: Callable[[], str], name: str = "e2e"
+    cp: ControlPlane,
+    namespace: str,
+    logs: Callable[[], str],
+    name: str = "e2e",
+    *,
+    scheme: str = "rtmp",
 ) -> dict[str, Any]:
     """Wait for the stream to be Idle with an ingest URL a publisher here can reach.
 
@@ -111,7 +116,7 @@ def ready_to_publish(
         "phase Idle with a reachable ingest URL",
         lambda: (
             (s := status(cp, namespace, name)).get("phase") == "Idle"
-            and s.get("ingestUrl", "").startswith("rtmp://127.")
+            and s.get("ingestUrl", "").startswith(f"{scheme}://127.")
             and s
         ),
         timeout=90,
@@ -258,6 +263,87 @@ def test_published_stream_goes_live_and_plays(
         "back to Idle (or Reconnecting) once the publisher leaves",
         lambda: status(control_plane, namespace).get("phase") in ("Idle", "Reconnecting"),
         timeout=60,
+        logs=logs,
+    )
+
+
+def test_an_srt_stream_goes_live_through_its_udp_load_balancer(
+    control_plane: ControlPlane, namespace: str, running: Running
+) -> None:
+    """SRT end to end: a UDP Service port, kube-proxy, the worker's srt-live-transmit
+    child. ffmpeg is the SRT caller with the stream key as its passphrase; the
+    tunnel gives the LoadBalancer Service a loopback address, UDP included."""
+    cp, logs = control_plane, running.logs
+    stream = {
+        **STREAM,
+        "metadata": {"name": "srt"},
+        "spec": {**STREAM["spec"], "ingest": {"push": {"protocol": "srt"}}},
+    }
+    cp.kubectl("-n", namespace, "apply", "-f", "-", input=yaml.safe_dump_all([PROFILE, stream]))
+    ready = ready_to_publish(cp, namespace, logs, "srt", scheme="srt")
+    service = harness.get_json(cp.kubectl, "-n", namespace, "service", "srt-ingest")
+    assert service is not None
+    assert [(p["protocol"], p["port"]) for p in service["spec"]["ports"]] == [("UDP", 9000)]
+    key = stream_key(cp, namespace, ready["streamKeySecret"])
+    url = f"{ready['ingestUrl']}?passphrase={key}"
+    publisher = subprocess.Popen(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-re",
+         "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25",
+         "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000", "-t", "40",
+         "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "50",
+         "-c:a", "aac", "-b:a", "128k", "-f", "mpegts", url],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        live = harness.eventually(
+            "phase Live over SRT",
+            lambda: (
+                (st := status(cp, namespace, "srt")).get("phase") == "Live"
+                and (st.get("input") or {}).get("resolution") == "640x360"
+                and st
+            ),
+            timeout=60,
+            logs=logs,
+        )
+        assert key not in json.dumps(live)
+        master_url = live["playbackUrl"]
+        master = harness.eventually(
+            "a master playlist",
+            lambda: (m := _try(fetch, master_url)) and m.count("#EXT-X-STREAM-INF") == 2 and m,
+            timeout=30,
+            logs=logs,
+        )
+        for uri in [line for line in master.splitlines() if line and not line.startswith("#")]:
+            media_url = master_url.rsplit("/", 1)[0] + "/" + uri
+            harness.eventually(
+                f"a segment in {uri}",
+                lambda url=media_url: ".ts" in (_try(fetch, url) or ""),
+                timeout=30,
+                logs=logs,
+            )
+            probe = subprocess.run(
+                ["ffprobe", "-v", "error", "-show_entries", "stream=codec_name", "-of", "json",
+                 media_url],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert probe.returncode == 0, probe.stderr
+            assert {"h264", "aac"} <= {s["codec_name"] for s in json.loads(probe.stdout)["streams"]}
+    finally:
+        publisher.kill()
+        publisher.wait()
+    # A caller with a wrong passphrase is refused, and counted in status.
+    wrong = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
+         "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25", "-t", "3",
+         "-c:v", "libx264", "-preset", "ultrafast", "-f", "mpegts",
+         f"{ready['ingestUrl']}?passphrase=not-the-key-at-all&connect_timeout=3000"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert wrong.returncode != 0
+    harness.eventually(
+        "the refused caller counted",
+        lambda: (status(cp, namespace, "srt").get("refusedPublishes") or 0) >= 1,
+        timeout=30,
         logs=logs,
     )
 

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 log = logging.getLogger("tunnel")
 CLONE_NEWNET = 0x40000000
@@ -152,8 +152,9 @@ class UdpDoor(asyncio.DatagramProtocol):
         self.sweeper: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        # NB: asyncio's selector datagram transport is not an isinstance of
+        # DatagramTransport, though it is one in all but name.
+        self.transport = cast(asyncio.DatagramTransport, transport)
         self.sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     def touch(self, client: tuple[str, int]) -> None:

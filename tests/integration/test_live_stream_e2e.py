@@ -331,6 +331,14 @@ def test_an_srt_stream_goes_live_through_its_udp_load_balancer(
     finally:
         publisher.kill()
         publisher.wait()
+    # NB: the killed publisher's session holds the port until libsrt's peer idle
+    # timeout (5 s) ends it; a caller meanwhile gets no answer at all.
+    harness.eventually(
+        "the session over",
+        lambda: status(cp, namespace, "srt").get("phase") in ("Reconnecting", "Idle"),
+        timeout=30,
+        logs=logs,
+    )
     # A caller with a wrong passphrase is refused, and counted in status.
     wrong = subprocess.run(
         ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",

@@ -133,7 +133,7 @@ class Rendition:
                 rung=rung,
                 ladder=plan,
                 container=container,
-                with_audio=source.audio is not None,
+                with_audio=source.has_audio,
                 x264_threads=settings.x264_threads,
                 x264_thread_type=settings.x264_thread_type,
             )
@@ -401,7 +401,7 @@ def _transcode(
     def master() -> bool:
         if not all(r.state.segments and r.state.codecs for r in renditions):
             return False
-        _write_master(renditions, plan=plan, settings=settings, has_audio=source.audio is not None)
+        _write_master(renditions, plan=plan, settings=settings, has_audio=source.has_audio)
         with status.lock:
             status.master_url = f"/{packager.MASTER}"
         log.info(
@@ -459,7 +459,7 @@ def _transcode(
                     # A new segment: BANDWIDTH and AVERAGE-BANDWIDTH follow what it measured.
                     measured_segments = sum(r.state.segments for r in renditions)
                     _write_master(
-                        renditions, plan=plan, settings=settings, has_audio=source.audio is not None
+                        renditions, plan=plan, settings=settings, has_audio=source.has_audio
                     )
             elif encoded:
                 assert isinstance(media.frame, AudioFrame)
@@ -471,7 +471,7 @@ def _transcode(
         # that its fps filter fills up to the end of the input like the others.
         for r, item in skipped.items():
             r.submit(item)
-        if reason == "eof" and encoded and source.audio is not None:
+        if reason == "eof" and encoded and source.has_audio:
             audio(None, media_time)  # the last audio samples, in AAC-sized frames
     finally:
         for r in renditions:
@@ -486,7 +486,7 @@ def _transcode(
     if not master_written:
         master()
     else:  # the last segments, flushed by finish(), are measured too
-        _write_master(renditions, plan=plan, settings=settings, has_audio=source.audio is not None)
+        _write_master(renditions, plan=plan, settings=settings, has_audio=source.has_audio)
     wall = time.time() - wall0
     return Outcome(
         reason=reason,

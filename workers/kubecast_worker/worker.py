@@ -5,7 +5,8 @@
     origin      HTTP, the playback port: playlists, segments, the player, /healthz, /readyz
     admin       HTTP, the admin port: /status, /metrics (for the operator and Prometheus)
     ingest      the RTMP front (checks app and stream key), the SRT listener
-                (the key is its passphrase), or a pull loop
+                (the key is its passphrase), the WHIP front (the key is its bearer
+                token; aiortc decodes the WebRTC media), or a pull loop
     per publish pipeline.run() in a thread: decode once → ladder → packager
     afterwards  reconnecting for reconnectWindowSeconds, then ENDLIST and idle
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -144,6 +146,8 @@ class Worker:
         try:
             if self.listen is not None and self.listen.protocol == "srt":
                 await self._serve_srt(started)
+            elif self.listen is not None and self.listen.protocol == "whip":
+                await self._serve_whip(started)
             elif self.listen is not None:
                 await self._serve_push(started)
             else:
@@ -246,14 +250,63 @@ class Worker:
             watcher.cancel()
             listener.stop()
 
+    async def _serve_whip(self, started: asyncio.Event | None) -> None:
+        """WebRTC publishers (WHIP), one at a time: aiortc decodes, the ladder encodes."""
+        from kubecast_worker import whip
+        from kubecast_worker.ingest_frames import FrameSource
+
+        assert self.listen is not None and self.stream_key
+        passthrough = [r.name for r in self.config.profile.renditions if r.passthrough]
+        if passthrough:
+            raise config_mod.ConfigError(
+                f"rendition {passthrough[0]} is a passthrough, which WHIP ingest cannot offer"
+                " (the media arrives as RTP, not as a stream to copy); encode it instead"
+            )
+        front = whip.WhipIngest(
+            host=self.listen.host,
+            port=self.listen.port,
+            app=self.listen.app,
+            stream_key=self.stream_key,
+            wrong_key_limit=self.wrong_key_limit,
+            log=self.log,
+        )
+        await front.start()
+        self.rtmp_port = front.port
+        self.status.ingest_url = front.url
+        self.status.ingest_counters = lambda: _counters(front.counters)
+        self.status.ready = True
+        self.log.info("ingest listening", extra={"ingest": front.url})
+        if started:
+            started.set()
+        watcher = asyncio.create_task(self._follow_key_file(front))
+
+        def source(session: whip.WhipSession, stop: threading.Event) -> ingest.Source:
+            return FrameSource(
+                frames=session.frames,
+                status=self.status,
+                stop=stop,
+                media_timeout=session.media_timeout,
+                log=self.log,
+            )
+
+        try:
+            await self._publishers(front.accept, source=source)
+        finally:
+            watcher.cancel()
+            await front.stop()
+
     async def _publishers(
         self,
         accept: Callable[[], Awaitable[Any]],
-        opener: Callable[[Any], ingest.Opener],
+        opener: Callable[[Any], ingest.Opener] | None = None,
+        *,
+        source: Callable[[Any, threading.Event], ingest.Source] | None = None,
     ) -> None:
-        """One accepted publisher after another (RTMP or SRT alike), until stopped.
+        """One accepted publisher after another (RTMP, SRT or WHIP alike), until stopped.
 
         ``accept()`` gives the next session: anything with ``peer`` and ``close()``.
+        Its media is demuxed by ``opener(session)``, or comes decoded from
+        ``source(session, stop)`` (WebRTC: aiortc has decoded it).
         """
         while not self._stopping.is_set():
             session = await self._next(accept())
@@ -261,7 +314,12 @@ class Worker:
                 return
             self._session_close = session.close
             try:
-                await self._session(opener=opener(session), publisher=session.peer, realtime=False)
+                await self._session(
+                    opener=opener(session) if opener else None,
+                    source=functools.partial(source, session) if source else None,
+                    publisher=session.peer,
+                    realtime=False,
+                )
             finally:
                 self._session_close = None
                 session.close()
@@ -340,10 +398,11 @@ class Worker:
     async def _session(
         self,
         *,
-        opener: ingest.Opener,
+        opener: ingest.Opener | None,
         publisher: str,
         realtime: bool,
         loop: bool = False,
+        source: Callable[[threading.Event], ingest.Source] | None = None,
     ) -> pipeline.Outcome | None:
         """One publish, ingest to playlists. Errors end up in /status, not raised."""
         started_at = time.time()
@@ -367,19 +426,23 @@ class Worker:
             loop_.call_soon_threadsafe(go_live)
             return answer.result(timeout=30)
 
-        source = ingest.Source(
-            opener=opener,
-            status=self.status,
-            stop=stop,
-            loop=loop,
-            realtime=realtime,
-            log=self.log,
-        )
+        if source is not None:
+            media = source(stop)
+        else:
+            assert opener is not None
+            media = ingest.Source(
+                opener=opener,
+                status=self.status,
+                stop=stop,
+                loop=loop,
+                realtime=realtime,
+                log=self.log,
+            )
         outcome = None
         try:
             outcome = await asyncio.to_thread(
                 pipeline.run,
-                source=source,
+                source=media,
                 settings=self.settings,
                 status=self.status,
                 stop=stop,

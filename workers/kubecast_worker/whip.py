@@ -196,6 +196,8 @@ class WhipIngest:
         self._runner: web.AppRunner | None = None
         self._pending: set[RTCPeerConnection] = set()
         _only_addresses(host)
+        # aioice logs every candidate pair's state change at INFO; its warnings stay.
+        logging.getLogger("aioice").setLevel(logging.WARNING)
 
     @property
     def url(self) -> str:

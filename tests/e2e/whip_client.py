@@ -1,0 +1,93 @@
+"""A WHIP publisher for the tests: aiortc sending a media file's video and audio.
+
+    python whip_client.py URL --media FILE --seconds 10 [--codec vp8|h264]
+                          [--no-audio] [--no-delete]
+
+aiortc's MediaPlayer decodes FILE at real time (in a loop) and aiortc encodes it
+again, as a browser encodes its camera: H.264 or VP8 video and Opus audio. One
+JSON line on stdout per event, for the test to follow:
+
+    {"event": "answered", "status": 201, "location": "/whip/live/…"}
+    {"event": "refused", "status": 401, "body": "…"}     (then exit 0)
+    {"event": "connected"}
+    {"event": "deleted", "status": 200}
+
+The key comes from $WHIP_TOKEN (or --token).
+``--no-delete``: stay until killed, never DELETE (a publisher that vanishes).
+Run it where the worker's namespace is: aioice never offers 127.0.0.1 as a candidate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from urllib.parse import urljoin
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.contrib.media import MediaPlayer
+
+
+def say(event: str, **fields: object) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+async def publish(args: argparse.Namespace) -> int:
+    player = MediaPlayer(args.media, loop=True)
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN server: none is reachable
+    assert player.video is not None
+    video = pc.addTransceiver(player.video, direction="sendonly")
+    codecs = [
+        c
+        for c in RTCRtpSender.getCapabilities("video").codecs
+        if c.mimeType.lower() in (f"video/{args.codec}", "video/rtx")
+    ]
+    video.setCodecPreferences(codecs)
+    if not args.no_audio and player.audio is not None:
+        pc.addTransceiver(player.audio, direction="sendonly")
+    connected = asyncio.Event()
+
+    @pc.on("connectionstatechange")
+    def changed() -> None:
+        if pc.connectionState == "connected":
+            connected.set()
+
+    await pc.setLocalDescription(await pc.createOffer())  # gathers every candidate
+    headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {args.token}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(args.url, data=pc.localDescription.sdp, headers=headers) as reply:
+            body = await reply.text()
+            if reply.status != 201:
+                say("refused", status=reply.status, body=body)
+                await pc.close()
+                player.video.stop()
+                return 0
+            location = urljoin(args.url, reply.headers["Location"])
+            say("answered", status=reply.status, location=reply.headers["Location"])
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        await asyncio.wait_for(connected.wait(), 20)
+        say("connected")
+        await asyncio.sleep(args.seconds if not args.no_delete else 3600)
+        async with http.delete(location) as reply:
+            say("deleted", status=reply.status)
+    await pc.close()
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("--token", default=os.environ.get("WHIP_TOKEN", ""))
+    parser.add_argument("--media", required=True)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--codec", choices=("vp8", "h264"), default="vp8")
+    parser.add_argument("--no-audio", action="store_true")
+    parser.add_argument("--no-delete", action="store_true")
+    return asyncio.run(publish(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -214,7 +214,8 @@ def launch_worker(
     if config is not None:
         return _launch(
             [*(wrap or []), sys.executable, "-m", "kubecast_worker.cli", "run", "--config",
-             str(_write(directory / "worker.yaml", {**config, "outputDir": str(out)}))],
+             str(_write(directory / "worker.yaml", {**config, "outputDir": str(out)})),
+             *(args or [])],
             out=out, env=dict(os.environ), push=config["ingest"].get("listen") is not None,
         )  # fmt: skip
     if isinstance(profile, dict):
@@ -250,6 +251,7 @@ def launch_configured_worker(
     reconnect_window: int = 0,
     ingest: dict[str, Any] | None = None,
     wrap: list[str] | None = None,
+    args: list[str] | None = None,
     **config: Any,
 ) -> WorkerProcess:
     """A push worker as the operator runs it: from a WorkerConfig, the key in a file
@@ -271,6 +273,7 @@ def launch_configured_worker(
             **config,
         },
         wrap=wrap,
+        args=args,
     )
 
 

@@ -30,7 +30,6 @@ from conftest import (
     SMALL_PROFILE,
     WorkerProcess,
     launch_configured_worker,
-    make_media,
     needs_ffmpeg,
     timing,
     until,
@@ -44,6 +43,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, needs_ffmpeg, pytest.mark.timeo
 KEY = "whip-k3y-7c1e0b5d2a9f4386"
 ADDRESS = "10.213.0.1"
 CLIENT = Path(__file__).with_name("whip_client.py")
+VIEWER = Path(__file__).with_name("whep_client.py")
 SMALL = {r["name"]: (r["width"], r["height"]) for r in SMALL_PROFILE["renditions"]}
 #: The worker ends a session this long after the last frame (whip.DEFAULT_MEDIA_TIMEOUT).
 MEDIA_TIMEOUT = 5.0
@@ -70,11 +70,6 @@ def namespace() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_media(tmp_path_factory.mktemp("whip-media") / "camera.mp4", seconds=10)
-
-
-@pytest.fixture(scope="module")
 def worker(namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     worker = launch_configured_worker(
         tmp_path_factory.mktemp("whip"),
@@ -83,6 +78,7 @@ def worker(namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         http=f"{ADDRESS}:0",
         admin=f"{ADDRESS}:0",
         wrap=["nsenter", f"--net={namespace}", "--"],
+        args=["--whep"],
     )
     try:
         yield worker
@@ -114,12 +110,11 @@ def wait_state(worker: WorkerProcess, namespace: str, state: str, timeout: float
 class Publisher:
     """whip_client.py in the namespace; its JSON events, as they come."""
 
-    def __init__(self, namespace: str, worker: WorkerProcess, media: Path, *args: str,
-                 key: str = KEY) -> None:  # fmt: skip
+    def __init__(self, namespace: str, worker: WorkerProcess, *args: str, key: str = KEY) -> None:
         url = f"http://{ADDRESS}:{worker.rtmp_port}/whip/live"
         self.process = subprocess.Popen(
             ["nsenter", f"--net={namespace}", "--", sys.executable, str(CLIENT), url,
-             "--media", str(media), *args],
+             *args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={**os.environ, "WHIP_TOKEN": key},  # not in argv, where ps would show it
         )  # fmt: skip
@@ -163,6 +158,24 @@ class Publisher:
         assert self.process.returncode == 0, self.errors[-20:]
 
 
+def watch(namespace: str, worker: WorkerProcess, rendition: str, seconds: float) -> Any:
+    """whep_client.py in the namespace, started now; ``.result()`` is its one JSON line."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = f"{worker.http}/whep/{rendition}"
+
+    def run() -> dict[str, Any]:
+        done = subprocess.run(
+            ["nsenter", f"--net={namespace}", "--", sys.executable, str(VIEWER), url,
+             "--seconds", str(seconds)],
+            capture_output=True, text=True, timeout=seconds + 60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+    return ThreadPoolExecutor(1).submit(run)
+
+
 def counters(worker: WorkerProcess, namespace: str) -> dict[str, int]:
     return status(worker, namespace)["ingest"]["counters"]  # type: ignore[no-any-return]
 
@@ -176,11 +189,9 @@ def test_status_shows_the_whip_url(worker: WorkerProcess, namespace: str) -> Non
     assert current["state"] == "idle" and current["ready"] is True
 
 
-def test_a_wrong_key_gets_401_and_is_counted(
-    worker: WorkerProcess, namespace: str, media: Path
-) -> None:
+def test_a_wrong_key_gets_401_and_is_counted(worker: WorkerProcess, namespace: str) -> None:
     before = counters(worker, namespace)
-    publisher = Publisher(namespace, worker, media, key="not-the-key")
+    publisher = Publisher(namespace, worker, key="not-the-key")
     refused = publisher.wait("refused")
     publisher.finish()
     assert refused["status"] == 401
@@ -192,16 +203,16 @@ def test_a_wrong_key_gets_401_and_is_counted(
 
 
 def test_a_vp8_publisher_goes_live_and_every_rendition_is_hls_with_audio(
-    worker: WorkerProcess, namespace: str, media: Path
+    worker: WorkerProcess, namespace: str
 ) -> None:
-    publisher = Publisher(namespace, worker, media, "--codec", "vp8", "--seconds", "10")
+    publisher = Publisher(namespace, worker, "--codec", "vp8", "--seconds", "10")
     publisher.wait("answered")
     wait_state(worker, namespace, "live")
     live = status(worker, namespace)
     assert live["input"]["videoCodec"] == "vp8" and live["input"]["audioCodec"] == "opus"
     # A second publisher while this one is live: 409, counted, and the first stays on.
     busy_before = counters(worker, namespace)["refused_busy"]
-    second = Publisher(namespace, worker, media)
+    second = Publisher(namespace, worker)
     assert second.wait("refused")["status"] == 409
     second.finish()
     assert counters(worker, namespace)["refused_busy"] == busy_before + 1
@@ -220,8 +231,8 @@ def test_a_vp8_publisher_goes_live_and_every_rendition_is_hls_with_audio(
     assert KEY not in "\n".join(worker.raw)
 
 
-def test_an_h264_publisher_goes_live(worker: WorkerProcess, namespace: str, media: Path) -> None:
-    publisher = Publisher(namespace, worker, media, "--codec", "h264", "--seconds", "6")
+def test_an_h264_publisher_goes_live(worker: WorkerProcess, namespace: str) -> None:
+    publisher = Publisher(namespace, worker, "--codec", "h264", "--seconds", "6")
     wait_state(worker, namespace, "live")
     assert status(worker, namespace)["input"]["videoCodec"] == "h264"
     publisher.wait("deleted", timeout=30)
@@ -232,9 +243,9 @@ def test_an_h264_publisher_goes_live(worker: WorkerProcess, namespace: str, medi
 
 
 def test_a_vanished_publisher_ends_its_session_and_the_next_goes_live(
-    worker: WorkerProcess, namespace: str, media: Path
+    worker: WorkerProcess, namespace: str
 ) -> None:
-    gone = Publisher(namespace, worker, media, "--no-delete")
+    gone = Publisher(namespace, worker, "--no-delete")
     gone.wait("connected")
     wait_state(worker, namespace, "live")
     time.sleep(2)  # some media first: the session is well under way
@@ -246,9 +257,40 @@ def test_a_vanished_publisher_ends_its_session_and_the_next_goes_live(
     assert any(line.get("msg", "").startswith("whip publisher gone") for line in worker.logs), (
         worker.raw[-20:]
     )
-    after = Publisher(namespace, worker, media, "--seconds", "4")
+    after = Publisher(namespace, worker, "--seconds", "4")
     assert after.wait("answered")["status"] == 201
     wait_state(worker, namespace, "live")
     after.wait("deleted", timeout=30)
     wait_state(worker, namespace, "idle")
     after.finish()
+
+
+def test_whep_viewers_share_each_renditions_encode_at_its_size(
+    worker: WorkerProcess, namespace: str
+) -> None:
+    """Three viewers (two of 360p, one of 180p) of one WHIP publisher, each decoding
+    the H.264 of its rendition's one encoder: at that rendition's size, from a keyframe."""
+    refused = watch(namespace, worker, "360p", 1).result()
+    assert (refused["event"], refused["status"]) == ("refused", 404)  # nothing is live yet
+    publisher = Publisher(namespace, worker, "--seconds", "25")
+    wait_state(worker, namespace, "live")
+    viewers = {
+        "360p-a": watch(namespace, worker, "360p", 8),
+        "360p-b": watch(namespace, worker, "360p", 8),
+        "180p": watch(namespace, worker, "180p", 8),
+    }
+    results = {name: viewer.result() for name, viewer in viewers.items()}
+    for name, result in results.items():
+        width, height = SMALL[name.split("-")[0]]
+        assert result["event"] == "watched", result
+        assert result["sizes"] == [[width, height]], result
+        # 8 s at 25 fps is 200 frames; a viewer starts at a keyframe (1 s GOP) once
+        # ICE and DTLS are up, and this machine is shared.
+        assert result["frames"] >= 75, result
+        assert result["first_frame_seconds"] < 4.0, result
+        assert result["deleted"] == 200, result
+    left = [e for e in worker.logs if e.get("msg", "").startswith("whep viewer left")]
+    assert len(left) >= 3 and left[-1]["viewers"] == 0, left
+    publisher.wait("deleted", timeout=40)
+    wait_state(worker, namespace, "idle")
+    publisher.finish()

@@ -1,11 +1,10 @@
-"""A WHIP publisher for the tests: aiortc sending a media file's video and audio.
+"""A WHIP publisher for the tests: aiortc sending a camera's video and a microphone's audio.
 
-    python whip_client.py URL --media FILE --seconds 10 [--codec vp8|h264]
-                          [--no-audio] [--no-delete]
+    python whip_client.py URL --seconds 10 [--codec vp8|h264] [--no-audio] [--no-delete]
 
-aiortc's MediaPlayer decodes FILE at real time (in a loop) and aiortc encodes it
-again, as a browser encodes its camera: H.264 or VP8 video and Opus audio. One
-JSON line on stdout per event, for the test to follow:
+aiortc's MediaPlayer reads a test pattern and a tone from FFmpeg's lavfi at real
+time, and aiortc encodes them as a browser encodes its camera: H.264 or VP8 video
+and Opus audio. One JSON line on stdout per event, for the test to follow:
 
     {"event": "answered", "status": 201, "location": "/whip/live/…"}
     {"event": "refused", "status": 401, "body": "…"}     (then exit 0)
@@ -30,13 +29,19 @@ import aiohttp
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
 
+#: A test pattern and a tone, made at real time by FFmpeg's lavfi (PyAV's own FFmpeg).
+CAMERA = "testsrc2=size=640x360:rate=25"
+MICROPHONE = "sine=frequency=440:sample_rate=48000"
+
 
 def say(event: str, **fields: object) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
 
 async def publish(args: argparse.Namespace) -> int:
-    player = MediaPlayer(args.media, loop=True)
+    # NB: a generator, not a file in a loop: aiortc's MediaPlayer sends a looped file's
+    # timestamps back to 0 and then no longer paces it.
+    player = MediaPlayer(f"{CAMERA}[out0];{MICROPHONE}[out1]", format="lavfi")
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN server: none is reachable
     assert player.video is not None
     video = pc.addTransceiver(player.video, direction="sendonly")
@@ -81,7 +86,6 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("url")
     parser.add_argument("--token", default=os.environ.get("WHIP_TOKEN", ""))
-    parser.add_argument("--media", required=True)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--codec", choices=("vp8", "h264"), default="vp8")
     parser.add_argument("--no-audio", action="store_true")

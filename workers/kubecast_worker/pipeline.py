@@ -85,6 +85,9 @@ class Settings:
     x264_threads: int = 0
     #: "frame" (overlapping frames, as the ffmpeg CLI) or "slice" (PyAV's default)
     x264_thread_type: str = "frame"
+    #: called in each rendition's thread with the video packets it encoded, before they
+    #: are muxed: (rendition, packets, the encoder's extradata); WHEP viewers (whep.py)
+    video_tap: Callable[[str, list[Packet], bytes | None], None] | None = None
 
 
 @dataclass
@@ -138,6 +141,7 @@ class Rendition:
                 x264_thread_type=settings.x264_thread_type,
             )
         self.threaded = settings.threads
+        self.video_tap = settings.video_tap
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=0 if settings.live else TRANSCODE_QUEUE)
         self.thread: threading.Thread | None = None
         # Video frames queued and taken; each has one writer thread, so their
@@ -208,7 +212,11 @@ class Rendition:
             return
         assert self.encoder is not None and media.frame is not None
         if media.kind == "video":
-            self.writer.write(self.encoder.video(media.frame), media_time=media.time)  # type: ignore[arg-type]
+            packets = self.encoder.video(media.frame)  # type: ignore[arg-type]
+            if self.video_tap is not None and packets:
+                ctx = self.encoder.video_stream.codec_context
+                self.video_tap(self.rung.name, packets, ctx.extradata)
+            self.writer.write(packets, media_time=media.time)
         else:
             self.writer.write(self._share(self.encoder.audio(media.frame)))  # type: ignore[arg-type]
         if self.encoder.codecs and not self.state.codecs:

@@ -29,10 +29,8 @@ fails or closes (ICE consent, a DTLS close), or when no media arrives for
 ``media_timeout`` seconds (a killed browser sends nothing at all: ICE consent
 would take about 30 s to notice, the media timeout notices first).
 
-ICE: no STUN or TURN server is contacted (aiortc's default is a public STUN
-server). The host candidates are the listen address when it is a specific one,
-or every non-loopback interface when it is 0.0.0.0; the UDP ports are ephemeral
-(aioice has no port range). See docs/webrtc.md for what that means in a cluster.
+ICE: see webrtc_ice.py (no STUN or TURN; host candidates on the listen address;
+ephemeral UDP ports), and docs/webrtc.md for what that means in a cluster.
 """
 
 from __future__ import annotations
@@ -47,11 +45,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import aioice.ice
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from kubecast_worker import webrtc_ice
 from kubecast_worker.rtmp.throttle import WrongKeyLimit, WrongKeyThrottle
 
 #: Seconds without a decoded frame after which a publisher is taken as gone.
@@ -157,18 +155,6 @@ class WhipSession:
             self._on_end(self)
 
 
-def _only_addresses(host: str) -> None:
-    """Host candidates on ``host`` alone, when the front listens on a specific address.
-
-    NB: aioice gathers on every interface and has no option for fewer, so this
-    replaces its module's address lookup, for the whole process: a worker serves
-    one stream, and its one WHIP front is the only ICE user in it.
-    """
-    if host in ("", "0.0.0.0", "::"):
-        return
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [host]
-
-
 class WhipIngest:
     """The WHIP front: one publisher at a time, with the right key, on ``host:port``."""
 
@@ -195,9 +181,7 @@ class WhipIngest:
         self._accepted: asyncio.Queue[WhipSession] = asyncio.Queue()
         self._runner: web.AppRunner | None = None
         self._pending: set[RTCPeerConnection] = set()
-        _only_addresses(host)
-        # aioice logs every candidate pair's state change at INFO; its warnings stay.
-        logging.getLogger("aioice").setLevel(logging.WARNING)
+        webrtc_ice.only_addresses(host)
 
     @property
     def url(self) -> str:
@@ -331,8 +315,7 @@ class WhipIngest:
     # -- WebRTC ----------------------------------------------------------------------
 
     async def _answer(self, offer: str, *, peer: str) -> tuple[WhipSession, str]:
-        # NB: no ICE servers: aiortc's default would ask a public STUN server.
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc = RTCPeerConnection(webrtc_ice.configuration())
         self._pending.add(pc)
         tracks: list[MediaStreamTrack] = []
         pc.on("track", tracks.append)

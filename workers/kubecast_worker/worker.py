@@ -2,7 +2,8 @@
 
 ``Worker.run()`` reads in the order data flows::
 
-    origin      HTTP, the playback port: playlists, segments, the player, /healthz, /readyz
+    origin      HTTP, the playback port: playlists, segments, the player, /healthz, /readyz,
+                and WHEP viewers (--whep), who get the renditions' packets as encoded
     admin       HTTP, the admin port: /status, /metrics (for the operator and Prometheus)
     ingest      the RTMP front (checks app and stream key), the SRT listener
                 (the key is its passphrase), the WHIP front (the key is its bearer
@@ -43,6 +44,7 @@ from kubecast_worker.status import Status
 
 if TYPE_CHECKING:
     from kubecast_worker.rtmp.throttle import WrongKeyLimit
+    from kubecast_worker.whep import WhepHub
 
 #: Pull retries wait 1, 2, 4 … seconds, at most this long.
 MAX_BACKOFF = 30.0
@@ -76,6 +78,7 @@ class Worker:
         x264_threads: int = 0,
         x264_thread_type: str = "frame",
         wrong_key_limit: WrongKeyLimit | None = None,  # None: its defaults
+        whep: bool = False,
     ) -> None:
         self.config = config
         self.wrong_key_limit = wrong_key_limit
@@ -94,6 +97,12 @@ class Worker:
             # NB: read once here, so that an unreadable URL file stops the start.
             self.status.ingest_url = safe_url(self._pull_url())
         self.registry = metrics.registry_for(self.status)
+        self.whep: WhepHub | None = None
+        if whep:
+            from kubecast_worker.whep import WhepHub
+
+            http_host, _ = config_mod.parse_host_port(config.http, what="http")
+            self.whep = WhepHub(host=http_host, renditions=self._playing, log=self.log)
         self.settings = pipeline.Settings(
             profile=config.profile,
             packaging=packager.Packaging(
@@ -107,6 +116,7 @@ class Worker:
             threads=threads,
             x264_threads=x264_threads,
             x264_thread_type=x264_thread_type,
+            video_tap=self.whep.tap if self.whep else None,
         )
         self.http_port: int | None = None
         self.admin_port: int | None = None
@@ -131,6 +141,7 @@ class Worker:
             status=self.status,
             stream_key_secret=self.config.ingest.stream_key_secret,
             ingest_url=self.config.ingest.service_url,
+            whep=self.whep,
         )
         self.log.info("origin listening", extra={"http": f"{host}:{self.http_port}"})
         admin_host, admin_port = config_mod.parse_host_port(self.config.admin, what="admin")
@@ -157,9 +168,17 @@ class Worker:
             self._end_playlists()
             if copies is not None:
                 await copies.stop()
+            if self.whep is not None:
+                await self.whep.stop()
             await admin_runner.cleanup()
             await runner.cleanup()
             self.log.info("stopped")
+
+    def _playing(self) -> list[str]:
+        """The renditions a WHEP viewer may join now: encoded, and live."""
+        if self.status.state != "live":
+            return []
+        return [r.name for r in self.status.renditions if r.state == "Active" and not r.passthrough]
 
     def _restream(self, host: str) -> restream.Supervisor | None:
         """Start following the restream targets, if the stream has any."""

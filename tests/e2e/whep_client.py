@@ -1,0 +1,82 @@
+"""A WHEP viewer for the tests: aiortc receiving a rendition's video and decoding it.
+
+    python whep_client.py URL --seconds 6
+
+One JSON line on stdout when done (or refused):
+
+    {"event": "watched", "frames": 150, "sizes": [[640, 360]], "first_frame_seconds": 0.8}
+    {"event": "refused", "status": 404, "body": "…"}
+
+``first_frame_seconds``: from the answer to the first decoded picture (a new
+viewer waits for the next keyframe). Run it in the worker's network namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from urllib.parse import urljoin
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+
+def say(event: str, **fields: object) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+async def watch(args: argparse.Namespace) -> int:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN server: none is reachable
+    pc.addTransceiver("video", direction="recvonly")
+    tracks: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
+    pc.on("track", tracks.put_nowait)
+    await pc.setLocalDescription(await pc.createOffer())
+    async with aiohttp.ClientSession() as http:
+        headers = {"Content-Type": "application/sdp"}
+        async with http.post(args.url, data=pc.localDescription.sdp, headers=headers) as reply:
+            body = await reply.text()
+            if reply.status != 201:
+                say("refused", status=reply.status, body=body)
+                await pc.close()
+                return 0
+            location = urljoin(args.url, reply.headers["Location"])
+        answered = time.monotonic()
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        track = await asyncio.wait_for(tracks.get(), 10)
+        frames, sizes, first = 0, set(), None
+        deadline = answered + args.seconds
+        while time.monotonic() < deadline:
+            try:
+                frame = await asyncio.wait_for(track.recv(), max(0.1, deadline - time.monotonic()))
+            except (TimeoutError, MediaStreamError):
+                break
+            if first is None:
+                first = time.monotonic() - answered
+            frames += 1
+            sizes.add((frame.width, frame.height))
+        async with http.delete(location) as reply:
+            deleted = reply.status
+    await pc.close()
+    say(
+        "watched",
+        frames=frames,
+        sizes=sorted(sizes),
+        first_frame_seconds=None if first is None else round(first, 3),
+        deleted=deleted,
+    )
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("--seconds", type=float, default=6)
+    return asyncio.run(watch(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

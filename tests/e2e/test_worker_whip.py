@@ -288,6 +288,8 @@ def test_whep_viewers_share_each_renditions_encode_at_its_size(
         # ICE and DTLS are up, and this machine is shared.
         assert result["frames"] >= 75, result
         assert result["first_frame_seconds"] < 4.0, result
+        # Every picture once, at the rendition's rate (the publisher's 25 fps).
+        assert 23 <= result["distinct"] / result["video_seconds"] <= 27, result
         assert result["deleted"] == 200, result
     left = [e for e in worker.logs if e.get("msg", "").startswith("whep viewer left")]
     assert len(left) >= 3 and left[-1]["viewers"] == 0, left

@@ -4,7 +4,8 @@
 
 One JSON line on stdout when done (or refused):
 
-    {"event": "watched", "frames": 150, "sizes": [[640, 360]], "first_frame_seconds": 0.8}
+    {"event": "watched", "frames": 150, "sizes": [[640, 360]], "first_frame_seconds": 0.8,
+     "video_seconds": 5.96, "distinct": 150, "deleted": 200}
     {"event": "refused", "status": 404, "body": "…"}
 
 ``first_frame_seconds``: from the answer to the first decoded picture (a new
@@ -47,7 +48,7 @@ async def watch(args: argparse.Namespace) -> int:
         answered = time.monotonic()
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
         track = await asyncio.wait_for(tracks.get(), 10)
-        frames, sizes, first = 0, set(), None
+        frames, sizes, first, stamps = 0, set(), None, []
         deadline = answered + args.seconds
         while time.monotonic() < deadline:
             try:
@@ -58,6 +59,7 @@ async def watch(args: argparse.Namespace) -> int:
                 first = time.monotonic() - answered
             frames += 1
             sizes.add((frame.width, frame.height))
+            stamps.append(float(frame.pts * frame.time_base))
         async with http.delete(location) as reply:
             deleted = reply.status
     await pc.close()
@@ -66,6 +68,9 @@ async def watch(args: argparse.Namespace) -> int:
         frames=frames,
         sizes=sorted(sizes),
         first_frame_seconds=None if first is None else round(first, 3),
+        # the span of the pictures' timestamps: frames / span is the frame rate received
+        video_seconds=round(max(stamps) - min(stamps), 3) if stamps else 0.0,
+        distinct=len(set(stamps)),
         deleted=deleted,
     )
     return 0

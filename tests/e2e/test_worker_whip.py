@@ -254,7 +254,7 @@ def test_a_vanished_publisher_ends_its_session_and_the_next_goes_live(
     ended = wait_state(worker, namespace, "idle", timeout=30)
     # The media timeout, plus the pipeline's flush; ICE consent alone would take ~30 s.
     assert ended - killed < MEDIA_TIMEOUT + 5, ended - killed
-    assert any(line.get("msg", "").startswith("whip publisher gone") for line in worker.logs), (
+    assert any(line.get("msg") == "whip publisher gone: no_media" for line in worker.logs), (
         worker.raw[-20:]
     )
     after = Publisher(namespace, worker, "--seconds", "4")

@@ -95,6 +95,7 @@ class FrameSource(Source):
             try:
                 item = self.frames.get(timeout=self.media_timeout)
             except queue.Empty:
+                self.frames.silent = True
                 self.log.warning(
                     "webrtc publisher sent nothing; ending the session",
                     extra={"seconds": self.media_timeout},

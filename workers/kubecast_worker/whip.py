@@ -95,6 +95,8 @@ class FrameQueue:
         self.video_codec = video_codec
         self.has_audio = has_audio
         self.dropped = 0
+        #: set by the reader when nothing came for its media timeout (why the session ends)
+        self.silent = False
         self._queue: queue.Queue[tuple[Kind, Any, float] | None] = queue.Queue(QUEUE_FRAMES)
         self._ended = False
 
@@ -146,6 +148,8 @@ class WhipSession:
         """End the session (on the event loop): the frames end, the connection closes."""
         if self._closing is not None:
             return
+        if reason == "closed_by_consumer" and self.frames.silent:
+            reason = "no_media"  # the ingest thread gave up on it: say so
         self.close_reason = reason
         self.frames.end()
         for reader in self._readers:

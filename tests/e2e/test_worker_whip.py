@@ -296,3 +296,32 @@ def test_whep_viewers_share_each_renditions_encode_at_its_size(
     publisher.wait("deleted", timeout=40)
     wait_state(worker, namespace, "idle")
     publisher.finish()
+
+
+def test_a_publisher_back_within_the_reconnect_window_continues_the_playlists(
+    namespace: str, tmp_path: Path
+) -> None:
+    """As for RTMP: the playlists stay open while the stream is reconnecting, and the
+    next WHIP publisher continues them after a discontinuity."""
+    worker = launch_configured_worker(
+        tmp_path,
+        key=KEY,
+        reconnect_window=60,
+        ingest={"listen": f"{ADDRESS}:0", "protocol": "whip"},
+        http=f"{ADDRESS}:0",
+        admin=f"{ADDRESS}:0",
+        wrap=["nsenter", f"--net={namespace}", "--"],
+    )
+    try:
+        for _ in range(2):
+            publisher = Publisher(namespace, worker, "--seconds", "5")
+            wait_state(worker, namespace, "live")
+            publisher.wait("deleted", timeout=30)
+            wait_state(worker, namespace, "reconnecting")
+            publisher.finish()
+        playlist = (worker.out / "360p" / "index.m3u8").read_text()
+        assert "#EXT-X-DISCONTINUITY" in playlist and "#EXT-X-ENDLIST" not in playlist
+    finally:
+        worker.stop()
+    video = video_stream(worker.out / "360p" / "index.m3u8")  # ended by the stop
+    assert (video["width"], video["height"]) == SMALL["360p"]

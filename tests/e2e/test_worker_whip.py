@@ -31,6 +31,7 @@ from conftest import (
     WorkerProcess,
     launch_configured_worker,
     needs_ffmpeg,
+    publisher_command,
     timing,
     until,
     video_stream,
@@ -325,3 +326,31 @@ def test_a_publisher_back_within_the_reconnect_window_continues_the_playlists(
         worker.stop()
     video = video_stream(worker.out / "360p" / "index.m3u8")  # ended by the stop
     assert (video["width"], video["height"]) == SMALL["360p"]
+
+
+def test_an_rtmp_publishers_renditions_play_by_whep(namespace: str, tmp_path: Path) -> None:
+    """WHEP does not need WHIP: ffmpeg publishes over RTMP, an aiortc viewer watches 180p."""
+    worker = launch_configured_worker(
+        tmp_path,
+        key=KEY,
+        ingest={"listen": f"{ADDRESS}:0"},
+        http=f"{ADDRESS}:0",
+        admin=f"{ADDRESS}:0",
+        wrap=["nsenter", f"--net={namespace}", "--"],
+        args=["--whep"],
+    )
+    url = f"rtmp://{ADDRESS}:{worker.rtmp_port}/live/{KEY}"
+    ffmpeg = subprocess.Popen(
+        ["nsenter", f"--net={namespace}", "--", *publisher_command(url, seconds=20)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_state(worker, namespace, "live")
+        result = watch(namespace, worker, "180p", 6).result()
+        assert result["event"] == "watched", result
+        assert result["sizes"] == [list(SMALL["180p"])], result
+        assert result["frames"] >= 50 and result["first_frame_seconds"] < 4.0, result
+    finally:
+        ffmpeg.kill()
+        ffmpeg.wait()
+        worker.stop()

@@ -4,14 +4,17 @@
 
 In a network namespace of its own (aioice offers no loopback candidate), as the
 tests do: a worker (tests/e2e SMALL_PROFILE ladder: 360p + 180p, ultrafast, 1 s GOP)
-with ``--whep``, an aiortc WHIP publisher (tests/e2e/whip_client.py, VP8 + Opus,
-640x360 at 25 fps), then ``--viewers`` aiortc WHEP viewers of 360p
-(tests/e2e/whep_client.py). It prints one JSON document:
+with ``--whep``, an aiortc WHIP publisher (tests/e2e/whip_client.py --clock: VP8 +
+Opus, 640x360 at 30 fps, each picture showing the wall clock), then ``--viewers``
+aiortc WHEP viewers of 360p (tests/e2e/whep_client.py --clock). It prints one JSON
+document:
 
 - ``worker_cpu_idle_viewers``: the worker's CPU (cores) over ``--window`` s with no viewer;
 - ``worker_cpu_with_viewers``: the same with the viewers watching;
 - ``per_viewer_cpu_percent``: the difference per viewer, in % of one core;
 - ``first_frame_seconds``: each viewer, from its answer to its first decoded picture;
+- ``glass_to_glass_ms``: each viewer's median, p95 and max of the wall clock at its
+  decoded picture minus the clock the picture shows (WHIP → ladder → WHEP; one clock);
 - ``vanished_to_idle_seconds``: the publisher killed (no DELETE) → the worker idle.
 
 The viewers run on the same machine, so they compete with the worker for the
@@ -109,7 +112,7 @@ def main() -> int:
         wait("idle")
         publisher = subprocess.Popen(
             [*enter, sys.executable, str(REPO / "tests/e2e/whip_client.py"),
-             f"http://{ADDRESS}:8889/whip/live", "--no-delete"],
+             f"http://{ADDRESS}:8889/whip/live", "--no-delete", "--clock"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, "WHIP_TOKEN": KEY},
         )  # fmt: skip
@@ -123,7 +126,7 @@ def main() -> int:
         def view(_: int) -> dict[str, Any]:
             done = subprocess.run(
                 [*enter, sys.executable, str(REPO / "tests/e2e/whep_client.py"),
-                 f"http://{ADDRESS}:8080/whep/360p", "--seconds", str(args.window + 8)],
+                 f"http://{ADDRESS}:8080/whep/360p", "--seconds", str(args.window + 8), "--clock"],
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
             return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
@@ -149,6 +152,7 @@ def main() -> int:
             "viewer_fps": [round(v["distinct"] / v["video_seconds"], 2) for v in viewers],
             "viewer_sizes": sorted({tuple(s) for v in viewers for s in v["sizes"]}),
             "first_frame_seconds": [v["first_frame_seconds"] for v in viewers],
+            "glass_to_glass_ms": [v["latency_ms"] for v in viewers],
             "vanished_to_idle_seconds": round(vanished, 2),
         }, indent=2))  # fmt: skip
         return 0

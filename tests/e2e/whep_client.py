@@ -8,6 +8,8 @@ One JSON line on stdout when done (or refused):
      "video_seconds": 5.96, "distinct": 150, "deleted": 200}
     {"event": "refused", "status": 404, "body": "…"}
 
+``--clock``: the publisher sent clock_pattern pictures; ``latency_ms`` has the
+median, p95 and max of now minus the time each decoded picture shows.
 ``first_frame_seconds``: from the answer to the first decoded picture (a new
 viewer waits for the next keyframe). Run it in the worker's network namespace.
 """
@@ -22,6 +24,7 @@ import time
 from urllib.parse import urljoin
 
 import aiohttp
+import clock_pattern  # beside this file
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -48,7 +51,7 @@ async def watch(args: argparse.Namespace) -> int:
         answered = time.monotonic()
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
         track = await asyncio.wait_for(tracks.get(), 10)
-        frames, sizes, first, stamps = 0, set(), None, []
+        frames, sizes, first, stamps, delays = 0, set(), None, [], []
         deadline = answered + args.seconds
         while time.monotonic() < deadline:
             try:
@@ -60,6 +63,8 @@ async def watch(args: argparse.Namespace) -> int:
             frames += 1
             sizes.add((frame.width, frame.height))
             stamps.append(float(frame.pts * frame.time_base))
+            if args.clock:
+                delays.append(clock_pattern.latency_ms(frame))
         async with http.delete(location) as reply:
             deleted = reply.status
     await pc.close()
@@ -71,15 +76,28 @@ async def watch(args: argparse.Namespace) -> int:
         # the span of the pictures' timestamps: frames / span is the frame rate received
         video_seconds=round(max(stamps) - min(stamps), 3) if stamps else 0.0,
         distinct=len(set(stamps)),
+        # --clock: glass to glass, the publisher's wall clock to this decoded picture
+        latency_ms=_percentiles(delays) if delays else None,
         deleted=deleted,
     )
     return 0
+
+
+def _percentiles(values: list[int]) -> dict[str, int]:
+    ordered = sorted(values)
+    return {
+        "median": ordered[len(ordered) // 2],
+        "p95": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))],
+        "max": ordered[-1],
+        "frames": len(ordered),
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("url")
     parser.add_argument("--seconds", type=float, default=6)
+    parser.add_argument("--clock", action="store_true", help="read the publisher's clock_pattern")
     return asyncio.run(watch(parser.parse_args()))
 
 

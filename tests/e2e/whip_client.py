@@ -12,6 +12,7 @@ and Opus audio. One JSON line on stdout per event, for the test to follow:
     {"event": "deleted", "status": 200}
 
 The key comes from $WHIP_TOKEN (or --token).
+``--clock``: the picture is the wall clock (clock_pattern.py), for latency.
 ``--no-delete``: stay until killed, never DELETE (a publisher that vanishes).
 Run it where the worker's namespace is: aioice never offers 127.0.0.1 as a candidate.
 """
@@ -26,12 +27,25 @@ import sys
 from urllib.parse import urljoin
 
 import aiohttp
+import clock_pattern  # beside this file
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
+from aiortc.mediastreams import MediaStreamTrack, VideoStreamTrack
+from av.video.frame import VideoFrame
 
 #: A test pattern and a tone, made at real time by FFmpeg's lavfi (PyAV's own FFmpeg).
 CAMERA = "testsrc2=size=640x360:rate=25"
 MICROPHONE = "sine=frequency=440:sample_rate=48000"
+
+
+class ClockTrack(VideoStreamTrack):
+    """640x360 at 30 fps, each frame showing the wall clock when it was made."""
+
+    async def recv(self) -> VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = clock_pattern.stamp()
+        frame.pts, frame.time_base = pts, time_base
+        return frame
 
 
 def say(event: str, **fields: object) -> None:
@@ -41,10 +55,15 @@ def say(event: str, **fields: object) -> None:
 async def publish(args: argparse.Namespace) -> int:
     # NB: a generator, not a file in a loop: aiortc's MediaPlayer sends a looped file's
     # timestamps back to 0 and then no longer paces it.
-    player = MediaPlayer(f"{CAMERA}[out0];{MICROPHONE}[out1]", format="lavfi")
+    if args.clock:
+        player = MediaPlayer(MICROPHONE, format="lavfi")
+        camera: MediaStreamTrack = ClockTrack()
+    else:
+        player = MediaPlayer(f"{CAMERA}[out0];{MICROPHONE}[out1]", format="lavfi")
+        assert player.video is not None
+        camera = player.video
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN server: none is reachable
-    assert player.video is not None
-    video = pc.addTransceiver(player.video, direction="sendonly")
+    video = pc.addTransceiver(camera, direction="sendonly")
     codecs = [
         c
         for c in RTCRtpSender.getCapabilities("video").codecs
@@ -68,7 +87,7 @@ async def publish(args: argparse.Namespace) -> int:
             if reply.status != 201:
                 say("refused", status=reply.status, body=body)
                 await pc.close()
-                player.video.stop()
+                camera.stop()
                 return 0
             location = urljoin(args.url, reply.headers["Location"])
             say("answered", status=reply.status, location=reply.headers["Location"])
@@ -90,6 +109,9 @@ def main() -> int:
     parser.add_argument("--codec", choices=("vp8", "h264"), default="vp8")
     parser.add_argument("--no-audio", action="store_true")
     parser.add_argument("--no-delete", action="store_true")
+    parser.add_argument(
+        "--clock", action="store_true", help="send the wall clock as the picture (clock_pattern)"
+    )
     return asyncio.run(publish(parser.parse_args()))
 
 

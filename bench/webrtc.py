@@ -15,7 +15,9 @@ document:
 - ``first_frame_seconds``: each viewer, from its answer to its first decoded picture;
 - ``glass_to_glass_ms``: each viewer's median, p95 and max of the wall clock at its
   decoded picture minus the clock the picture shows (WHIP → ladder → WHEP; one clock);
-- ``vanished_to_idle_seconds``: the publisher killed (no DELETE) → the worker idle.
+- ``vanished_to_idle_seconds``: the publisher killed (no DELETE) → the worker idle;
+- ``worker_status``: its frames decoded, dropped (a rendition behind) and late (decoded
+  more than a second after real time): whether the worker kept up.
 
 The viewers run on the same machine, so they compete with the worker for the
 cores: read the per-viewer figure as an upper bound on a shared machine.
@@ -91,15 +93,18 @@ def main() -> int:
             )  # fmt: skip
         procs.append(worker)
 
-        def state() -> str:
-            def get() -> str:
+        def status() -> dict[str, Any]:
+            def get() -> dict[str, Any]:
                 try:
                     with urllib.request.urlopen(f"http://{ADDRESS}:9090/status", timeout=5) as r:
-                        return str(json.load(r)["state"])
+                        return json.load(r)  # type: ignore[no-any-return]
                 except OSError:
-                    return "down"
+                    return {"state": "down"}
 
             return netns.call(path, get)
+
+        def state() -> str:
+            return str(status()["state"])
 
         def wait(want: str, timeout: float = 60) -> float:
             deadline = time.monotonic() + timeout
@@ -138,6 +143,8 @@ def main() -> int:
             time.sleep(args.window)
             watching = (cpu_seconds(worker.pid) - c1) / (time.monotonic() - t1)
             viewers = [f.result() for f in futures]
+        live = status()  # the worker's own account: did it keep up?
+        behind = {k: live.get(k) for k in ("framesDecoded", "droppedFrames", "lateFrames")}
         publisher.send_signal(signal.SIGKILL)
         killed = time.monotonic()
         vanished = wait("idle") - killed
@@ -154,6 +161,7 @@ def main() -> int:
             "first_frame_seconds": [v["first_frame_seconds"] for v in viewers],
             "glass_to_glass_ms": [v["latency_ms"] for v in viewers],
             "vanished_to_idle_seconds": round(vanished, 2),
+            "worker_status": behind,
         }, indent=2))  # fmt: skip
         return 0
     finally:

@@ -50,7 +50,7 @@ def source(feed: Feed, timeout: float = 0.5) -> FrameSource:
 
 def test_tracks_start_where_they_arrived_and_run_on_their_rtp_clocks() -> None:
     feed = Feed(video_codec="vp8", has_audio=True)
-    t0, v0, a0 = 1000.0, 3_000_000_000, 17  # random RTP origins, one near the wrap
+    t0, v0, a0 = time.time(), 3_000_000_000, 17  # random RTP origins, one near the wrap
     feed.at("audio", audio(a0 - 960), t0 - 0.02)  # before the first picture: dropped
     for i in range(30):  # 25 fps for 1.2 s; audio from 0.1 s on, every 20 ms
         feed.at("video", video(v0 + i * 3600), t0 + i * 0.04)
@@ -73,9 +73,9 @@ def test_tracks_start_where_they_arrived_and_run_on_their_rtp_clocks() -> None:
 
 def test_the_rtp_clock_wrapping_keeps_the_timeline_going() -> None:
     feed = Feed(video_codec="h264", has_audio=False)
-    start = (1 << 32) - 2 * 3600
+    start, t0 = (1 << 32) - 2 * 3600, time.time()
     for i in range(5):
-        feed.at("video", video((start + i * 3600) % (1 << 32)), 10.0 + i * 0.04)
+        feed.at("video", video((start + i * 3600) % (1 << 32)), t0 + i * 0.04)
     feed.end()
     src = source(feed)
     src.open()
@@ -99,3 +99,23 @@ def test_a_publisher_that_sends_no_video_fails_the_session() -> None:
     feed.end()
     with pytest.raises(SourceError, match="no video"):
         source(feed).open()
+
+
+def test_video_that_waited_too_long_is_skipped_and_audio_is_kept() -> None:
+    """A starved ingest thread: frames that queued for over a second are not sent on
+    (the ladder repeats the previous picture), so latency does not build up."""
+    feed = Feed(video_codec="vp8", has_audio=True)
+    t0 = time.time()
+    for i in range(30):  # the first 1.2 s: read by open() to measure the rate
+        feed.at("video", video(i * 3600), t0 + i * 0.04)
+    stale = t0 - 5  # then frames that have waited five seconds
+    feed.at("video", video(30 * 3600), stale)
+    feed.at("audio", audio(0), t0 + 0.1)
+    feed.at("audio", audio(960), stale)
+    feed.end()
+    src = source(feed)
+    src.open()
+    items = list(src)
+    assert [m.kind for m in items].count("video") == 30
+    assert [m.kind for m in items].count("audio") == 2
+    assert src.skipped == 1 and src.status.frames_dropped == 1

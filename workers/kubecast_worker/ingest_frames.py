@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
@@ -29,6 +30,10 @@ from kubecast_worker.whip import FrameQueue, Kind
 RATE_PROBE_SECONDS = 1.0
 #: How long the first video frame may take after the answer (ICE, DTLS, a keyframe).
 FIRST_FRAME_TIMEOUT = 20.0
+#: A video frame that waited this long in the queue is skipped (the ladder's fps filter
+#: repeats the previous picture in its place): a starved ingest thread must not build
+#: up latency in front of the ladder. Audio is never skipped (a gap would be heard).
+MAX_QUEUED_SECONDS = 1.0
 VIDEO_CLOCK = 90000
 WRAP = 1 << 32  # RTP timestamps are 32-bit
 
@@ -53,6 +58,8 @@ class FrameSource(Source):
         #: per track: (first RTP timestamp, its clock rate, its offset on the timeline)
         self._tracks: dict[Kind, tuple[int, int, float]] = {}
         self._last: dict[Kind, int] = {}
+        #: video frames skipped for waiting too long (see MAX_QUEUED_SECONDS)
+        self.skipped = 0
 
     @property
     def has_audio(self) -> bool:
@@ -103,7 +110,12 @@ class FrameSource(Source):
                 return
             if item is None:
                 return
-            if media := self._media(*item):
+            kind, frame, arrived = item
+            if kind == "video" and time.time() - arrived > MAX_QUEUED_SECONDS:
+                self.skipped += 1
+                self.status.frames_dropped += 1
+                continue
+            if media := self._media(kind, frame, arrived):
                 yield media
 
     # -- the first frames ----------------------------------------------------------

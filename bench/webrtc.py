@@ -156,12 +156,14 @@ def main() -> int:
             "worker_cpu_with_viewers": round(watching, 3),
             "per_viewer_cpu_percent": round(100 * (watching - idle) / args.viewers, 2),
             "viewer_frames": [v["frames"] for v in viewers],
+            "viewer_distinct_frames": [v["distinct"] for v in viewers],
             "viewer_fps": [round(v["distinct"] / v["video_seconds"], 2) for v in viewers],
             "viewer_sizes": sorted({tuple(s) for v in viewers for s in v["sizes"]}),
             "first_frame_seconds": [v["first_frame_seconds"] for v in viewers],
             "glass_to_glass_ms": [v["latency_ms"] for v in viewers],
             "vanished_to_idle_seconds": round(vanished, 2),
             "worker_status": behind,
+            "logs": str(work / "worker.log"),
         }, indent=2))  # fmt: skip
         return 0
     finally:

@@ -58,6 +58,7 @@ class PacketTrack(MediaStreamTrack):
         super().__init__()
         self.keyed = False
         self.skipped = 0
+        self.sent = 0
         self._queue: asyncio.Queue[Packet | None] = asyncio.Queue(VIEWER_QUEUE)
 
     def offer(self, packet: Packet, *, key: bool) -> None:
@@ -82,6 +83,7 @@ class PacketTrack(MediaStreamTrack):
         packet = await self._queue.get()
         if packet is None or self.readyState != "live":
             raise MediaStreamError
+        self.sent += 1
         return packet
 
 
@@ -238,6 +240,7 @@ class WhepHub:
                 "rendition": viewer.rendition,
                 "seconds": round(time.time() - viewer.started_at, 3),
                 "skipped_to_keyframe": viewer.track.skipped,
+                "frames_sent": viewer.track.sent,
                 "viewers": self.viewers,
             },
         )

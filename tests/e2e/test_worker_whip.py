@@ -289,6 +289,8 @@ def test_whep_viewers_share_each_renditions_encode_at_its_size(
         # ICE and DTLS are up, and this machine is shared.
         assert result["frames"] >= 75, result
         assert result["first_frame_seconds"] < 4.0, result
+        # Opus, decoded: 20 ms frames for most of the time watched.
+        assert result["audio_rates"] == [48000] and result["audio_frames"] >= 150, result
         # Every picture once, at the rendition's rate (the publisher's 25 fps).
         assert 23 <= result["distinct"] / result["video_seconds"] <= 27, result
         assert result["deleted"] == 200, result
@@ -329,7 +331,8 @@ def test_a_publisher_back_within_the_reconnect_window_continues_the_playlists(
 
 
 def test_an_rtmp_publishers_renditions_play_by_whep(namespace: str, tmp_path: Path) -> None:
-    """WHEP does not need WHIP: ffmpeg publishes over RTMP, an aiortc viewer watches 180p."""
+    """WHEP does not need WHIP: ffmpeg publishes over RTMP, an aiortc viewer watches 180p
+    and hears the audio."""
     worker = launch_configured_worker(
         tmp_path,
         key=KEY,
@@ -350,6 +353,8 @@ def test_an_rtmp_publishers_renditions_play_by_whep(namespace: str, tmp_path: Pa
         assert result["event"] == "watched", result
         assert result["sizes"] == [list(SMALL["180p"])], result
         assert result["frames"] >= 50 and result["first_frame_seconds"] < 4.0, result
+        # The publisher's AAC at 44.1 kHz, decoded once and encoded to Opus once.
+        assert result["audio_rates"] == [48000] and result["audio_frames"] >= 100, result
     finally:
         ffmpeg.kill()
         ffmpeg.wait()

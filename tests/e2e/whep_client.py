@@ -1,11 +1,12 @@
-"""A WHEP viewer for the tests: aiortc receiving a rendition's video and decoding it.
+"""A WHEP viewer for the tests: aiortc receiving a rendition's video and audio, decoding both.
 
     python whep_client.py URL --seconds 6
 
 One JSON line on stdout when done (or refused):
 
     {"event": "watched", "frames": 150, "sizes": [[640, 360]], "first_frame_seconds": 0.8,
-     "video_seconds": 5.96, "distinct": 150, "deleted": 200}
+     "video_seconds": 5.96, "distinct": 150, "audio_frames": 290, "audio_rates": [48000],
+     "deleted": 200}
     {"event": "refused", "status": 404, "body": "…"}
 
 ``--clock``: the publisher sent clock_pattern pictures; ``latency_ms`` has the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -36,8 +38,23 @@ def say(event: str, **fields: object) -> None:
 async def watch(args: argparse.Namespace) -> int:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN server: none is reachable
     pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
     tracks: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
-    pc.on("track", tracks.put_nowait)
+    heard: list[int] = []  # the sample rate of each decoded audio frame
+
+    async def listen(track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                heard.append((await track.recv()).sample_rate)  # type: ignore[union-attr]
+
+    def arrived(track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            listeners.append(asyncio.ensure_future(listen(track)))
+        else:
+            tracks.put_nowait(track)
+
+    listeners: list[asyncio.Future[None]] = []
+    pc.on("track", arrived)
     await pc.setLocalDescription(await pc.createOffer())
     async with aiohttp.ClientSession() as http:
         headers = {"Content-Type": "application/sdp"}
@@ -67,6 +84,8 @@ async def watch(args: argparse.Namespace) -> int:
                 delays.append(clock_pattern.latency_ms(frame))
         async with http.delete(location) as reply:
             deleted = reply.status
+    for listener in listeners:
+        listener.cancel()
     await pc.close()
     say(
         "watched",
@@ -78,6 +97,8 @@ async def watch(args: argparse.Namespace) -> int:
         distinct=len(set(stamps)),
         # --clock: glass to glass, the publisher's wall clock to this decoded picture
         latency_ms=_percentiles(delays) if delays else None,
+        audio_frames=len(heard),
+        audio_rates=sorted(set(heard)),
         deleted=deleted,
     )
     return 0

@@ -88,6 +88,8 @@ class Settings:
     #: called in each rendition's thread with the video packets it encoded, before they
     #: are muxed: (rendition, packets, the encoder's extradata); WHEP viewers (whep.py)
     video_tap: Callable[[str, list[Packet], bytes | None], None] | None = None
+    #: called in the ingest thread with each decoded audio frame (WHEP's one Opus encode)
+    audio_tap: Callable[[AudioFrame], None] | None = None
 
 
 @dataclass
@@ -471,6 +473,8 @@ def _transcode(
                     )
             elif encoded:
                 assert isinstance(media.frame, AudioFrame)
+                if settings.audio_tap is not None:
+                    settings.audio_tap(media.frame)  # before the fanout takes the frame
                 audio(media.frame, media.time)
             if stop.is_set():
                 break

@@ -1,6 +1,6 @@
 """WHEP playback (the IETF WHEP draft): WebRTC viewers of a rendition, on the playback port.
 
-    POST   /whep/<rendition>        an SDP offer (recvonly video, H.264)
+    POST   /whep/<rendition>        an SDP offer (recvonly video, H.264; audio, Opus)
                                     → 201 Created, Location, the SDP answer
     DELETE /whep/<rendition>/<id>   ends the viewer's session
     PATCH  /whep/<rendition>/<id>   405: no trickle ICE
@@ -19,7 +19,10 @@ every ``gopSeconds``); a viewer whose queue overflows (a slow link, a stalled
 loop) drops to the next keyframe again rather than send a broken picture.
 Keyframe requests (PLI, FIR) are not forwarded: the encoder's GOP is fixed.
 
-Video only, so far: audio (AAC in the ladder) is not offered to viewers yet.
+Audio: a viewer whose offer receives Opus gets the session's audio, encoded to
+Opus once (``audio_tap``, in the ingest thread, only while someone listens) and
+shared the same way. For a WHIP publisher that is a second encode of what arrived
+as Opus: aiortc hands out decoded frames only.
 A rendition with B-frames would send frames out of presentation order, which
 WebRTC receivers do not expect: WHEP wants a rendition without them (the
 ``ultrafast`` preset, or one made for WebRTC; docs/webrtc.md).
@@ -34,15 +37,21 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av.audio.frame import AudioFrame
+from av.audio.resampler import AudioResampler
+from av.codec.context import CodecContext
 from av.packet import Packet
 
 from kubecast_worker import webrtc_ice
 
+#: Opus as WebRTC has it: 48 kHz stereo, 20 ms frames.
+OPUS_RATE, OPUS_FRAME, OPUS_BITRATE = 48000, 960, 96000
 #: Packets a viewer may have waiting (about 2 s at 30 fps) before it skips to a keyframe.
 VIEWER_QUEUE = 60
 #: Viewers per worker at most; more get 503 (each costs RTP and SRTP on the event loop).
@@ -50,12 +59,12 @@ DEFAULT_MAX_VIEWERS = 200
 
 
 class PacketTrack(MediaStreamTrack):
-    """A video track whose ``recv()`` gives encoded H.264 packets: aiortc packs, not encodes."""
+    """A track whose ``recv()`` gives encoded packets (H.264 or Opus): aiortc packs them,
+    it does not encode."""
 
-    kind = "video"
-
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "video") -> None:
         super().__init__()
+        self.kind = kind
         self.keyed = False
         self.skipped = 0
         self.sent = 0
@@ -94,6 +103,7 @@ class Viewer:
     rendition: str
     pc: RTCPeerConnection
     track: PacketTrack
+    audio: PacketTrack | None = None
     started_at: float = field(default_factory=time.time)
 
 
@@ -115,6 +125,8 @@ class WhepHub:
         #: rendition -> viewers; changed on the loop only, read by rendition threads
         self._viewers: dict[str, dict[str, Viewer]] = {}
         self.served = 0
+        #: the one Opus encoder (and its resampler), while anyone listens; ingest thread
+        self._opus: tuple[AudioResampler, Any] | None = None
         webrtc_ice.only_addresses(host)
 
     @property
@@ -153,6 +165,43 @@ class WhepHub:
         if items:
             self._loop.call_soon_threadsafe(self._deliver, rendition, items)
 
+    def audio_tap(self, frame: AudioFrame) -> None:
+        """From the ingest thread: encode the session's audio to Opus once, for every viewer.
+
+        Only while a viewer listens; a new encoder starts when the first one joins.
+        """
+        if self._loop is None or not any(
+            v.audio is not None for viewers in self._viewers.values() for v in viewers.values()
+        ):
+            self._opus = None
+            return
+        if self._opus is None:
+            codec = CodecContext.create("libopus", "w")
+            codec.sample_rate, codec.layout, codec.format = OPUS_RATE, "stereo", "s16"
+            codec.bit_rate = OPUS_BITRATE
+            codec.time_base = Fraction(1, OPUS_RATE)
+            resampler = AudioResampler(
+                format="s16", layout="stereo", rate=OPUS_RATE, frame_size=OPUS_FRAME
+            )
+            self._opus = (resampler, codec)
+        resampler, codec = self._opus
+        items = []
+        for chunk in resampler.resample(frame):
+            for packet in codec.encode(chunk):
+                items.append((bytes(packet), packet.pts, packet.time_base))
+        if items:
+            self._loop.call_soon_threadsafe(self._deliver_audio, items)
+
+    def _deliver_audio(self, items: list[tuple[bytes, Any, Any]]) -> None:
+        listeners = [
+            v.audio for viewers in self._viewers.values() for v in viewers.values() if v.audio
+        ]
+        for data, pts, time_base in items:
+            packet = Packet(data)
+            packet.pts, packet.time_base = pts, time_base
+            for track in listeners:
+                track.offer(packet, key=True)
+
     def _deliver(self, rendition: str, items: list[tuple[bytes, Any, Any, bool]]) -> None:
         viewers = list(self._viewers.get(rendition, {}).values())
         for data, pts, time_base, key in items:
@@ -181,6 +230,10 @@ class WhepHub:
         # with its H.264-only preference: codecs are negotiated as the offer is applied,
         # and a preference set afterwards would leave the sender labelling H.264 as VP8.
         transceiver = pc.addTransceiver(track, direction="sendonly")
+        audio = None
+        if "m=audio" in offer and "opus/48000" in offer.lower():
+            audio = PacketTrack("audio")
+            pc.addTransceiver(audio, direction="sendonly")
         transceiver.setCodecPreferences(
             [
                 c
@@ -196,7 +249,12 @@ class WhepHub:
             await pc.close()
             return _text(400, f"cannot answer the offer: {e}\n")
         viewer = Viewer(
-            id=secrets.token_urlsafe(16), peer=peer, rendition=rendition, pc=pc, track=track
+            id=secrets.token_urlsafe(16),
+            peer=peer,
+            rendition=rendition,
+            pc=pc,
+            track=track,
+            audio=audio,
         )
 
         @pc.on("connectionstatechange")
@@ -233,6 +291,8 @@ class WhepHub:
         if viewers.pop(viewer.id, None) is None:
             return
         viewer.track.end()
+        if viewer.audio is not None:
+            viewer.audio.end()
         self._log.info(
             f"whep viewer left: {reason}",
             extra={

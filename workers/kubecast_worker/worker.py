@@ -117,6 +117,7 @@ class Worker:
             x264_threads=x264_threads,
             x264_thread_type=x264_thread_type,
             video_tap=self.whep.tap if self.whep else None,
+            audio_tap=self.whep.audio_tap if self.whep else None,
         )
         self.http_port: int | None = None
         self.admin_port: int | None = None

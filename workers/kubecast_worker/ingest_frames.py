@@ -85,9 +85,11 @@ class FrameSource(Source):
             pix_fmt=frame.format.name,
         )
         if self.frames.has_audio:
-            self.info.audio_codec = "opus"
-            self.info.audio_sample_rate = 48000
-            self.info.audio_channels = 2
+            self.info.audio_codec = self.frames.audio_codec
+            # what aiortc's decoders give: Opus at 48 kHz stereo, G.711 at 8 kHz mono
+            opus = self.frames.audio_codec == "opus"
+            self.info.audio_sample_rate = 48000 if opus else 8000
+            self.info.audio_channels = 2 if opus else 1
         return self.info
 
     def close(self) -> None:

@@ -91,9 +91,10 @@ class FrameQueue:
     thread-safe and non-blocking to put into). ``END`` ends the stream.
     """
 
-    def __init__(self, *, video_codec: str, has_audio: bool) -> None:
+    def __init__(self, *, video_codec: str, has_audio: bool, audio_codec: str = "opus") -> None:
         self.video_codec = video_codec
         self.has_audio = has_audio
+        self.audio_codec = audio_codec
         self.dropped = 0
         #: set by the reader when nothing came for its media timeout (why the session ends)
         self.silent = False
@@ -333,9 +334,11 @@ class WhipIngest:
         self._pending.discard(pc)
         video = next((t for t in pc.getTransceivers() if t.kind == "video"), None)
         codec = _negotiated_codec(pc.localDescription.sdp, "video") or "unknown"
+        audio = _negotiated_codec(pc.localDescription.sdp, "audio")
         frames = FrameQueue(
             video_codec=codec.lower(),
-            has_audio=any(t.kind == "audio" for t in pc.getTransceivers()),
+            has_audio=audio is not None,
+            audio_codec=(audio or "none").lower(),
         )
         session = WhipSession(
             id=secrets.token_urlsafe(16),

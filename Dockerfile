@@ -63,7 +63,8 @@ RUN python -m venv /opt/kubecast \
       prometheus-client==0.26.0 \
       aiohttp==3.14.5 \
       m3u8==6.0.0 \
-      PyYAML==6.0.3
+      PyYAML==6.0.3 \
+      aiortc==1.16.0
 COPY --from=build /wheels /wheels
 RUN pip install --no-deps /wheels/kubecast-*.whl
 
@@ -96,7 +97,7 @@ ENTRYPOINT ["kubecast-operator"]
 FROM runtime AS worker
 COPY --from=worker-venv /opt/kubecast /opt/kubecast
 LABEL org.opencontainers.image.title="kubecast worker" \
-      org.opencontainers.image.description="RTMP and SRT ingest, ABR transcode (PyAV), HLS origin and recorder"
+      org.opencontainers.image.description="RTMP, SRT and WHIP ingest, ABR transcode (PyAV), HLS origin and recorder"
 # SRT ingest: PyAV's FFmpeg has no libsrt, so the worker runs Haivision's
 # srt-live-transmit (Debian's srt-tools, on libsrt1.5-openssl; a few MB with its
 # libraries) as the SRT listener. Debian's version of the base's release:

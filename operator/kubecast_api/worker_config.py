@@ -42,10 +42,11 @@ class WorkerPull(ApiModel):
 class WorkerIngest(ApiModel):
     listen: str | None = Field(
         default=None,
-        description="Listen address host:port for push ingest, e.g. 0.0.0.0:1935 (RTMP, TCP)"
-        " or 0.0.0.0:9000 (SRT, UDP).",
+        description="Listen address host:port for push ingest, e.g. 0.0.0.0:1935 (RTMP, TCP),"
+        " 0.0.0.0:9000 (SRT, UDP) or 0.0.0.0:8889 (WHIP: HTTP, with WebRTC media on"
+        " ephemeral UDP ports of the same host).",
     )
-    protocol: Literal["rtmp", "srt"] = Field(
+    protocol: Literal["rtmp", "srt", "whip"] = Field(
         default="rtmp", description="What publishers speak on the listen address."
     )
     latency_milliseconds: int | None = Field(

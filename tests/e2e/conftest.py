@@ -203,16 +203,19 @@ def launch_worker(
     args: list[str] | None = None,
     name: str = "e2e",
     config: dict[str, Any] | None = None,
+    wrap: list[str] | None = None,
 ) -> WorkerProcess:
     """Start ``kubecast-worker run`` in ``directory``; RTMP push with ``STREAM_KEY``
     unless ``pull`` is given. ``config``: run from this WorkerConfig document instead
-    of flags (as the operator does). The caller stops it (``WorkerProcess.stop()``)."""
+    of flags (as the operator does). ``wrap``: a command to run it under (``nsenter
+    --net=...``). The caller stops it (``WorkerProcess.stop()``)."""
     directory.mkdir(parents=True, exist_ok=True)
     out = directory / "out"
     if config is not None:
         return _launch(
-            [sys.executable, "-m", "kubecast_worker.cli", "run", "--config",
-             str(_write(directory / "worker.yaml", {**config, "outputDir": str(out)}))],
+            [*(wrap or []), sys.executable, "-m", "kubecast_worker.cli", "run", "--config",
+             str(_write(directory / "worker.yaml", {**config, "outputDir": str(out)})),
+             *(args or [])],
             out=out, env=dict(os.environ), push=config["ingest"].get("listen") is not None,
         )  # fmt: skip
     if isinstance(profile, dict):
@@ -247,6 +250,8 @@ def launch_configured_worker(
     profile: dict[str, Any] = SMALL_PROFILE,
     reconnect_window: int = 0,
     ingest: dict[str, Any] | None = None,
+    wrap: list[str] | None = None,
+    args: list[str] | None = None,
     **config: Any,
 ) -> WorkerProcess:
     """A push worker as the operator runs it: from a WorkerConfig, the key in a file
@@ -267,6 +272,8 @@ def launch_configured_worker(
             "admin": "127.0.0.1:0",
             **config,
         },
+        wrap=wrap,
+        args=args,
     )
 
 

@@ -104,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep every segment (an EVENT playlist, DVR from the start) instead of a window"
         " (the config's outputs.hls.playlistType: event)",
     )
+    run.add_argument(
+        "--whep",
+        action="store_true",
+        help="offer WebRTC viewers (WHEP) on the playback port: POST /whep/<rendition>",
+    )
     _tuning(run)
     _logging(run)
 
@@ -183,6 +188,7 @@ def _run(args: argparse.Namespace) -> int:
             x264_threads=args.x264_threads,
             x264_thread_type=args.x264_thread_type,
             wrong_key_limit=wrong_key_limit,
+            whep=args.whep,
         )
     )
     return 0

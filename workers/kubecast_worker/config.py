@@ -55,6 +55,8 @@ class ListenAddress:
         """Where publishers push, without the key (safe to log and to show)."""
         if self.protocol == "srt":
             return f"srt://{self.host}:{self.port}"
+        if self.protocol == "whip":
+            return f"http://{self.host}:{self.port}/whip/{self.app}"
         return f"rtmp://{self.host}:{self.port}/{self.app}"
 
 
@@ -117,9 +119,10 @@ def parse_listen_url(url: str) -> ListenAddress:
             )
         port = 9000 if parts.port is None else parts.port
         return ListenAddress(host=parts.hostname, port=port, app="live", protocol="srt")
-    if parts.scheme != "rtmp" or not parts.hostname:
+    if parts.scheme not in ("rtmp", "whip") or not parts.hostname:
         raise ConfigError(
-            f"--listen must look like rtmp://HOST:PORT/APP or srt://HOST:PORT, got {url!r}"
+            "--listen must look like rtmp://HOST:PORT/APP, srt://HOST:PORT or"
+            f" whip://HOST:PORT/APP, got {url!r}"
         )
     segments = [s for s in parts.path.split("/") if s]
     if len(segments) != 1:
@@ -127,6 +130,9 @@ def parse_listen_url(url: str) -> ListenAddress:
             "--listen takes rtmp://HOST:PORT/APP without the stream key; pass the key with"
             " --stream-key or --stream-key-file"
         )
+    if parts.scheme == "whip":  # WHIP over HTTP: POST http://HOST:PORT/whip/APP
+        port = 8889 if parts.port is None else parts.port
+        return ListenAddress(host=parts.hostname, port=port, app=segments[0], protocol="whip")
     port = 1935 if parts.port is None else parts.port  # NB: 0 asks for any free port
     return ListenAddress(host=parts.hostname, port=port, app=segments[0])
 
@@ -170,7 +176,8 @@ def config_from_flags(
     """The WorkerConfig a person means by ``kubecast-worker run --listen ... --profile ...``."""
     if (listen is None) == (pull is None):
         raise ConfigError(
-            "give exactly one of --listen rtmp://HOST:PORT/APP (or srt://HOST:PORT) or --pull URL"
+            "give exactly one of --listen rtmp://HOST:PORT/APP (or srt://HOST:PORT, or"
+            " whip://HOST:PORT/APP) or --pull URL"
         )
     if pull is not None and "://" not in pull:
         pull = Path(pull).resolve().as_uri()  # a plain path means a local file

@@ -186,6 +186,11 @@ class Source:
         return self.info
 
     @property
+    def has_audio(self) -> bool:
+        """Whether the input has audio (a source without demuxed streams says so itself)."""
+        return self.audio is not None
+
+    @property
     def fps(self) -> Fraction | None:
         assert self.video is not None
         rate = self.video.average_rate or self.video.guessed_rate

@@ -9,6 +9,8 @@ CDN), the preview page, and the probes. Nothing else.
     GET /readyz     200 once the ingest front listens (or the pull loop runs)
     GET /, /player  the preview page and /player/status, its share of the status
                     (kubecast_worker.player)
+    POST /whep/<rendition>, DELETE /whep/<rendition>/<id>
+                    WebRTC viewers (WHEP), when the worker offers them (kubecast_worker.whep)
 
 ``/status`` and ``/metrics`` are on the admin port (``kubecast_worker.admin``):
 a playback Service may be a NodePort or a LoadBalancer, and what the worker
@@ -31,12 +33,16 @@ import os
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
 
 from kubecast_worker import admin, player
 from kubecast_worker.hot_files import HotFiles
 from kubecast_worker.status import Status
+
+if TYPE_CHECKING:
+    from kubecast_worker.whep import WhepHub
 
 CONTENT_TYPES = {
     ".m3u8": "application/vnd.apple.mpegurl",
@@ -50,6 +56,14 @@ CHANGING = (".m3u8", ".jpg")
 PLAYLIST_CACHE = "public, max-age=1"
 SEGMENT_CACHE = "public, max-age=31536000, immutable"
 NO_CACHE = "no-cache"
+#: /whep/: a viewer's page POSTs its offer and DELETEs its session (kubecast_worker.whep).
+WHEP_CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, DELETE, PATCH, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type, If-Match",
+    "Access-Control-Expose-Headers": "Location, ETag, Link",
+    "Access-Control-Max-Age": "86400",
+}
 CORS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
@@ -118,11 +132,19 @@ def make_app(
     status: Status,
     stream_key_secret: str | None = None,
     ingest_url: str | None = None,
+    whep: WhepHub | None = None,
 ) -> web.Application:
     @web.middleware
     async def cors(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        if whep is not None and request.path.startswith("/whep/"):
+            # WebRTC viewers: POST an offer, DELETE the session (kubecast_worker.whep).
+            if request.method == "OPTIONS":
+                return web.Response(status=204, headers=WHEP_CORS)
+            response = await handler(request)
+            response.headers.update(WHEP_CORS)
+            return response
         if request.method == "OPTIONS":
             return web.Response(status=204, headers=CORS)
         if request.method not in ("GET", "HEAD"):
@@ -171,6 +193,8 @@ def make_app(
     player.add_player_routes(
         app, status=status, ingest_url=ingest_url, stream_key_secret=stream_key_secret
     )
+    if whep is not None:
+        whep.add_routes(app)  # before the catch-all, which would take /whep/...
     app.router.add_get("/{tail:.+}", media)  # also answers HEAD
     return app
 
@@ -183,10 +207,15 @@ async def start(
     status: Status,
     stream_key_secret: str | None = None,
     ingest_url: str | None = None,
+    whep: WhepHub | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Serve until ``runner.cleanup()``. Returns the runner and the bound port."""
     app = make_app(
-        root=root, status=status, stream_key_secret=stream_key_secret, ingest_url=ingest_url
+        root=root,
+        status=status,
+        stream_key_secret=stream_key_secret,
+        ingest_url=ingest_url,
+        whep=whep,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

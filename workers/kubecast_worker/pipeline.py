@@ -85,6 +85,11 @@ class Settings:
     x264_threads: int = 0
     #: "frame" (overlapping frames, as the ffmpeg CLI) or "slice" (PyAV's default)
     x264_thread_type: str = "frame"
+    #: called in each rendition's thread with the video packets it encoded, before they
+    #: are muxed: (rendition, packets, the encoder's extradata); WHEP viewers (whep.py)
+    video_tap: Callable[[str, list[Packet], bytes | None], None] | None = None
+    #: called in the ingest thread with each decoded audio frame (WHEP's one Opus encode)
+    audio_tap: Callable[[AudioFrame], None] | None = None
 
 
 @dataclass
@@ -133,11 +138,12 @@ class Rendition:
                 rung=rung,
                 ladder=plan,
                 container=container,
-                with_audio=source.audio is not None,
+                with_audio=source.has_audio,
                 x264_threads=settings.x264_threads,
                 x264_thread_type=settings.x264_thread_type,
             )
         self.threaded = settings.threads
+        self.video_tap = settings.video_tap
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=0 if settings.live else TRANSCODE_QUEUE)
         self.thread: threading.Thread | None = None
         # Video frames queued and taken; each has one writer thread, so their
@@ -208,7 +214,11 @@ class Rendition:
             return
         assert self.encoder is not None and media.frame is not None
         if media.kind == "video":
-            self.writer.write(self.encoder.video(media.frame), media_time=media.time)  # type: ignore[arg-type]
+            packets = self.encoder.video(media.frame)  # type: ignore[arg-type]
+            if self.video_tap is not None and packets:
+                ctx = self.encoder.video_stream.codec_context
+                self.video_tap(self.rung.name, packets, ctx.extradata)
+            self.writer.write(packets, media_time=media.time)
         else:
             self.writer.write(self._share(self.encoder.audio(media.frame)))  # type: ignore[arg-type]
         if self.encoder.codecs and not self.state.codecs:
@@ -401,7 +411,7 @@ def _transcode(
     def master() -> bool:
         if not all(r.state.segments and r.state.codecs for r in renditions):
             return False
-        _write_master(renditions, plan=plan, settings=settings, has_audio=source.audio is not None)
+        _write_master(renditions, plan=plan, settings=settings, has_audio=source.has_audio)
         with status.lock:
             status.master_url = f"/{packager.MASTER}"
         log.info(
@@ -459,10 +469,12 @@ def _transcode(
                     # A new segment: BANDWIDTH and AVERAGE-BANDWIDTH follow what it measured.
                     measured_segments = sum(r.state.segments for r in renditions)
                     _write_master(
-                        renditions, plan=plan, settings=settings, has_audio=source.audio is not None
+                        renditions, plan=plan, settings=settings, has_audio=source.has_audio
                     )
             elif encoded:
                 assert isinstance(media.frame, AudioFrame)
+                if settings.audio_tap is not None:
+                    settings.audio_tap(media.frame)  # before the fanout takes the frame
                 audio(media.frame, media.time)
             if stop.is_set():
                 break
@@ -471,7 +483,7 @@ def _transcode(
         # that its fps filter fills up to the end of the input like the others.
         for r, item in skipped.items():
             r.submit(item)
-        if reason == "eof" and encoded and source.audio is not None:
+        if reason == "eof" and encoded and source.has_audio:
             audio(None, media_time)  # the last audio samples, in AAC-sized frames
     finally:
         for r in renditions:
@@ -486,7 +498,7 @@ def _transcode(
     if not master_written:
         master()
     else:  # the last segments, flushed by finish(), are measured too
-        _write_master(renditions, plan=plan, settings=settings, has_audio=source.audio is not None)
+        _write_master(renditions, plan=plan, settings=settings, has_audio=source.has_audio)
     wall = time.time() - wall0
     return Outcome(
         reason=reason,

@@ -2,10 +2,12 @@
 
 ``Worker.run()`` reads in the order data flows::
 
-    origin      HTTP, the playback port: playlists, segments, the player, /healthz, /readyz
+    origin      HTTP, the playback port: playlists, segments, the player, /healthz, /readyz,
+                and WHEP viewers (--whep), who get the renditions' packets as encoded
     admin       HTTP, the admin port: /status, /metrics (for the operator and Prometheus)
     ingest      the RTMP front (checks app and stream key), the SRT listener
-                (the key is its passphrase), or a pull loop
+                (the key is its passphrase), the WHIP front (the key is its bearer
+                token; aiortc decodes the WebRTC media), or a pull loop
     per publish pipeline.run() in a thread: decode once → ladder → packager
     afterwards  reconnecting for reconnectWindowSeconds, then ENDLIST and idle
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -41,6 +44,7 @@ from kubecast_worker.status import Status
 
 if TYPE_CHECKING:
     from kubecast_worker.rtmp.throttle import WrongKeyLimit
+    from kubecast_worker.whep import WhepHub
 
 #: Pull retries wait 1, 2, 4 … seconds, at most this long.
 MAX_BACKOFF = 30.0
@@ -74,6 +78,7 @@ class Worker:
         x264_threads: int = 0,
         x264_thread_type: str = "frame",
         wrong_key_limit: WrongKeyLimit | None = None,  # None: its defaults
+        whep: bool = False,
     ) -> None:
         self.config = config
         self.wrong_key_limit = wrong_key_limit
@@ -92,6 +97,12 @@ class Worker:
             # NB: read once here, so that an unreadable URL file stops the start.
             self.status.ingest_url = safe_url(self._pull_url())
         self.registry = metrics.registry_for(self.status)
+        self.whep: WhepHub | None = None
+        if whep:
+            from kubecast_worker.whep import WhepHub
+
+            http_host, _ = config_mod.parse_host_port(config.http, what="http")
+            self.whep = WhepHub(host=http_host, renditions=self._playing, log=self.log)
         self.settings = pipeline.Settings(
             profile=config.profile,
             packaging=packager.Packaging(
@@ -105,6 +116,8 @@ class Worker:
             threads=threads,
             x264_threads=x264_threads,
             x264_thread_type=x264_thread_type,
+            video_tap=self.whep.tap if self.whep else None,
+            audio_tap=self.whep.audio_tap if self.whep else None,
         )
         self.http_port: int | None = None
         self.admin_port: int | None = None
@@ -129,6 +142,7 @@ class Worker:
             status=self.status,
             stream_key_secret=self.config.ingest.stream_key_secret,
             ingest_url=self.config.ingest.service_url,
+            whep=self.whep,
         )
         self.log.info("origin listening", extra={"http": f"{host}:{self.http_port}"})
         admin_host, admin_port = config_mod.parse_host_port(self.config.admin, what="admin")
@@ -144,6 +158,8 @@ class Worker:
         try:
             if self.listen is not None and self.listen.protocol == "srt":
                 await self._serve_srt(started)
+            elif self.listen is not None and self.listen.protocol == "whip":
+                await self._serve_whip(started)
             elif self.listen is not None:
                 await self._serve_push(started)
             else:
@@ -153,9 +169,17 @@ class Worker:
             self._end_playlists()
             if copies is not None:
                 await copies.stop()
+            if self.whep is not None:
+                await self.whep.stop()
             await admin_runner.cleanup()
             await runner.cleanup()
             self.log.info("stopped")
+
+    def _playing(self) -> list[str]:
+        """The renditions a WHEP viewer may join now: encoded, and live."""
+        if self.status.state != "live":
+            return []
+        return [r.name for r in self.status.renditions if r.state == "Active" and not r.passthrough]
 
     def _restream(self, host: str) -> restream.Supervisor | None:
         """Start following the restream targets, if the stream has any."""
@@ -246,14 +270,63 @@ class Worker:
             watcher.cancel()
             listener.stop()
 
+    async def _serve_whip(self, started: asyncio.Event | None) -> None:
+        """WebRTC publishers (WHIP), one at a time: aiortc decodes, the ladder encodes."""
+        from kubecast_worker import whip
+        from kubecast_worker.ingest_frames import FrameSource
+
+        assert self.listen is not None and self.stream_key
+        passthrough = [r.name for r in self.config.profile.renditions if r.passthrough]
+        if passthrough:
+            raise config_mod.ConfigError(
+                f"rendition {passthrough[0]} is a passthrough, which WHIP ingest cannot offer"
+                " (the media arrives as RTP, not as a stream to copy); encode it instead"
+            )
+        front = whip.WhipIngest(
+            host=self.listen.host,
+            port=self.listen.port,
+            app=self.listen.app,
+            stream_key=self.stream_key,
+            wrong_key_limit=self.wrong_key_limit,
+            log=self.log,
+        )
+        await front.start()
+        self.rtmp_port = front.port
+        self.status.ingest_url = front.url
+        self.status.ingest_counters = lambda: _counters(front.counters)
+        self.status.ready = True
+        self.log.info("ingest listening", extra={"ingest": front.url})
+        if started:
+            started.set()
+        watcher = asyncio.create_task(self._follow_key_file(front))
+
+        def source(session: whip.WhipSession, stop: threading.Event) -> ingest.Source:
+            return FrameSource(
+                frames=session.frames,
+                status=self.status,
+                stop=stop,
+                media_timeout=session.media_timeout,
+                log=self.log,
+            )
+
+        try:
+            await self._publishers(front.accept, source=source)
+        finally:
+            watcher.cancel()
+            await front.stop()
+
     async def _publishers(
         self,
         accept: Callable[[], Awaitable[Any]],
-        opener: Callable[[Any], ingest.Opener],
+        opener: Callable[[Any], ingest.Opener] | None = None,
+        *,
+        source: Callable[[Any, threading.Event], ingest.Source] | None = None,
     ) -> None:
-        """One accepted publisher after another (RTMP or SRT alike), until stopped.
+        """One accepted publisher after another (RTMP, SRT or WHIP alike), until stopped.
 
         ``accept()`` gives the next session: anything with ``peer`` and ``close()``.
+        Its media is demuxed by ``opener(session)``, or comes decoded from
+        ``source(session, stop)`` (WebRTC: aiortc has decoded it).
         """
         while not self._stopping.is_set():
             session = await self._next(accept())
@@ -261,7 +334,12 @@ class Worker:
                 return
             self._session_close = session.close
             try:
-                await self._session(opener=opener(session), publisher=session.peer, realtime=False)
+                await self._session(
+                    opener=opener(session) if opener else None,
+                    source=functools.partial(source, session) if source else None,
+                    publisher=session.peer,
+                    realtime=False,
+                )
             finally:
                 self._session_close = None
                 session.close()
@@ -340,10 +418,11 @@ class Worker:
     async def _session(
         self,
         *,
-        opener: ingest.Opener,
+        opener: ingest.Opener | None,
         publisher: str,
         realtime: bool,
         loop: bool = False,
+        source: Callable[[threading.Event], ingest.Source] | None = None,
     ) -> pipeline.Outcome | None:
         """One publish, ingest to playlists. Errors end up in /status, not raised."""
         started_at = time.time()
@@ -367,19 +446,23 @@ class Worker:
             loop_.call_soon_threadsafe(go_live)
             return answer.result(timeout=30)
 
-        source = ingest.Source(
-            opener=opener,
-            status=self.status,
-            stop=stop,
-            loop=loop,
-            realtime=realtime,
-            log=self.log,
-        )
+        if source is not None:
+            media = source(stop)
+        else:
+            assert opener is not None
+            media = ingest.Source(
+                opener=opener,
+                status=self.status,
+                stop=stop,
+                loop=loop,
+                realtime=realtime,
+                log=self.log,
+            )
         outcome = None
         try:
             outcome = await asyncio.to_thread(
                 pipeline.run,
-                source=source,
+                source=media,
                 settings=self.settings,
                 status=self.status,
                 stop=stop,

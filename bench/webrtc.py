@@ -1,0 +1,181 @@
+"""WHIP in, WHEP out: what a WebRTC viewer costs the worker, and how fast sessions turn over.
+
+    sudo .venv/bin/python bench/webrtc.py [--viewers 8] [--window 10]
+
+In a network namespace of its own (aioice offers no loopback candidate), as the
+tests do: a worker (tests/e2e SMALL_PROFILE ladder: 360p + 180p, ultrafast, 1 s GOP)
+with ``--whep``, an aiortc WHIP publisher (tests/e2e/whip_client.py --clock: VP8 +
+Opus, 640x360 at 30 fps, each picture showing the wall clock), then ``--viewers``
+aiortc WHEP viewers of 360p (tests/e2e/whep_client.py --clock). It prints one JSON
+document:
+
+- ``worker_cpu_idle_viewers``: the worker's CPU (cores) over ``--window`` s with no viewer;
+- ``worker_cpu_with_viewers``: the same with the viewers watching;
+- ``per_viewer_cpu_percent``: the difference per viewer, in % of one core;
+- ``first_frame_seconds``: each viewer, from its answer to its first decoded picture;
+- ``glass_to_glass_ms``: each viewer's median, p95 and max of the wall clock at its
+  decoded picture minus the clock the picture shows (WHIP → ladder → WHEP; one clock);
+- ``vanished_to_idle_seconds``: the publisher killed (no DELETE) → the worker idle;
+- ``worker_status``: its frames decoded, dropped (a rendition behind) and late (decoded
+  more than a second after real time): whether the worker kept up.
+
+The viewers run on the same machine, so they compete with the worker for the
+cores: read the per-viewer figure as an upper bound on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+sys.path.insert(0, str(REPO))
+from conftest import SMALL_PROFILE  # noqa: E402
+
+from tests.integration import netns  # noqa: E402
+
+ADDRESS = "10.214.0.1"
+KEY = "bench-whip-k3y-5d0c"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--viewers", type=int, default=8)
+    parser.add_argument("--window", type=float, default=10)
+    args = parser.parse_args()
+    name = f"kubecast-whip-bench-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    path = f"/run/netns/{name}"
+    enter = ["nsenter", f"--net={path}", "--"]
+    work = Path(tempfile.mkdtemp(prefix="kubecast-webrtc-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for command in (
+            ["link", "set", "lo", "up"],
+            ["link", "add", "wb0", "type", "veth", "peer", "name", "wb1"],
+            ["addr", "add", f"{ADDRESS}/24", "dev", "wb0"],
+            ["link", "set", "wb0", "up"],
+            ["link", "set", "wb1", "up"],
+        ):
+            subprocess.run(["ip", "-n", name, *command], check=True)
+        (work / "key").write_text(KEY)
+        config = {
+            "stream": "bench",
+            "ingest": {"listen": f"{ADDRESS}:8889", "protocol": "whip",
+                       "streamKeyFile": str(work / "key")},
+            "profile": SMALL_PROFILE, "reconnectWindowSeconds": 0,
+            "http": f"{ADDRESS}:8080", "admin": f"{ADDRESS}:9090", "outputDir": str(work / "out"),
+        }  # fmt: skip
+        (work / "worker.yaml").write_text(yaml.safe_dump(config))
+        with open(work / "worker.log", "wb") as log:
+            worker = subprocess.Popen(
+                [*enter, sys.executable, "-m", "kubecast_worker.cli", "run", "--config",
+                 str(work / "worker.yaml"), "--whep"],
+                stdout=subprocess.DEVNULL, stderr=log, cwd=REPO,
+            )  # fmt: skip
+        procs.append(worker)
+
+        def status() -> dict[str, Any]:
+            def get() -> dict[str, Any]:
+                try:
+                    with urllib.request.urlopen(f"http://{ADDRESS}:9090/status", timeout=5) as r:
+                        return json.load(r)  # type: ignore[no-any-return]
+                except OSError:
+                    return {"state": "down"}
+
+            return netns.call(path, get)
+
+        def state() -> str:
+            return str(status()["state"])
+
+        def wait(want: str, timeout: float = 60) -> float:
+            deadline = time.monotonic() + timeout
+            while state() != want:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"no {want} state; see {work / 'worker.log'}")
+                time.sleep(0.2)
+            return time.monotonic()
+
+        wait("idle")
+        publisher = subprocess.Popen(
+            [*enter, sys.executable, str(REPO / "tests/e2e/whip_client.py"),
+             f"http://{ADDRESS}:8889/whip/live", "--no-delete", "--clock"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "WHIP_TOKEN": KEY},
+        )  # fmt: skip
+        procs.append(publisher)
+        wait("live")
+        time.sleep(3)
+        c0, t0 = cpu_seconds(worker.pid), time.monotonic()
+        time.sleep(args.window)
+        idle = (cpu_seconds(worker.pid) - c0) / (time.monotonic() - t0)
+
+        def view(_: int) -> dict[str, Any]:
+            done = subprocess.run(
+                [*enter, sys.executable, str(REPO / "tests/e2e/whep_client.py"),
+                 f"http://{ADDRESS}:8080/whep/360p", "--seconds", str(args.window + 8), "--clock"],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+        with ThreadPoolExecutor(args.viewers) as pool:
+            futures = [pool.submit(view, i) for i in range(args.viewers)]
+            time.sleep(6)  # every viewer connected and past its first keyframe
+            c1, t1 = cpu_seconds(worker.pid), time.monotonic()
+            time.sleep(args.window)
+            watching = (cpu_seconds(worker.pid) - c1) / (time.monotonic() - t1)
+            viewers = [f.result() for f in futures]
+        live = status()  # the worker's own account: did it keep up?
+        behind = {k: live.get(k) for k in ("framesDecoded", "droppedFrames", "lateFrames")}
+        publisher.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        vanished = wait("idle") - killed
+        print(json.dumps({
+            "viewers": args.viewers,
+            "window_seconds": args.window,
+            "load_average": os.getloadavg()[0],
+            "worker_cpu_idle_viewers": round(idle, 3),
+            "worker_cpu_with_viewers": round(watching, 3),
+            "per_viewer_cpu_percent": round(100 * (watching - idle) / args.viewers, 2),
+            "viewer_frames": [v["frames"] for v in viewers],
+            "viewer_distinct_frames": [v["distinct"] for v in viewers],
+            "viewer_fps": [round(v["distinct"] / v["video_seconds"], 2) for v in viewers],
+            "viewer_sizes": sorted({tuple(s) for v in viewers for s in v["sizes"]}),
+            "first_frame_seconds": [v["first_frame_seconds"] for v in viewers],
+            "glass_to_glass_ms": [v["latency_ms"] for v in viewers],
+            "vanished_to_idle_seconds": round(vanished, 2),
+            "worker_status": behind,
+            "logs": str(work / "worker.log"),
+        }, indent=2))  # fmt: skip
+        return 0
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""A WHEP viewer for the tests: aiortc receiving a rendition's video and audio, decoding both.
+
+    python whep_client.py URL --seconds 6
+
+One JSON line on stdout when done (or refused):
+
+    {"event": "watched", "frames": 150, "sizes": [[640, 360]], "first_frame_seconds": 0.8,
+     "video_seconds": 5.96, "distinct": 150, "audio_frames": 290, "audio_rates": [48000],
+     "deleted": 200}
+    {"event": "refused", "status": 404, "body": "…"}
+
+``--clock``: the publisher sent clock_pattern pictures; ``latency_ms`` has the
+median, p95 and max of now minus the time each decoded picture shows.
+``first_frame_seconds``: from the answer to the first decoded picture (a new
+viewer waits for the next keyframe). Run it in the worker's network namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from urllib.parse import urljoin
+
+import aiohttp
+import clock_pattern  # beside this file
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+
+def say(event: str, **fields: object) -> None:
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+async def watch(args: argparse.Namespace) -> int:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN server: none is reachable
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    tracks: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
+    heard: list[int] = []  # the sample rate of each decoded audio frame
+
+    async def listen(track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                heard.append((await track.recv()).sample_rate)  # type: ignore[union-attr]
+
+    def arrived(track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            listeners.append(asyncio.ensure_future(listen(track)))
+        else:
+            tracks.put_nowait(track)
+
+    listeners: list[asyncio.Future[None]] = []
+    pc.on("track", arrived)
+    await pc.setLocalDescription(await pc.createOffer())
+    async with aiohttp.ClientSession() as http:
+        headers = {"Content-Type": "application/sdp"}
+        async with http.post(args.url, data=pc.localDescription.sdp, headers=headers) as reply:
+            body = await reply.text()
+            if reply.status != 201:
+                say("refused", status=reply.status, body=body)
+                await pc.close()
+                return 0
+            location = urljoin(args.url, reply.headers["Location"])
+        answered = time.monotonic()
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        track = await asyncio.wait_for(tracks.get(), 10)
+        frames, sizes, first, stamps, delays = 0, set(), None, [], []
+        deadline = answered + args.seconds
+        while time.monotonic() < deadline:
+            try:
+                frame = await asyncio.wait_for(track.recv(), max(0.1, deadline - time.monotonic()))
+            except (TimeoutError, MediaStreamError):
+                break
+            if first is None:
+                first = time.monotonic() - answered
+            frames += 1
+            sizes.add((frame.width, frame.height))
+            stamps.append(float(frame.pts * frame.time_base))
+            if args.clock:
+                delays.append(clock_pattern.latency_ms(frame))
+        async with http.delete(location) as reply:
+            deleted = reply.status
+    for listener in listeners:
+        listener.cancel()
+    await pc.close()
+    say(
+        "watched",
+        frames=frames,
+        sizes=sorted(sizes),
+        first_frame_seconds=None if first is None else round(first, 3),
+        # the span of the pictures' timestamps: frames / span is the frame rate received
+        video_seconds=round(max(stamps) - min(stamps), 3) if stamps else 0.0,
+        distinct=len(set(stamps)),
+        # --clock: glass to glass, the publisher's wall clock to this decoded picture
+        latency_ms=_percentiles(delays) if delays else None,
+        audio_frames=len(heard),
+        audio_rates=sorted(set(heard)),
+        deleted=deleted,
+    )
+    return 0
+
+
+def _percentiles(values: list[int]) -> dict[str, int]:
+    ordered = sorted(values)
+    return {
+        "median": ordered[len(ordered) // 2],
+        "p95": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))],
+        "max": ordered[-1],
+        "frames": len(ordered),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("--seconds", type=float, default=6)
+    parser.add_argument("--clock", action="store_true", help="read the publisher's clock_pattern")
+    return asyncio.run(watch(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

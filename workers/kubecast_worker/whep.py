@@ -1,0 +1,321 @@
+"""WHEP playback (the IETF WHEP draft): WebRTC viewers of a rendition, on the playback port.
+
+    POST   /whep/<rendition>        an SDP offer (recvonly video, H.264; audio, Opus)
+                                    → 201 Created, Location, the SDP answer
+    DELETE /whep/<rendition>/<id>   ends the viewer's session
+    PATCH  /whep/<rendition>/<id>   405: no trickle ICE
+    OPTIONS                         CORS preflight (origin.WHEP_CORS)
+
+Viewers share their rendition's one encode: the rendition thread hands each
+H.264 packet it encoded to ``WhepHub.tap`` (before the HLS muxer sees it), and
+the hub gives the same packet to every viewer of that rendition. aiortc sends a
+pre-encoded frame as it is: when a track's ``recv()`` returns an ``av.Packet``
+instead of a frame, ``RTCRtpSender`` calls its codec's ``pack()`` (RTP
+packetisation only) and never its encoder. So a viewer costs RTP packetisation
+and SRTP, never an x264 encode.
+
+A new viewer starts at the next keyframe (within one GOP: the ladder forces one
+every ``gopSeconds``); a viewer whose queue overflows (a slow link, a stalled
+loop) drops to the next keyframe again rather than send a broken picture.
+Keyframe requests (PLI, FIR) are not forwarded: the encoder's GOP is fixed.
+
+Audio: a viewer whose offer receives Opus gets the session's audio, encoded to
+Opus once (``audio_tap``, in the ingest thread, only while someone listens) and
+shared the same way. For a WHIP publisher that is a second encode of what arrived
+as Opus: aiortc hands out decoded frames only.
+A rendition with B-frames would send frames out of presentation order, which
+WebRTC receivers do not expect: WHEP wants a rendition without them (the
+``ultrafast`` preset, or one made for WebRTC; docs/webrtc.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av.audio.frame import AudioFrame
+from av.audio.resampler import AudioResampler
+from av.codec.context import CodecContext
+from av.packet import Packet
+
+from kubecast_worker import webrtc_ice
+
+#: Opus as WebRTC has it: 48 kHz stereo, 20 ms frames.
+OPUS_RATE, OPUS_FRAME, OPUS_BITRATE = 48000, 960, 96000
+#: Packets a viewer may have waiting (about 2 s at 30 fps) before it skips to a keyframe.
+VIEWER_QUEUE = 60
+#: Viewers per worker at most; more get 503 (each costs RTP and SRTP on the event loop).
+DEFAULT_MAX_VIEWERS = 200
+
+
+class PacketTrack(MediaStreamTrack):
+    """A track whose ``recv()`` gives encoded packets (H.264 or Opus): aiortc packs them,
+    it does not encode."""
+
+    def __init__(self, kind: str = "video") -> None:
+        super().__init__()
+        self.kind = kind
+        self.keyed = False
+        self.skipped = 0
+        self.sent = 0
+        self._queue: asyncio.Queue[Packet | None] = asyncio.Queue(VIEWER_QUEUE)
+
+    def offer(self, packet: Packet, *, key: bool) -> None:
+        """On the loop: queue ``packet`` once this viewer has had a keyframe."""
+        if not self.keyed:
+            if not key:
+                return
+            self.keyed = True
+        try:
+            self._queue.put_nowait(packet)
+        except asyncio.QueueFull:
+            self.skipped += 1
+            self.keyed = False  # start again at the next keyframe
+            while not self._queue.empty():
+                self._queue.get_nowait()
+
+    def end(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+
+    async def recv(self) -> Packet:
+        packet = await self._queue.get()
+        if packet is None or self.readyState != "live":
+            raise MediaStreamError
+        self.sent += 1
+        return packet
+
+
+@dataclass
+class Viewer:
+    id: str
+    peer: str
+    rendition: str
+    pc: RTCPeerConnection
+    track: PacketTrack
+    audio: PacketTrack | None = None
+    started_at: float = field(default_factory=time.time)
+
+
+class WhepHub:
+    """The viewers of every rendition, and the packets they share."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        renditions: Callable[[], list[str]],
+        max_viewers: int = DEFAULT_MAX_VIEWERS,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+    ) -> None:
+        self._renditions = renditions
+        self.max_viewers = max_viewers
+        self._log = log or logging.getLogger("kubecast.whep")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: rendition -> viewers; changed on the loop only, read by rendition threads
+        self._viewers: dict[str, dict[str, Viewer]] = {}
+        self.served = 0
+        #: the one Opus encoder (and its resampler), while anyone listens; ingest thread
+        self._opus: tuple[AudioResampler, Any] | None = None
+        webrtc_ice.only_addresses(host)
+
+    @property
+    def viewers(self) -> int:
+        return sum(len(v) for v in self._viewers.values())
+
+    def add_routes(self, app: web.Application) -> None:
+        self._loop = asyncio.get_running_loop()  # built on the loop: origin.start()
+        app.router.add_post("/whep/{rendition}", self._post)
+        app.router.add_delete("/whep/{rendition}/{id}", self._delete)
+        app.router.add_patch("/whep/{rendition}/{id}", self._patch)
+
+    async def stop(self) -> None:
+        for viewers in list(self._viewers.values()):
+            for viewer in list(viewers.values()):
+                await self._close(viewer, "server_stopping")
+
+    # -- the rendition threads' side -------------------------------------------------------
+
+    def tap(self, rendition: str, packets: list[Packet], extradata: bytes | None) -> None:
+        """From a rendition thread, before its muxer: hand ``packets`` to its viewers.
+
+        NB: copied here, in the calling thread, because the muxer rewrites a packet's
+        timestamps as soon as this returns. Nothing is copied for a rendition nobody
+        watches.
+        """
+        if not self._viewers.get(rendition) or self._loop is None:
+            return
+        items = []
+        for packet in packets:
+            data = bytes(packet)
+            key = bool(packet.is_keyframe)
+            if key and extradata and not _has_sps(data):
+                data = bytes(extradata) + data  # a global-header encoder: SPS and PPS first
+            items.append((data, packet.pts, packet.time_base, key))
+        if items:
+            self._loop.call_soon_threadsafe(self._deliver, rendition, items)
+
+    def audio_tap(self, frame: AudioFrame) -> None:
+        """From the ingest thread: encode the session's audio to Opus once, for every viewer.
+
+        Only while a viewer listens; a new encoder starts when the first one joins.
+        """
+        if self._loop is None or not any(
+            v.audio is not None for viewers in self._viewers.values() for v in viewers.values()
+        ):
+            self._opus = None
+            return
+        if self._opus is None:
+            codec = CodecContext.create("libopus", "w")
+            codec.sample_rate, codec.layout, codec.format = OPUS_RATE, "stereo", "s16"
+            codec.bit_rate = OPUS_BITRATE
+            codec.time_base = Fraction(1, OPUS_RATE)
+            resampler = AudioResampler(
+                format="s16", layout="stereo", rate=OPUS_RATE, frame_size=OPUS_FRAME
+            )
+            self._opus = (resampler, codec)
+        resampler, codec = self._opus
+        items = []
+        for chunk in resampler.resample(frame):
+            for packet in codec.encode(chunk):
+                items.append((bytes(packet), packet.pts, packet.time_base))
+        if items:
+            self._loop.call_soon_threadsafe(self._deliver_audio, items)
+
+    def _deliver_audio(self, items: list[tuple[bytes, Any, Any]]) -> None:
+        listeners = [
+            v.audio for viewers in self._viewers.values() for v in viewers.values() if v.audio
+        ]
+        for data, pts, time_base in items:
+            packet = Packet(data)
+            packet.pts, packet.time_base = pts, time_base
+            for track in listeners:
+                track.offer(packet, key=True)
+
+    def _deliver(self, rendition: str, items: list[tuple[bytes, Any, Any, bool]]) -> None:
+        viewers = list(self._viewers.get(rendition, {}).values())
+        for data, pts, time_base, key in items:
+            packet = Packet(data)  # one packet for every viewer: pack() only reads it
+            packet.pts, packet.time_base = pts, time_base
+            for viewer in viewers:
+                viewer.track.offer(packet, key=key)
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    async def _post(self, request: web.Request) -> web.Response:
+        rendition = request.match_info["rendition"]
+        if rendition not in self._renditions():
+            return _text(404, "no such rendition (or it is not live)\n")
+        if self.viewers >= self.max_viewers:
+            return _text(503, "this worker has as many WebRTC viewers as it takes\n")
+        if request.content_type != "application/sdp":
+            return _text(415, "the offer must be application/sdp\n")
+        offer = await request.text()
+        if "m=video" not in offer or "H264/90000" not in offer:
+            return _text(400, "the offer must receive H.264 video\n")
+        peer = request.remote or "unknown"
+        pc = RTCPeerConnection(webrtc_ice.configuration())
+        track = PacketTrack()
+        # NB: the transceiver before the offer, so that the offer's video section takes it
+        # with its H.264-only preference: codecs are negotiated as the offer is applied,
+        # and a preference set afterwards would leave the sender labelling H.264 as VP8.
+        transceiver = pc.addTransceiver(track, direction="sendonly")
+        audio = None
+        if "m=audio" in offer and "opus/48000" in offer.lower():
+            audio = PacketTrack("audio")
+            pc.addTransceiver(audio, direction="sendonly")
+        transceiver.setCodecPreferences(
+            [
+                c
+                for c in RTCRtpSender.getCapabilities("video").codecs
+                if c.mimeType.lower() == "video/h264"
+                and c.parameters.get("packetization-mode") == "1"
+            ]
+        )
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            await pc.setLocalDescription(await pc.createAnswer())  # gathers every candidate
+        except (ValueError, AssertionError) as e:
+            await pc.close()
+            return _text(400, f"cannot answer the offer: {e}\n")
+        viewer = Viewer(
+            id=secrets.token_urlsafe(16),
+            peer=peer,
+            rendition=rendition,
+            pc=pc,
+            track=track,
+            audio=audio,
+        )
+
+        @pc.on("connectionstatechange")
+        async def changed() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self._close(viewer, f"connection_{pc.connectionState}")
+
+        self._viewers.setdefault(rendition, {})[viewer.id] = viewer
+        self.served += 1
+        self._log.info(
+            "whep viewer joined",
+            extra={"peer": peer, "rendition": rendition, "viewers": self.viewers},
+        )
+        return web.Response(
+            status=201,
+            text=pc.localDescription.sdp,
+            content_type="application/sdp",
+            headers={"Location": f"/whep/{rendition}/{viewer.id}", "ETag": f'"{viewer.id}"'},
+        )
+
+    async def _delete(self, request: web.Request) -> web.Response:
+        viewers = self._viewers.get(request.match_info["rendition"], {})
+        viewer = viewers.get(request.match_info["id"])
+        if viewer is None:
+            return _text(404, "no such session\n")
+        await self._close(viewer, "viewer_left")
+        return web.Response(status=200)
+
+    async def _patch(self, request: web.Request) -> web.Response:
+        return _text(405, "trickle ICE and ICE restarts are not supported\n", {"Allow": "DELETE"})
+
+    async def _close(self, viewer: Viewer, reason: str) -> None:
+        viewers = self._viewers.get(viewer.rendition, {})
+        if viewers.pop(viewer.id, None) is None:
+            return
+        viewer.track.end()
+        if viewer.audio is not None:
+            viewer.audio.end()
+        self._log.info(
+            f"whep viewer left: {reason}",
+            extra={
+                "peer": viewer.peer,
+                "rendition": viewer.rendition,
+                "seconds": round(time.time() - viewer.started_at, 3),
+                "skipped_to_keyframe": viewer.track.skipped,
+                "frames_sent": viewer.track.sent,
+                "viewers": self.viewers,
+            },
+        )
+        await viewer.pc.close()
+
+
+def _has_sps(data: bytes) -> bool:
+    """Whether Annex B ``data`` has a sequence parameter set (NAL type 7)."""
+    i = data.find(b"\x00\x00\x01")
+    while 0 <= i < len(data) - 3:
+        if data[i + 3] & 0x1F == 7:
+            return True
+        i = data.find(b"\x00\x00\x01", i + 3)
+    return False
+
+
+def _text(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, text=text, headers=headers)

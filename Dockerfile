@@ -115,7 +115,7 @@ USER 10001:10001
 WORKDIR /var/lib/kubecast
 # 1935 RTMP ingest, 9000/udp SRT ingest, 8080 playback (HLS, player, probes), 9090
 # admin (/status, /metrics; the recorder's only port).
-EXPOSE 1935 9000/udp 8080 9090
+EXPOSE 1935 9000/udp 8889 8080 9090
 # No HEALTHCHECK: the worker binds the address it is given (--bind-host, the
 # pod IP in Kubernetes), and its pods get HTTP probes from the operator.
 HEALTHCHECK NONE

@@ -33,11 +33,14 @@ class PushIngest(ApiModel):
         )
     )
 
-    protocol: Literal["rtmp", "srt"] = Field(
+    protocol: Literal["rtmp", "srt", "whip"] = Field(
         default="rtmp",
         description="Ingest protocol. rtmp: publishers push to rtmp://<ingest>/<app>/<key>"
         " (TCP 1935). srt: publishers call srt://<ingest>:9000?passphrase=<key> (UDP 9000):"
-        " the stream key is the SRT passphrase (AES encryption; 10 to 79 characters).",
+        " the stream key is the SRT passphrase (AES encryption; 10 to 79 characters)."
+        " whip: WebRTC publishers (OBS, a browser, GStreamer's whipclientsink) POST their"
+        " offer to http://<ingest>:8889/whip/<app> with Authorization: Bearer <key>; the"
+        " media then flows over UDP to the worker pod's own address (see docs/webrtc.md).",
     )
     app: str = Field(
         default="live",
@@ -193,9 +196,22 @@ class DashOutput(ApiModel):
     )
 
 
+class WebrtcOutput(ApiModel):
+    enabled: bool = Field(
+        strict=True,
+        default=False,
+        description="Also offer each rendition to WebRTC viewers by WHEP: POST an SDP offer"
+        " to <playback>/whep/<rendition>. Viewers share the rendition's one encode; the"
+        " media flows over UDP to the worker pod's own address (see docs/webrtc.md).",
+    )
+
+
 class Outputs(ApiModel):
     hls: HlsOutput = Field(default_factory=HlsOutput, description="HLS output (always on).")
     dash: DashOutput = Field(default_factory=DashOutput, description="Optional DASH output.")
+    webrtc: WebrtcOutput = Field(
+        default_factory=WebrtcOutput, description="Optional WebRTC (WHEP) playback."
+    )
 
 
 class RestreamTarget(ApiModel):
@@ -409,6 +425,12 @@ class LiveStreamStatus(ApiModel):
     )
     dash_url: str | None = Field(
         default=None, description="DASH manifest URL, once DASH is produced."
+    )
+    whep_url: str | None = Field(
+        default=None,
+        description="WHEP endpoint of the top rendition (spec.outputs.webrtc): POST an SDP"
+        " offer here to watch over WebRTC. Each rendition has its own:"
+        " <playback>/whep/<rendition>.",
     )
     input: InputStatus | None = Field(default=None, description="What the worker receives.")
     renditions: list[RenditionStatus] = Field(

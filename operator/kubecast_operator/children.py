@@ -24,6 +24,7 @@ from kubecast_operator.settings import (
     WORKER_HTTP_PORT,
     WORKER_RTMP_PORT,
     WORKER_SRT_PORT,
+    WORKER_WHIP_PORT,
     Settings,
 )
 
@@ -260,6 +261,16 @@ def worker_config(
             service_url=f"srt://{ingest_service_name(meta['name'])}.{meta['namespace']}"
             f".svc.cluster.local:{WORKER_SRT_PORT}",
         )
+    elif push is not None and push.protocol == "whip":
+        ingest = WorkerIngest(
+            listen=f"0.0.0.0:{WORKER_WHIP_PORT}",
+            protocol="whip",
+            app=push.app,
+            stream_key_file=f"{KEY_DIR}/{key_ref[1]}" if key_ref else None,
+            stream_key_secret=key_ref[0] if key_ref else None,
+            service_url=f"http://{ingest_service_name(meta['name'])}.{meta['namespace']}"
+            f".svc.cluster.local:{WORKER_WHIP_PORT}/whip/{push.app}",
+        )
     elif push is not None:
         ingest = WorkerIngest(
             listen=f"0.0.0.0:{WORKER_RTMP_PORT}",
@@ -421,7 +432,8 @@ def worker_deployment(
         "command": ["kubecast-worker"],
         # NB: the rendered config listens on 0.0.0.0, every address of the pod:
         # its IP for Services and probes, and localhost for `kubectl port-forward`.
-        "args": ["run", "--config", f"{CONFIG_DIR}/worker.yaml"],
+        "args": ["run", "--config", f"{CONFIG_DIR}/worker.yaml"]
+        + (["--whep"] if spec.outputs.webrtc.enabled else []),
         "env": [
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             {"name": "KUBECAST_STREAM", "value": name},
@@ -522,9 +534,11 @@ def _service(
 
 
 def ingest_port(spec: LiveStreamSpec) -> dict[str, Any]:
-    """The worker's ingest port: RTMP on TCP 1935, or SRT on UDP 9000."""
+    """The worker's ingest port: RTMP on TCP 1935, SRT on UDP 9000, or WHIP on TCP 8889."""
     if spec.ingest.push is not None and spec.ingest.push.protocol == "srt":
         return {"name": "srt", "containerPort": WORKER_SRT_PORT, "protocol": "UDP"}
+    if spec.ingest.push is not None and spec.ingest.push.protocol == "whip":
+        return {"name": "whip", "containerPort": WORKER_WHIP_PORT, "protocol": "TCP"}
     return {"name": "rtmp", "containerPort": WORKER_RTMP_PORT, "protocol": "TCP"}
 
 
@@ -737,18 +751,26 @@ def stream_network_policy(body: dict[str, Any], settings: Settings) -> dict[str,
     """The worker's: ingest (RTMP, or SRT over UDP) and playback from anywhere, admin
     only from the operator."""
     name = body["metadata"]["name"]
-    push = ((body.get("spec") or {}).get("ingest") or {}).get("push") or {}
-    ingest = (
-        {"port": WORKER_SRT_PORT, "protocol": "UDP"}
-        if push.get("protocol") == "srt"
-        else _tcp(WORKER_RTMP_PORT)
+    spec = body.get("spec") or {}
+    push = (spec.get("ingest") or {}).get("push") or {}
+    ingest = {
+        "srt": {"port": WORKER_SRT_PORT, "protocol": "UDP"},
+        "whip": _tcp(WORKER_WHIP_PORT),
+    }.get(str(push.get("protocol")), _tcp(WORKER_RTMP_PORT))
+    open_ports = [ingest, _tcp(WORKER_HTTP_PORT)]
+    webrtc = push.get("protocol") == "whip" or (
+        ((spec.get("outputs") or {}).get("webrtc") or {}).get("enabled")
     )
+    if webrtc:
+        # WebRTC media (ICE, DTLS, SRTP) comes to ephemeral UDP ports of the pod's own
+        # address, which aioice cannot confine to a range: every UDP port.
+        open_ports.append({"protocol": "UDP"})
     return _network_policy(
         body,
         name=worker_name(name),
         component="worker",
         pods={"kubecast.dev/stream": name, "app.kubernetes.io/component": "worker"},
-        open_ports=[ingest, _tcp(WORKER_HTTP_PORT)],
+        open_ports=open_ports,
         settings=settings,
         stream=name,
     )

@@ -12,6 +12,9 @@ WORKER_HTTP_PORT = 8080
 WORKER_RTMP_PORT = 1935
 #: SRT ingest (UDP), for push streams with protocol srt.
 WORKER_SRT_PORT = 9000
+#: WHIP signalling (HTTP), for push streams with protocol whip; the WebRTC media
+#: itself goes to ephemeral UDP ports of the pod's own address.
+WORKER_WHIP_PORT = 8889
 #: The admin port of workers and recorders: /status, /metrics, the recorder's
 #: POST /stop. No Service exposes it; the operator reads the pod IP directly.
 WORKER_ADMIN_PORT = 9090

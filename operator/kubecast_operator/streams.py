@@ -22,6 +22,7 @@ from kubecast_operator.settings import (
     WORKER_HTTP_PORT,
     WORKER_RTMP_PORT,
     WORKER_SRT_PORT,
+    WORKER_WHIP_PORT,
     Settings,
 )
 
@@ -475,12 +476,14 @@ def compute_status(
     generation = meta.get("generation")
     at = now or conditions.now()
 
-    srt = bool(seen.spec and seen.spec.ingest.push and seen.spec.ingest.push.protocol == "srt")
+    protocol = seen.spec.ingest.push.protocol if seen.spec and seen.spec.ingest.push else None
+    srt = protocol == "srt"
+    scheme, port = {
+        "srt": ("srt", WORKER_SRT_PORT),
+        "whip": ("http", WORKER_WHIP_PORT),
+    }.get(str(protocol), ("rtmp", WORKER_RTMP_PORT))
     ingest_base = service_url(
-        seen.ingest_service,
-        scheme="srt" if srt else "rtmp",
-        port=WORKER_SRT_PORT if srt else WORKER_RTMP_PORT,
-        node_address=seen.node_address,
+        seen.ingest_service, scheme=scheme, port=port, node_address=seen.node_address
     )
     playback_base = service_url(
         seen.playback_service, scheme="http", port=WORKER_HTTP_PORT, node_address=seen.node_address
@@ -488,7 +491,11 @@ def compute_status(
     status: dict[str, Any] = {"observedGeneration": generation}
     if seen.spec and seen.spec.ingest.push and ingest_base:
         # SRT has no app: publishers add ?passphrase=<stream key> to this URL.
-        status["ingestUrl"] = ingest_base if srt else f"{ingest_base}/{seen.spec.ingest.push.app}"
+        app = seen.spec.ingest.push.app
+        status["ingestUrl"] = (
+            ingest_base if srt else f"{ingest_base}/whip/{app}" if protocol == "whip"
+            else f"{ingest_base}/{app}"
+        )  # fmt: skip
         key_ref = children.stream_key_secret_ref(body, seen.spec)
         status["streamKeySecret"] = key_ref[0] if key_ref else None
     if playback_base:
@@ -496,6 +503,13 @@ def compute_status(
         # The worker says when its first still exists; its path is always the same.
         if (seen.worker or {}).get("thumbnailUrl"):
             status["thumbnailUrl"] = f"{playback_base}/thumbnail.jpg"
+        active = [
+            r.get("name")
+            for r in (seen.worker or {}).get("renditions") or []
+            if r.get("state") != "Dropped"
+        ]
+        if seen.spec and seen.spec.outputs.webrtc.enabled and active:
+            status["whepUrl"] = f"{playback_base}/whep/{active[0]}"
 
     ready_deployment = bool((seen.deployment or {}).get("status", {}).get("availableReplicas"))
     worker_state = (seen.worker or {}).get("state")

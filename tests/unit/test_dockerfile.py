@@ -205,6 +205,7 @@ def test_ports_match_the_operator_the_workers_and_the_chart() -> None:
     worker_ports = {
         str(settings.WORKER_RTMP_PORT),
         f"{settings.WORKER_SRT_PORT}/udp",
+        str(settings.WORKER_WHIP_PORT),
         str(settings.WORKER_HTTP_PORT),
         str(settings.WORKER_ADMIN_PORT),
     }

@@ -701,6 +701,47 @@ def test_an_srt_stream_says_its_srt_url_in_status() -> None:
     assert status["streamKeySecret"] == "studio-stream-key"
 
 
+def test_a_whip_stream_listens_on_8889_and_lets_webrtc_media_in_over_udp() -> None:
+    stream = body("livestream-push.yaml")
+    stream["spec"]["ingest"]["push"]["protocol"] = "whip"
+    stream["spec"]["outputs"] = {"webrtc": {"enabled": True}}
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    config = children.worker_config(stream, spec, profile())
+    assert (config.ingest.listen, config.ingest.protocol) == ("0.0.0.0:8889", "whip")
+    assert config.ingest.stream_key_file  # the bearer token, mounted as the RTMP key is
+    assert config.ingest.service_url == (
+        "http://studio-ingest.live.svc.cluster.local:8889/whip/live"
+    )
+    rendered = children.render_config(config)
+    pod = children.worker_deployment(stream, spec, rendered=rendered, settings=SETTINGS)
+    container = pod["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "whip", "containerPort": 8889, "protocol": "TCP"} in container["ports"]
+    assert container["args"][-1] == "--whep"
+    service = children.ingest_service(stream, spec)
+    assert service["spec"]["ports"] == [
+        {"name": "whip", "port": 8889, "targetPort": "whip", "protocol": "TCP"}
+    ]
+    open_to_all = children.stream_network_policy(stream, POLICY_SETTINGS)["spec"]["ingress"][0]
+    assert {"port": 8889, "protocol": "TCP"} in open_to_all["ports"]
+    assert {"protocol": "UDP"} in open_to_all["ports"], "ICE and media on ephemeral ports"
+
+    status = streams.compute_status(stream, _observed(LIVE_WORKER, stream))
+    assert status["ingestUrl"] == "http://203.0.113.7:31935/whip/live"
+    # The top rendition the worker produces (1080p was dropped for a 720p input).
+    assert status["whepUrl"] == "http://studio-playback.live.svc.cluster.local:8080/whep/720p"
+
+
+def test_an_rtmp_stream_without_webrtc_opens_no_udp_and_offers_no_whep() -> None:
+    stream = body("livestream-push.yaml")
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    rendered = children.render_config(children.worker_config(stream, spec, profile()))
+    pod = children.worker_deployment(stream, spec, rendered=rendered, settings=SETTINGS)
+    assert "--whep" not in pod["spec"]["template"]["spec"]["containers"][0]["args"]
+    open_to_all = children.stream_network_policy(stream, POLICY_SETTINGS)["spec"]["ingress"][0]
+    assert all(p.get("protocol") != "UDP" for p in open_to_all["ports"])
+    assert "whepUrl" not in streams.compute_status(stream, _observed(LIVE_WORKER, stream))
+
+
 def test_a_user_key_secret_is_never_read_and_the_worker_is_created_anyway() -> None:
     stream = body("livestream-push.yaml")
     stream["spec"]["ingest"]["push"]["streamKeySecretRef"] = {"name": "studio-key"}

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -27,7 +29,7 @@ import yaml
 from . import netns
 from . import operator_harness as harness
 from . import release as rel
-from .conftest import ControlPlane
+from .conftest import REPO_ROOT, ControlPlane
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.slow]
 
@@ -351,6 +353,101 @@ def test_an_srt_stream_goes_live_through_its_udp_load_balancer(
     harness.eventually(
         "the refused caller counted",
         lambda: (status(cp, namespace, "srt").get("refusedPublishes") or 0) >= 1,
+        timeout=30,
+        logs=logs,
+    )
+
+
+WHIP_CLIENT = REPO_ROOT / "tests" / "e2e" / "whip_client.py"
+WHEP_CLIENT = REPO_ROOT / "tests" / "e2e" / "whep_client.py"
+
+
+def test_a_whip_publisher_goes_live_and_a_whep_viewer_watches_on_the_real_node(
+    control_plane: ControlPlane, namespace: str, running: Running
+) -> None:
+    """WebRTC through the operator: an aiortc publisher POSTs its offer to the ingest
+    Service (the key as bearer token), its media reaches the worker pod's own address
+    (ICE, with the stream's NetworkPolicy letting UDP in), the ladder runs, and an
+    aiortc viewer plays a rendition by WHEP from the playback Service. Both clients
+    run in the cluster's network namespace, where Services and pod IPs exist."""
+    cp, logs = control_plane, running.logs
+    stream = {
+        **STREAM,
+        "metadata": {"name": "webrtc"},
+        "spec": {
+            **STREAM["spec"],
+            "ingest": {"push": {"protocol": "whip", "app": "live"}},
+            "outputs": {"webrtc": {"enabled": True}},
+        },
+    }
+    cp.kubectl("-n", namespace, "apply", "-f", "-", input=yaml.safe_dump_all([PROFILE, stream]))
+    ready = ready_to_publish(cp, namespace, logs, "webrtc", scheme="http")
+    assert ready["ingestUrl"].endswith(":8889/whip/live"), ready["ingestUrl"]
+    key = stream_key(cp, namespace, ready["streamKeySecret"])
+
+    def cluster_ip(service: str) -> str:
+        doc = harness.get_json(cp.kubectl, "-n", namespace, "service", service)
+        assert doc is not None
+        return str(doc["spec"]["clusterIP"])
+
+    in_cluster = ["nsenter", f"--net={cp.netns}", "--", sys.executable]
+    whip = f"http://{cluster_ip('webrtc-ingest')}:8889/whip/live"
+    wrong = subprocess.run(
+        [*in_cluster, str(WHIP_CLIENT), whip, "--seconds", "2"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "WHIP_TOKEN": "nope"},
+    )  # fmt: skip
+    assert '"status": 401' in wrong.stdout, wrong.stdout + wrong.stderr[-2000:]
+    publisher = subprocess.Popen(
+        [*in_cluster, str(WHIP_CLIENT), whip, "--seconds", "45", "--codec", "h264"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "WHIP_TOKEN": key},  # not in argv, where ps would show it
+    )  # fmt: skip
+    try:
+        live = harness.eventually(
+            "phase Live from the WHIP publisher",
+            lambda: (
+                (st := status(cp, namespace, "webrtc")).get("phase") == "Live"
+                and st.get("whepUrl")
+                and st
+            ),
+            timeout=60,
+            logs=logs,
+        )
+        assert live["input"]["resolution"] == "640x360", live["input"]
+        assert live["whepUrl"].endswith("/whep/360p"), live["whepUrl"]
+        assert key not in json.dumps(live)
+        master_url = live["playbackUrl"]
+        media_url = master_url.rsplit("/", 1)[0] + "/360p/index.m3u8"
+        harness.eventually(
+            "HLS segments of the WHIP publish",
+            lambda: ".ts" in (_try(fetch, media_url) or ""),
+            timeout=30,
+            logs=logs,
+        )
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,width,height",
+             "-of", "json", media_url],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert probe.returncode == 0, probe.stderr
+        assert {"h264", "aac"} <= {s["codec_name"] for s in json.loads(probe.stdout)["streams"]}
+
+        whep = f"http://{cluster_ip('webrtc-playback')}:8080/whep/180p"
+        viewer = subprocess.run(
+            [*in_cluster, str(WHEP_CLIENT), whep, "--seconds", "6"],
+            capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+        assert viewer.returncode == 0, viewer.stderr[-2000:]
+        watched = json.loads(viewer.stdout.strip().splitlines()[-1])
+        assert watched["event"] == "watched", watched
+        assert watched["sizes"] == [[320, 180]], watched
+        assert watched["frames"] >= 50 and watched["audio_frames"] >= 100, watched
+    finally:
+        publisher.kill()
+        publisher.wait()
+    harness.eventually(
+        "the vanished WHIP publisher's session over",
+        lambda: status(cp, namespace, "webrtc").get("phase") in ("Reconnecting", "Idle"),
         timeout=30,
         logs=logs,
     )

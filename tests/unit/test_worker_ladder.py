@@ -259,3 +259,33 @@ def test_a_resolution_change_mid_stream_continues_the_rendition_timeline(tmp_pat
     out.close()
     assert sorted(packets) == list(range(len(packets)))  # one frame every 1/30 s, no repeat
     assert 58 <= len(packets) <= 61
+
+
+def _reordered(options: dict[str, str], rung: ladder.Rung) -> int:
+    """Packets whose pts differs from their dts, from libx264 with ``options``."""
+    codec = av.CodecContext.create("libx264", "w")
+    codec.width, codec.height, codec.pix_fmt = rung.width, rung.height, "yuv420p"
+    codec.time_base = Fraction(1, 25)
+    codec.options = options
+    codec.open()
+    packets = []
+    for i in range(40):
+        frame = av.VideoFrame(rung.width, rung.height, "yuv420p")
+        for plane in frame.planes:
+            plane.update(bytes([(i * 7) % 256]) * plane.buffer_size)
+        frame.pts = i
+        packets += codec.encode(frame)
+    packets += codec.encode(None)
+    return sum(1 for p in packets if p.pts != p.dts)
+
+
+def test_whep_renditions_are_encoded_without_b_frames_whatever_the_preset() -> None:
+    profile = TranscodeProfileSpec.model_validate(
+        {"renditions": [{"name": "360p", "width": 640, "height": 360, "videoBitrate": 800,
+                         "preset": "medium"}]}
+    )  # fmt: skip
+    rung = ladder.plan(profile, source=source(640, 360, 25.0)).rungs[0]
+    assert _reordered(ladder.x264_options(rung, gop_seconds=2), rung) > 0, "medium has B-frames"
+    options = ladder.x264_options(rung, gop_seconds=2, b_frames=False)
+    assert options["bf"] == "0"
+    assert _reordered(options, rung) == 0

@@ -193,9 +193,14 @@ def gop_frames(rung: Rung, *, gop_seconds: int) -> int:
     return max(1, round(gop_seconds * rung.fps))
 
 
-def x264_options(rung: Rung, *, gop_seconds: int, threads: int = 0) -> dict[str, str]:
+def x264_options(
+    rung: Rung, *, gop_seconds: int, threads: int = 0, b_frames: bool = True
+) -> dict[str, str]:
     """libx264 settings for a fixed, aligned GOP (same as ``ffmpeg -g G -keyint_min G
-    -sc_threshold 0 -force_key_frames ...`` on the command line)."""
+    -sc_threshold 0 -force_key_frames ...`` on the command line).
+
+    ``b_frames=False``: none, whatever the preset says; WebRTC (WHEP) viewers get the
+    packets in decode order and expect no reordering."""
     assert rung.video_kbps and rung.maxrate_kbps and rung.bufsize_kbit
     gop = gop_frames(rung, gop_seconds=gop_seconds)
     options = {
@@ -215,6 +220,8 @@ def x264_options(rung: Rung, *, gop_seconds: int, threads: int = 0) -> dict[str,
     }
     if rung.level:
         options["level"] = rung.level
+    if not b_frames:
+        options["bf"] = "0"
     return options
 
 
@@ -372,6 +379,7 @@ class Encoder:
         with_audio: bool,
         x264_threads: int = 0,
         x264_thread_type: str = "frame",
+        b_frames: bool = True,
     ) -> None:
         assert rung.fps is not None
         self.rung = rung
@@ -380,7 +388,9 @@ class Encoder:
         self.video_stream = container.add_stream(
             "libx264",
             rate=rung.fps,
-            options=x264_options(rung, gop_seconds=ladder.gop_seconds, threads=x264_threads),
+            options=x264_options(
+                rung, gop_seconds=ladder.gop_seconds, threads=x264_threads, b_frames=b_frames
+            ),
         )
         ctx = self.video_stream.codec_context
         # NB: PyAV opens codecs with slice threading, which makes libx264 use sliced

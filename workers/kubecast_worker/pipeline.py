@@ -141,6 +141,8 @@ class Rendition:
                 with_audio=source.has_audio,
                 x264_threads=settings.x264_threads,
                 x264_thread_type=settings.x264_thread_type,
+                # WHEP viewers share these packets: no B-frames (see whep.py).
+                b_frames=settings.video_tap is None,
             )
         self.threaded = settings.threads
         self.video_tap = settings.video_tap

@@ -166,7 +166,8 @@ class PlaylistType(StrEnum):
 class HlsOutput(ApiModel):
     segment_type: SegmentType = Field(
         default=SegmentType.TS,
-        description="Segment container: ts (MPEG-TS, widest support) or fmp4 (CMAF).",
+        description="Segment container: ts (MPEG-TS, which every HLS player plays) or fmp4"
+        " (CMAF: fragmented MP4, which HLS and DASH share; spec.outputs.dash needs it).",
     )
     window_segments: int = Field(
         strict=True,
@@ -188,14 +189,36 @@ class DashOutput(ApiModel):
     enabled: bool = Field(
         strict=True,
         default=False,
-        description="Also publish a DASH manifest. Not produced by this version yet: the"
-        " OutputsReady condition says so while it is asked for.",
+        description="Also publish a live DASH manifest (/manifest.mpd) of the same CMAF"
+        " segments as HLS; needs spec.outputs.hls.segmentType fmp4. Audio then goes in a"
+        " rendition of its own (one per distinct audioBitrate), which the HLS master"
+        " offers as an audio group, as DASH players need.",
     )
 
 
+DASH_NEEDS_FMP4 = (
+    "spec.outputs.dash needs CMAF segments: set spec.outputs.hls.segmentType to fmp4"
+    " (HLS and DASH then share the same segments), or turn DASH off"
+)
+
+
 class Outputs(ApiModel):
+    model_config = validated_by(
+        cel(
+            "!(has(self.dash) && has(self.dash.enabled) && self.dash.enabled)"
+            " || (has(self.hls) && has(self.hls.segmentType) && self.hls.segmentType == 'fmp4')",
+            DASH_NEEDS_FMP4,
+        )
+    )
+
     hls: HlsOutput = Field(default_factory=HlsOutput, description="HLS output (always on).")
     dash: DashOutput = Field(default_factory=DashOutput, description="Optional DASH output.")
+
+    @model_validator(mode="after")
+    def _dash_needs_fmp4(self) -> Self:
+        if self.dash.enabled and self.hls.segment_type != SegmentType.FMP4:
+            raise ValueError(DASH_NEEDS_FMP4)
+        return self
 
 
 class RestreamTarget(ApiModel):
@@ -407,7 +430,8 @@ class LiveStreamStatus(ApiModel):
         " (from the smallest rendition's pictures; the last one stays while Idle).",
     )
     dash_url: str | None = Field(
-        default=None, description="DASH manifest URL, once DASH is produced."
+        default=None,
+        description="DASH manifest URL (spec.outputs.dash), once the worker has written it.",
     )
     input: InputStatus | None = Field(default=None, description="What the worker receives.")
     renditions: list[RenditionStatus] = Field(

@@ -284,6 +284,7 @@ class HlsWriter:
             options["hls_playlist_type"] = "event"
         self._seen = segment_count(self._published) if self._published else 0
         self._mtime = 0
+        self._audio_only: bool | None = None
         state.segment_bitrates = SegmentBitrates(packaging.segment_seconds)
         self.container: av.container.OutputContainer = av.open(
             str(self.muxer_playlist), mode="w", format="hls", options=options
@@ -291,18 +292,21 @@ class HlsWriter:
 
     def write(self, packets: Iterable[Packet], *, media_time: float | None = None) -> None:
         state = self.state
+        if self._audio_only is None:  # the streams are all there by the first write
+            self._audio_only = all(s.type == "audio" for s in self.container.streams)
         written = 0
         for packet in packets:
             if packet.size == 0:
                 continue
             size = packet.size
             video = packet.stream.type == "video"
-            keyframe = video and packet.is_keyframe
+            # A segment can only have been closed when a keyframe arrived; in an
+            # audio-only rendition (DASH layout) at any packet.
+            boundary = packet.is_keyframe if video else self._audio_only
             self.container.mux(packet)
             written += size
             state.frames_out += video
-            if keyframe:
-                # A segment can only have been closed when a keyframe arrived.
+            if boundary:
                 self._check_playlist()
         state.bytes_out += written
         if media_time is not None:

@@ -208,6 +208,7 @@ class Outputs(ApiModel):
             "!(has(self.dash) && has(self.dash.enabled) && self.dash.enabled)"
             " || (has(self.hls) && has(self.hls.segmentType) && self.hls.segmentType == 'fmp4')",
             DASH_NEEDS_FMP4,
+            field_path=".dash",
         )
     )
 

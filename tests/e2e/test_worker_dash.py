@@ -288,6 +288,8 @@ def play(browser: Any, worker: WorkerProcess, *, page_html: str, script: Path) -
         assert page.evaluate("document.getElementById('video').videoHeight") in (180, 360)
     finally:
         context.close()
+    # Nothing but the origin: dash.js asks a public time server unless the MPD says UTCTiming.
+    assert all(u.startswith(worker.http) for u in fetched), fetched
     return [u for u in fetched if u.endswith((".m4s", ".mp4"))]
 
 

@@ -64,7 +64,7 @@ class Track:
     codecs: str
     width: int = 0
     height: int = 0
-    frame_rate: float | None = None
+    frame_rate: float | Fraction | None = None
     sample_rate: int = 48000
     channels: int = 2
 
@@ -262,9 +262,12 @@ def render(
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(mpd, encoding="unicode") + "\n"
 
 
-def _frame_rate(fps: float) -> str:
+def _frame_rate(fps: float | Fraction) -> str:
     """25 or 30000/1001: DASH's FrameRateType is an integer or a fraction."""
     rate = Fraction(fps).limit_denominator(1001)
+    ntsc = Fraction(round(fps * 1.001) * 1000, 1001)  # 29.97 (rounded for people) is 30000/1001
+    if rate.denominator != 1 and abs(float(ntsc) - fps) < 0.005:
+        rate = ntsc
     return str(rate.numerator) if rate.denominator == 1 else f"{rate.numerator}/{rate.denominator}"
 
 

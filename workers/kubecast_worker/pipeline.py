@@ -586,7 +586,7 @@ def _write_master(
                 codecs=video.codecs,
                 width=video.width,
                 height=video.height,
-                frame_rate=video.frame_rate,
+                frame_rate=r.rung.fps or video.frame_rate,
             )
         )
         if r.rung.audio_kbps in audio:

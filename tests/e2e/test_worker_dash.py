@@ -311,3 +311,43 @@ def test_hls_js_plays_the_same_segment_files(
     # The same files: the init sections both players asked for are the very same URLs.
     inits = {u for u in hls_fetched if u.endswith("-init.mp4")}
     assert inits & {u for u in dash_fetched if u.endswith("-init.mp4")}, (inits, dash_fetched)
+
+
+# -- a publisher that drops and comes back -------------------------------------------------
+
+
+def test_a_publisher_back_within_the_window_is_a_new_period_and_the_end_ends_it(
+    tmp_path: Path,
+) -> None:
+    worker = launch_configured_worker(
+        tmp_path,
+        key=KEY,
+        profile=PROFILE,
+        reconnect_window=8,
+        outputs={"hls": {"segmentType": "fmp4"}, "dash": {"enabled": True}},
+    )
+    try:
+        for _ in range(2):
+            publish(worker.rtmp(key=KEY), seconds=5)
+            worker.wait_logged("publish ended", count=_ + 1, timeout=30)
+        until(lambda: worker.status()["state"] == "idle", timeout=30, what="the window to pass")
+        mpd = manifest(worker)
+        periods = mpd.findall("d:Period", NS)
+        assert len(periods) == 2, ET.tostring(mpd)
+        first, second = (float(p.get("start")[2:-1]) for p in periods)
+        assert second >= first + 4, "the second session started after the first one's media"
+        for period in periods:
+            kinds = [a.get("contentType") for a in period.findall("d:AdaptationSet", NS)]
+            assert kinds == ["video", "audio"]
+            templates = period.findall(".//d:SegmentTemplate", NS)
+            assert all(t.get("media").split("/")[1].startswith(period.get("id")) for t in templates)
+        # The session numbering goes on from where the first one stopped.
+        numbers = [int(p.find(".//d:SegmentTemplate", NS).get("startNumber")) for p in periods]
+        assert numbers[1] > numbers[0]
+        # Over: no more updates, and the last period has its length.
+        assert "minimumUpdatePeriod" not in mpd.attrib
+        assert periods[-1].get("duration", "").startswith("PT")
+        assert "#EXT-X-DISCONTINUITY" in (worker.out / "audio-96k" / "index.m3u8").read_text()
+        assert "#EXT-X-ENDLIST" in (worker.out / "audio-64k" / "index.m3u8").read_text()
+    finally:
+        worker.stop()

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ladder  # noqa: E402  (bench/ladder.py: the same input and profile)
+import ladder  # bench/ladder.py: the same input and profile
 
 WAYS: dict[str, list[str]] = {
     "ts": ["--segment-type", "ts"],

@@ -288,6 +288,14 @@ class WorkerResources(ApiModel):
     )
 
 
+#: A restream copies one rendition's HLS, audio included; with DASH its audio is apart.
+RESTREAM_WITHOUT_DASH = (
+    "spec.restream cannot be combined with spec.outputs.dash yet: a restream copies one"
+    " rendition, and with DASH its audio is in a rendition of its own; remove the restream"
+    " targets or turn DASH off"
+)
+
+
 class LiveStreamSpec(ApiModel):
     model_config = validated_by(
         cel(
@@ -305,6 +313,13 @@ class LiveStreamSpec(ApiModel):
             "self.playbackService.type == 'NodePort' || !has(self.playbackService.nodePort)",
             "nodePort is only valid when type is NodePort",
             ".playbackService.nodePort",
+        ),
+        cel(
+            "!has(self.restream) || size(self.restream) == 0 || !has(self.outputs)"
+            " || !has(self.outputs.dash) || !has(self.outputs.dash.enabled)"
+            " || !self.outputs.dash.enabled",
+            RESTREAM_WITHOUT_DASH,
+            ".restream",
         ),
     )
 
@@ -355,6 +370,12 @@ class LiveStreamSpec(ApiModel):
         ):
             if service.node_port is not None and service.type != ServiceType.NODE_PORT:
                 raise ValueError(f"{name}.nodePort is only valid when type is NodePort")
+        return self
+
+    @model_validator(mode="after")
+    def _restream_without_dash(self) -> Self:
+        if self.restream and self.outputs.dash.enabled:
+            raise ValueError(RESTREAM_WITHOUT_DASH)
         return self
 
 

@@ -169,7 +169,8 @@ class PlaylistType(StrEnum):
 class HlsOutput(ApiModel):
     segment_type: SegmentType = Field(
         default=SegmentType.TS,
-        description="Segment container: ts (MPEG-TS, widest support) or fmp4 (CMAF).",
+        description="Segment container: ts (MPEG-TS, which every HLS player plays) or fmp4"
+        " (CMAF: fragmented MP4, which HLS and DASH share; spec.outputs.dash needs it).",
     )
     window_segments: int = Field(
         strict=True,
@@ -191,8 +192,10 @@ class DashOutput(ApiModel):
     enabled: bool = Field(
         strict=True,
         default=False,
-        description="Also publish a DASH manifest. Not produced by this version yet: the"
-        " OutputsReady condition says so while it is asked for.",
+        description="Also publish a live DASH manifest (/manifest.mpd) of the same CMAF"
+        " segments as HLS; needs spec.outputs.hls.segmentType fmp4. Audio then goes in a"
+        " rendition of its own (one per distinct audioBitrate), which the HLS master"
+        " offers as an audio group, as DASH players need.",
     )
 
 
@@ -204,14 +207,33 @@ class WebrtcOutput(ApiModel):
         " to <playback>/whep/<rendition>. Viewers share the rendition's one encode; the"
         " media flows over UDP to the worker pod's own address (see docs/webrtc.md).",
     )
+DASH_NEEDS_FMP4 = (
+    "spec.outputs.dash needs CMAF segments: set spec.outputs.hls.segmentType to fmp4"
+    " (HLS and DASH then share the same segments), or turn DASH off"
+)
 
 
 class Outputs(ApiModel):
+    model_config = validated_by(
+        cel(
+            "!(has(self.dash) && has(self.dash.enabled) && self.dash.enabled)"
+            " || (has(self.hls) && has(self.hls.segmentType) && self.hls.segmentType == 'fmp4')",
+            DASH_NEEDS_FMP4,
+            field_path=".dash",
+        )
+    )
+
     hls: HlsOutput = Field(default_factory=HlsOutput, description="HLS output (always on).")
     dash: DashOutput = Field(default_factory=DashOutput, description="Optional DASH output.")
     webrtc: WebrtcOutput = Field(
         default_factory=WebrtcOutput, description="Optional WebRTC (WHEP) playback."
     )
+
+    @model_validator(mode="after")
+    def _dash_needs_fmp4(self) -> Self:
+        if self.dash.enabled and self.hls.segment_type != SegmentType.FMP4:
+            raise ValueError(DASH_NEEDS_FMP4)
+        return self
 
 
 class RestreamTarget(ApiModel):
@@ -280,6 +302,14 @@ class WorkerResources(ApiModel):
     )
 
 
+#: A restream copies one rendition's HLS, audio included; with DASH its audio is apart.
+RESTREAM_WITHOUT_DASH = (
+    "spec.restream cannot be combined with spec.outputs.dash yet: a restream copies one"
+    " rendition, and with DASH its audio is in a rendition of its own; remove the restream"
+    " targets or turn DASH off"
+)
+
+
 class LiveStreamSpec(ApiModel):
     model_config = validated_by(
         cel(
@@ -297,6 +327,13 @@ class LiveStreamSpec(ApiModel):
             "self.playbackService.type == 'NodePort' || !has(self.playbackService.nodePort)",
             "nodePort is only valid when type is NodePort",
             ".playbackService.nodePort",
+        ),
+        cel(
+            "!has(self.restream) || size(self.restream) == 0 || !has(self.outputs)"
+            " || !has(self.outputs.dash) || !has(self.outputs.dash.enabled)"
+            " || !self.outputs.dash.enabled",
+            RESTREAM_WITHOUT_DASH,
+            ".restream",
         ),
     )
 
@@ -347,6 +384,12 @@ class LiveStreamSpec(ApiModel):
         ):
             if service.node_port is not None and service.type != ServiceType.NODE_PORT:
                 raise ValueError(f"{name}.nodePort is only valid when type is NodePort")
+        return self
+
+    @model_validator(mode="after")
+    def _restream_without_dash(self) -> Self:
+        if self.restream and self.outputs.dash.enabled:
+            raise ValueError(RESTREAM_WITHOUT_DASH)
         return self
 
 
@@ -424,7 +467,8 @@ class LiveStreamStatus(ApiModel):
         " (from the smallest rendition's pictures; the last one stays while Idle).",
     )
     dash_url: str | None = Field(
-        default=None, description="DASH manifest URL, once DASH is produced."
+        default=None,
+        description="DASH manifest URL (spec.outputs.dash), once the worker has written it.",
     )
     whep_url: str | None = Field(
         default=None,

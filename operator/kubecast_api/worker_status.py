@@ -92,6 +92,7 @@ class WorkerStatus(ApiModel):
     renditions: list[WorkerRendition] = Field(default_factory=list)
     playback_url: str | None = None
     thumbnail_url: str | None = None
+    dash_url: str | None = None
     frames_decoded: int = 0
     dropped_frames: int = 0
     late_frames: int = 0

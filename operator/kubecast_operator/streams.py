@@ -404,18 +404,26 @@ def rollout_condition(seen: Observation) -> dict[str, Any]:
 def outputs_condition(seen: Observation) -> dict[str, Any]:
     """OutputsReady: whether the worker produces every output the spec asks for.
 
-    DASH is part of the API but this version does not produce it yet: saying so
-    here (and leaving dashUrl unset) is what a user can act on; a URL that answers
-    404 is not. A restream target that keeps failing, or whose key Secret is
-    missing, makes it False too; HLS playback goes on either way.
+    DASH (spec.outputs.dash) is produced once the worker has written its manifest;
+    until then, while the stream is live, the condition says it is missing (and
+    dashUrl stays unset: a URL that answers 404 is worse than none). A restream
+    target that keeps failing, or whose key Secret is missing, makes it False too;
+    HLS playback goes on either way.
     """
     spec = seen.spec
-    if spec is not None and spec.outputs.dash.enabled:
+    worker = seen.worker or {}
+    if (
+        spec is not None
+        and spec.outputs.dash.enabled
+        and worker.get("playbackUrl")
+        and not worker.get("dashUrl")
+    ):
         return conditions.condition(
             "OutputsReady",
             False,
-            "OutputNotImplemented",
-            "this kubecast version does not produce DASH (spec.outputs.dash); HLS is served",
+            "DashNotProduced",
+            "the worker serves HLS but no DASH manifest yet (spec.outputs.dash); a worker"
+            " image older than this operator does not produce DASH",
         )
     missing = missing_restream_keys(seen)
     if missing:
@@ -510,6 +518,8 @@ def compute_status(
         ]
         if seen.spec and seen.spec.outputs.webrtc.enabled and active:
             status["whepUrl"] = f"{playback_base}/whep/{active[0]}"
+        if (seen.worker or {}).get("dashUrl"):
+            status["dashUrl"] = f"{playback_base}/manifest.mpd"
 
     ready_deployment = bool((seen.deployment or {}).get("status", {}).get("availableReplicas"))
     worker_state = (seen.worker or {}).get("state")

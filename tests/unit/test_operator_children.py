@@ -358,19 +358,27 @@ def test_profile_status_counts_users_and_reports_deferred_deletion() -> None:
     assert "studio" in deleting["conditions"][1]["message"]
 
 
-def test_outputs_this_version_cannot_produce_are_reported_not_advertised() -> None:
+def test_dash_url_is_advertised_once_the_worker_has_written_the_manifest() -> None:
     stream = body("livestream-push.yaml")
     plain = streams.compute_status(stream, _observed(LIVE_WORKER))
     outputs = next(c for c in plain["conditions"] if c["type"] == "OutputsReady")
     assert (outputs["status"], outputs["reason"]) == ("True", "OutputsServed")
+    assert "dashUrl" not in plain
 
-    stream["spec"]["outputs"] = {"dash": {"enabled": True}}
-    status = streams.compute_status(stream, _observed(LIVE_WORKER, stream))
+    stream["spec"]["outputs"] = {"hls": {"segmentType": "fmp4"}, "dash": {"enabled": True}}
+    hls_only = {**LIVE_WORKER, "playbackUrl": "/master.m3u8"}
+    status = streams.compute_status(stream, _observed(hls_only, stream))
     assert "dashUrl" not in status, "a DASH URL that answers 404 is worse than none"
     assert status["phase"] == "Live", "HLS still plays"
     outputs = next(c for c in status["conditions"] if c["type"] == "OutputsReady")
-    assert (outputs["status"], outputs["reason"]) == ("False", "OutputNotImplemented")
-    assert "DASH (spec.outputs.dash)" in outputs["message"]
+    assert (outputs["status"], outputs["reason"]) == ("False", "DashNotProduced")
+    assert "spec.outputs.dash" in outputs["message"]
+
+    both = {**hls_only, "dashUrl": "/manifest.mpd"}
+    status = streams.compute_status(stream, _observed(both, stream))
+    assert status["dashUrl"] == status["playbackUrl"].replace("master.m3u8", "manifest.mpd")
+    outputs = next(c for c in status["conditions"] if c["type"] == "OutputsReady")
+    assert (outputs["status"], outputs["reason"]) == ("True", "OutputsServed")
 
 
 RESTREAM = [

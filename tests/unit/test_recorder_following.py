@@ -8,6 +8,7 @@ from pathlib import Path
 import m3u8
 import pytest
 
+from kubecast_worker import packager
 from kubecast_worker.recorder import cli, origin, tracking
 from kubecast_worker.recorder.options import OptionsError, parse_formats, parse_time
 
@@ -108,6 +109,26 @@ def test_an_unknown_rendition_says_which_ones_exist() -> None:
         origin.choose_rendition(master, MASTER_URL, "4k")
     message = str(caught.value)
     assert "'4k'" in message and "720p" in message and "spec.rendition" in message
+
+
+def test_a_rendition_whose_audio_is_a_separate_group_is_refused_with_the_reason() -> None:
+    # What a worker with spec.outputs.dash serves: video-only variants, audio apart.
+    text = packager.render_master(
+        [
+            packager.Variant(
+                uri="720p/index.m3u8", bandwidth=3_000_000, average_bandwidth=2_800_000,
+                width=1280, height=720, codecs="avc1.64001f,mp4a.40.2", frame_rate=30,
+                audio_group="audio-128k",
+            )
+        ],
+        segment_type="fmp4",
+        audio_groups=[packager.AudioGroup("audio-128k", "audio-128k/index.m3u8", 128, 2)],
+    )  # fmt: skip
+    master = m3u8.loads(text, uri=MASTER_URL)
+    for wanted in (None, "720p"):
+        with pytest.raises(origin.SeparateAudio) as caught:
+            origin.choose_rendition(master, MASTER_URL, wanted)
+        assert "no audio" in str(caught.value) and "spec.outputs.dash" in str(caught.value)
 
 
 def test_a_media_playlist_as_source_is_its_own_rendition() -> None:

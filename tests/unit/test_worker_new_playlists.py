@@ -56,10 +56,10 @@ def test_status_drops_the_old_master_until_the_new_one_is_written(
     offered: list[tuple[str | None, bool]] = []
     real_write_master = packager.write_master
 
-    def write_master(out_dir: Path, variants: Any, *, segment_type: str) -> None:
+    def write_master(out_dir: Path, variants: Any, **options: Any) -> None:
         # Just before the new master exists: what /status offers, and whether it is there.
         offered.append((status.master_url, (out_dir / packager.MASTER).exists()))
-        real_write_master(out_dir, variants, segment_type=segment_type)
+        real_write_master(out_dir, variants, **options)
 
     monkeypatch.setattr(packager, "write_master", write_master)
     media = clip(tmp_path / "clip.mp4")

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         " config's host (the operator passes the pod IP)",
     )
     run.add_argument("--segment-type", choices=("ts", "fmp4"))
+    run.add_argument(
+        "--dash", action="store_true", help="also a DASH manifest (needs --segment-type fmp4)"
+    )
     run.add_argument("--window-segments", type=int, metavar="N")
     run.add_argument("--reconnect-window", type=int, metavar="SECONDS")
     run.add_argument(
@@ -119,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     transcode.add_argument("--profile", help="TranscodeProfile manifest or bare spec")
     transcode.add_argument("--out", required=True, help="output directory")
     transcode.add_argument("--segment-type", choices=("ts", "fmp4"), default="ts")
+    transcode.add_argument(
+        "--dash", action="store_true", help="also a DASH manifest (needs --segment-type fmp4)"
+    )
     _tuning(transcode)
     _logging(transcode)
 
@@ -154,6 +160,7 @@ def _run(args: argparse.Namespace) -> int:
             pull=args.pull,
             loop=args.loop,
             segment_type=args.segment_type,
+            dash=args.dash,
             window_segments=args.window_segments,
             reconnect_window=args.reconnect_window,
             event_playlist=args.event_playlist,
@@ -204,6 +211,8 @@ def _transcode(args: argparse.Namespace) -> int:
     url = args.input if "://" in args.input else Path(args.input).resolve().as_uri()
     status = Status(stream="transcode", mode="pull", ingest_url=url)
     stop = threading.Event()
+    if args.dash and args.segment_type != "fmp4":
+        raise config_mod.ConfigError("--dash needs --segment-type fmp4 (DASH describes CMAF)")
     settings = pipeline.Settings(
         profile=profile,
         packaging=packager.Packaging(
@@ -211,6 +220,7 @@ def _transcode(args: argparse.Namespace) -> int:
             segment_seconds=profile.segment_seconds,
             segment_type=args.segment_type,
             event=True,
+            dash=args.dash,
         ),
         live=False,
         threads=not args.sequential,

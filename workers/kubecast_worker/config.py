@@ -169,6 +169,7 @@ def config_from_flags(
     pull: str | None = None,
     loop: bool = False,
     segment_type: str | None = None,
+    dash: bool = False,
     window_segments: int | None = None,
     reconnect_window: int | None = None,
     event_playlist: bool = False,
@@ -205,6 +206,8 @@ def config_from_flags(
             hls["playlistType"] = "event"
         if hls:
             document["outputs"] = {"hls": hls}
+        if dash:
+            document.setdefault("outputs", {})["dash"] = {"enabled": True}
         if reconnect_window is not None:
             document["reconnectWindowSeconds"] = reconnect_window
         if profile:

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -36,6 +37,8 @@ from kubecast_api.profile import AudioCodec, TranscodeProfileSpec, VideoCodec
 from kubecast_worker.status import InputState
 from kubecast_worker.thumbnail import Thumbnailer
 
+#: The HLS CODECS (and DASH codecs) of AAC-LC.
+AAC_LC = "mp4a.40.2"
 #: AAC-LC codes 1024 samples per frame.
 AAC_FRAME_SIZE = 1024
 #: Audio timestamps that jump further than this from the samples' own count are
@@ -67,6 +70,30 @@ class Rung:
     preset: str
     profile: str
     level: str | None
+    #: an audio-only rendition (DASH: audio is not muxed with the video)
+    audio_only: bool = False
+
+
+def audio_rungs(plan: Ladder, *, name: Callable[[int], str]) -> list[Rung]:
+    """One audio-only rendition per distinct audio bitrate of the ladder, highest first."""
+    return [
+        Rung(
+            name=name(kbps),
+            passthrough=False,
+            width=0,
+            height=0,
+            fps=None,
+            video_kbps=None,
+            maxrate_kbps=kbps,
+            bufsize_kbit=None,
+            audio_kbps=kbps,
+            preset="",
+            profile="",
+            level=None,
+            audio_only=True,
+        )
+        for kbps in sorted({r.audio_kbps for r in plan.rungs}, reverse=True)
+    ]
 
 
 @dataclass(frozen=True)
@@ -496,6 +523,31 @@ class Encoder:
         if self.audio_stream is not None and self.audio_stream.codec_context.is_open:
             packets.extend(self.audio_stream.encode(None))
         return packets
+
+
+class AudioEncoder:
+    """AAC alone into ``container``: an audio-only rendition (the DASH layout).
+
+    Owned by one thread, like ``Encoder``, whose audio half it is.
+    """
+
+    def __init__(self, *, rung: Rung, ladder: Ladder, container: av.container.OutputContainer):
+        self.rung = rung
+        self.audio_stream = container.add_stream("aac", rate=ladder.audio_rate)
+        ctx = self.audio_stream.codec_context
+        ctx.layout = "stereo" if ladder.audio_channels == 2 else "mono"
+        ctx.format = "fltp"
+        ctx.bit_rate = rung.audio_kbps * 1000
+        self.codecs = AAC_LC
+        self.thumbnail: Thumbnailer | None = None
+
+    def audio(self, frame: AudioFrame) -> list[Packet]:
+        return list(self.audio_stream.encode(frame))
+
+    def flush(self) -> list[Packet]:
+        if not self.audio_stream.codec_context.is_open:
+            return []
+        return list(self.audio_stream.encode(None))
 
 
 class Copier:

@@ -4,6 +4,7 @@ CDN), the preview page, and the probes. Nothing else.
     GET /master.m3u8, /<rendition>/index.m3u8     application/vnd.apple.mpegurl, max-age=1
     GET /<rendition>/<epoch>-00042.ts              video/mp2t, immutable
     GET /<rendition>/<epoch>-00042.m4s | -init.mp4 video/mp4, immutable
+    GET /manifest.mpd                              application/dash+xml, max-age=1 (DASH)
     GET /thumbnail.jpg                             image/jpeg, max-age=1 (a still, every 5 s)
     GET /healthz    200 while the process serves requests
     GET /readyz     200 once the ingest front listens (or the pull loop runs)
@@ -46,13 +47,14 @@ if TYPE_CHECKING:
 
 CONTENT_TYPES = {
     ".m3u8": "application/vnd.apple.mpegurl",
+    ".mpd": "application/dash+xml",
     ".ts": "video/mp2t",
     ".m4s": "video/mp4",
     ".mp4": "video/mp4",
     ".jpg": "image/jpeg",
 }
 #: Files replaced in place (by rename) as the stream goes on: read whole, cached briefly.
-CHANGING = (".m3u8", ".jpg")
+CHANGING = (".m3u8", ".mpd", ".jpg")
 PLAYLIST_CACHE = "public, max-age=1"
 SEGMENT_CACHE = "public, max-age=31536000, immutable"
 NO_CACHE = "no-cache"

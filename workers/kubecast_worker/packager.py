@@ -10,9 +10,11 @@ new segment changes its measured bitrates.
 Layout of the output directory::
 
     master.m3u8
+    manifest.mpd                       (DASH, of the same fMP4 segments: mpd.py)
     thumbnail.jpg                      (a still of the smallest rendition)
     <rendition>/index.m3u8
     <rendition>/<epoch>-00000.ts       (or .m4s, with <epoch>-init.mp4)
+    audio-<kbps>k/index.m3u8           (with DASH: the audio, in renditions of its own)
 
 ``epoch`` is new for every session, so a segment name is never reused for
 different bytes and caches may keep segments forever (``immutable``).
@@ -50,10 +52,13 @@ import av.container
 import m3u8
 from av.packet import Packet
 
-from kubecast_worker import files, thumbnail
+from kubecast_worker import files, mpd, thumbnail
 from kubecast_worker.status import RenditionState, SegmentBitrates
 
 MASTER = "master.m3u8"
+MANIFEST = mpd.NAME
+#: Directory names of the audio-only renditions (DASH): ``audio-128k``.
+AUDIO_PREFIX = "audio-"
 THUMBNAIL = thumbnail.NAME
 PLAYLIST = "index.m3u8"
 ENDLIST = "#EXT-X-ENDLIST"
@@ -82,6 +87,21 @@ class Packaging:
     window_segments: int = 6
     #: an EVENT playlist keeps every segment (DVR from the start) instead of a window
     event: bool = False
+    #: also a DASH manifest (fmp4 only): video-only renditions, audio in its own
+    dash: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dash and self.segment_type != "fmp4":
+            raise ValueError("DASH needs fmp4 segments (spec.outputs.hls.segmentType: fmp4)")
+
+    @property
+    def window_seconds(self) -> int | None:
+        """How far back a live playlist reaches (None: an event playlist, from the start)."""
+        return None if self.event else self.window_segments * self.segment_seconds
+
+
+def audio_name(kbps: int) -> str:
+    return f"{AUDIO_PREFIX}{kbps}k"
 
 
 def new_epoch() -> str:
@@ -98,6 +118,7 @@ def new_epoch() -> str:
 def reset(out_dir: Path) -> None:
     """Remove the previous session's playlists and segments (ours only)."""
     (out_dir / MASTER).unlink(missing_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
     (out_dir / THUMBNAIL).unlink(missing_ok=True)
     if not out_dir.is_dir():
         return
@@ -123,8 +144,14 @@ def end_playlist(path: Path) -> bool:
 
 
 def end(out_dir: Path, names: Iterable[str]) -> list[str]:
-    """End every media playlist; returns the names that had one."""
-    return [name for name in names if end_playlist(out_dir / name / PLAYLIST)]
+    """End every media playlist (the audio-only ones too) and the DASH manifest;
+    returns the names that had a playlist."""
+    names = list(names)
+    if out_dir.is_dir():
+        names += sorted(d.name for d in out_dir.glob(AUDIO_PREFIX + "*") if d.is_dir())
+    ended = [name for name in names if end_playlist(out_dir / name / PLAYLIST)]
+    mpd.end(out_dir / MANIFEST)
+    return ended
 
 
 def segment_count(text: str) -> int:
@@ -257,6 +284,7 @@ class HlsWriter:
             options["hls_playlist_type"] = "event"
         self._seen = segment_count(self._published) if self._published else 0
         self._mtime = 0
+        self._audio_only: bool | None = None
         state.segment_bitrates = SegmentBitrates(packaging.segment_seconds)
         self.container: av.container.OutputContainer = av.open(
             str(self.muxer_playlist), mode="w", format="hls", options=options
@@ -264,18 +292,21 @@ class HlsWriter:
 
     def write(self, packets: Iterable[Packet], *, media_time: float | None = None) -> None:
         state = self.state
+        if self._audio_only is None:  # the streams are all there by the first write
+            self._audio_only = all(s.type == "audio" for s in self.container.streams)
         written = 0
         for packet in packets:
             if packet.size == 0:
                 continue
             size = packet.size
             video = packet.stream.type == "video"
-            keyframe = video and packet.is_keyframe
+            # A segment can only have been closed when a keyframe arrived; in an
+            # audio-only rendition (DASH layout) at any packet.
+            boundary = packet.is_keyframe if video else self._audio_only
             self.container.mux(packet)
             written += size
             state.frames_out += video
-            if keyframe:
-                # A segment can only have been closed when a keyframe arrived.
+            if boundary:
                 self._check_playlist()
         state.bytes_out += written
         if media_time is not None:
@@ -346,6 +377,18 @@ class Variant:
     height: int
     codecs: str
     frame_rate: float | None
+    #: GROUP-ID of the EXT-X-MEDIA audio rendition this variant plays with (DASH layout)
+    audio_group: str | None = None
+
+
+@dataclass(frozen=True)
+class AudioGroup:
+    """An audio-only rendition, offered to the variants as ``EXT-X-MEDIA``."""
+
+    group_id: str
+    uri: str
+    kbps: int
+    channels: int
 
 
 #: Segments measured before BANDWIDTH is the measured peak alone: until then it is
@@ -399,12 +442,44 @@ def variant(
     )
 
 
-def render_master(variants: Sequence[Variant], *, segment_type: str = "ts") -> str:
+def with_audio(video: Variant, audio: Variant, *, group: str) -> Variant:
+    """A video-only variant as the master offers it: with its audio group's bitrates
+    and codec added, since BANDWIDTH covers every rendition a variant plays."""
+    return Variant(
+        uri=video.uri,
+        bandwidth=video.bandwidth + audio.bandwidth,
+        average_bandwidth=video.average_bandwidth + audio.average_bandwidth,
+        width=video.width,
+        height=video.height,
+        codecs=f"{video.codecs},{AAC_LC}",
+        frame_rate=video.frame_rate,
+        audio_group=group,
+    )
+
+
+def render_master(
+    variants: Sequence[Variant],
+    *,
+    segment_type: str = "ts",
+    audio_groups: Sequence[AudioGroup] = (),
+) -> str:
     """The multivariant playlist, written with the ``m3u8`` library."""
     master = m3u8.M3U8()
     # fMP4 segments need version 7 (EXT-X-MAP in a media playlist without I-frames only).
     master.version = 7 if segment_type == "fmp4" else 6
     master.is_independent_segments = True
+    media: dict[str, m3u8.Media] = {}
+    for group in audio_groups:
+        media[group.group_id] = m3u8.Media(
+            uri=group.uri,
+            type="AUDIO",
+            group_id=group.group_id,
+            name=f"{group.kbps} kbit/s",
+            default="YES",
+            autoselect="YES",
+            channels=str(group.channels),
+        )
+        master.add_media(media[group.group_id])
     for v in variants:
         info: dict[str, object] = {
             "bandwidth": v.bandwidth,
@@ -414,13 +489,25 @@ def render_master(variants: Sequence[Variant], *, segment_type: str = "ts") -> s
         }
         if v.frame_rate:
             info["frame_rate"] = round(v.frame_rate, 3)
-        master.add_playlist(m3u8.Playlist(v.uri, stream_info=info, media=[], base_uri=None))
+        rendition_group: list[m3u8.Media] = []
+        if v.audio_group:
+            info["audio"] = v.audio_group
+            rendition_group = [media[v.audio_group]]
+        master.add_playlist(
+            m3u8.Playlist(v.uri, stream_info=info, media=rendition_group, base_uri=None)
+        )
     return master.dumps()
 
 
-def write_master(out_dir: Path, variants: Sequence[Variant], *, segment_type: str) -> bool:
+def write_master(
+    out_dir: Path,
+    variants: Sequence[Variant],
+    *,
+    segment_type: str,
+    audio_groups: Sequence[AudioGroup] = (),
+) -> bool:
     """Write the master playlist; returns whether its text changed."""
-    text = render_master(variants, segment_type=segment_type)
+    text = render_master(variants, segment_type=segment_type, audio_groups=audio_groups)
     path = out_dir / MASTER
     try:
         if path.read_text() == text:

@@ -53,7 +53,7 @@ from av.packet import Packet
 from av.video.frame import VideoFrame
 
 from kubecast_api import TranscodeProfileSpec
-from kubecast_worker import ingest, ladder, packager, thumbnail
+from kubecast_worker import ingest, ladder, mpd, packager, thumbnail
 from kubecast_worker.ingest import Media, Source
 from kubecast_worker.logs import Log
 from kubecast_worker.status import RenditionState, Status
@@ -128,17 +128,23 @@ class Rendition:
             session_start=started_at,
         )
         container = self.writer.container
-        self.encoder: ladder.Encoder | None = None
+        self.encoder: ladder.Encoder | ladder.AudioEncoder | None = None
         self.copier: ladder.Copier | None = None
-        if rung.passthrough:
-            self.copier = ladder.Copier(container=container, video=source.video, audio=source.audio)
+        # The DASH layout: video renditions without audio, which has renditions of its own.
+        muxed_audio = source.has_audio and not settings.packaging.dash
+        if rung.audio_only:
+            self.encoder = ladder.AudioEncoder(rung=rung, ladder=plan, container=container)
+        elif rung.passthrough:
+            self.copier = ladder.Copier(
+                container=container, video=source.video, audio=source.audio if muxed_audio else None
+            )
             state.codecs = self.copier.codecs
         else:
             self.encoder = ladder.Encoder(
                 rung=rung,
                 ladder=plan,
                 container=container,
-                with_audio=source.has_audio,
+                with_audio=muxed_audio,
                 x264_threads=settings.x264_threads,
                 x264_thread_type=settings.x264_thread_type,
                 # WHEP viewers share these packets: no B-frames (see whep.py).
@@ -215,7 +221,9 @@ class Rendition:
                 self.writer.write([packet], media_time=media.time if self.copier else None)
             return
         assert self.encoder is not None and media.frame is not None
-        if media.kind == "video":
+        if isinstance(self.encoder, ladder.AudioEncoder):
+            self.writer.write(self.encoder.audio(media.frame), media_time=media.time)  # type: ignore[arg-type]
+        elif media.kind == "video":
             packets = self.encoder.video(media.frame)  # type: ignore[arg-type]
             if self.video_tap is not None and packets:
                 ctx = self.encoder.video_stream.codec_context
@@ -288,6 +296,16 @@ def _rendition_states(plan: ladder.Ladder, source: Source) -> list[RenditionStat
     return states
 
 
+def _audio_state(rung: ladder.Rung) -> RenditionState:
+    """An audio-only rendition's own state: not in ``/status`` renditions (the video ones)."""
+    return RenditionState(
+        name=rung.name,
+        nominal_kbps=rung.audio_kbps,
+        peak_kbps=rung.audio_kbps,
+        playlist=f"/{rung.name}/{packager.PLAYLIST}",
+    )
+
+
 def run(
     *,
     source: Source,
@@ -334,6 +352,7 @@ def run(
                 # must never offer a master that is not there (a player would get a
                 # 404, and give up), and it is polled while the files go.
                 status.master_url = None
+                status.dash_url = None
                 status.thumbnail_url = None
             packager.reset(packaging.out_dir)
         packaging.out_dir.mkdir(parents=True, exist_ok=True)
@@ -352,7 +371,22 @@ def run(
             )
             for rung, state in zip(plan.rungs, states, strict=False)
         ]
-        encoded = [r for r in renditions if r.encoder is not None]
+        if packaging.dash and source.has_audio:
+            for rung in ladder.audio_rungs(plan, name=packager.audio_name):
+                renditions.append(
+                    Rendition(
+                        rung=rung,
+                        plan=plan,
+                        settings=settings,
+                        state=_audio_state(rung),
+                        source=source,
+                        epoch=epoch,
+                        append=continuing,
+                        started_at=started_at,
+                        stop=stop,
+                    )
+                )
+        encoded = [r for r in renditions if isinstance(r.encoder, ladder.Encoder)]
         if encoded:  # the still comes from the smallest picture already scaled
             smallest = min(encoded, key=lambda r: r.rung.width * r.rung.height)
             assert smallest.encoder is not None
@@ -384,17 +418,19 @@ def _transcode(
     started_at: float,
     log: Log,
 ) -> Outcome:
-    encoded = [r for r in renditions if r.encoder is not None]
+    encoded = [r for r in renditions if isinstance(r.encoder, ladder.Encoder)]
     copied = [r for r in renditions if r.copier is not None]
     stills = [r.encoder.thumbnail for r in encoded if r.encoder and r.encoder.thumbnail]
+    audio_only = [r for r in renditions if r.rung.audio_only]
     leaders: dict[int, Rendition] = {}  # audio bitrate -> the rendition that encodes it
-    for r in encoded:
+    for r in audio_only or encoded:
         leader = leaders.setdefault(r.rung.audio_kbps, r)
         if leader is not r:
             leader.audio_followers.append(r)
     # NB: renditions finish in ladder order, so a leader has handed its last AAC
     # packets to its followers before they are told that the session is over.
     audio_encoders = list(leaders.values())
+    manifest = mpd.Reader(settings.packaging.out_dir) if settings.packaging.dash else None
     fanout = ladder.Fanout(
         video_outputs=len(encoded),
         audio_outputs=len(audio_encoders),
@@ -413,9 +449,12 @@ def _transcode(
     def master() -> bool:
         if not all(r.state.segments and r.state.codecs for r in renditions):
             return False
-        _write_master(renditions, plan=plan, settings=settings, has_audio=source.has_audio)
+        dash = _write_master(
+            renditions, settings=settings, has_audio=source.has_audio, manifest=manifest
+        )
         with status.lock:
             status.master_url = f"/{packager.MASTER}"
+            status.dash_url = f"/{packager.MANIFEST}" if dash else None
         log.info(
             "playable",
             extra={
@@ -471,9 +510,12 @@ def _transcode(
                     # A new segment: BANDWIDTH and AVERAGE-BANDWIDTH follow what it measured.
                     measured_segments = sum(r.state.segments for r in renditions)
                     _write_master(
-                        renditions, plan=plan, settings=settings, has_audio=source.has_audio
+                        renditions,
+                        settings=settings,
+                        has_audio=source.has_audio,
+                        manifest=manifest,
                     )
-            elif encoded:
+            elif audio_encoders:
                 assert isinstance(media.frame, AudioFrame)
                 if settings.audio_tap is not None:
                     settings.audio_tap(media.frame)  # before the fanout takes the frame
@@ -485,7 +527,7 @@ def _transcode(
         # that its fps filter fills up to the end of the input like the others.
         for r, item in skipped.items():
             r.submit(item)
-        if reason == "eof" and encoded and source.has_audio:
+        if reason == "eof" and audio_encoders and source.has_audio:
             audio(None, media_time)  # the last audio samples, in AAC-sized frames
     finally:
         for r in renditions:
@@ -500,34 +542,99 @@ def _transcode(
     if not master_written:
         master()
     else:  # the last segments, flushed by finish(), are measured too
-        _write_master(renditions, plan=plan, settings=settings, has_audio=source.has_audio)
+        _write_master(
+            renditions, settings=settings, has_audio=source.has_audio, manifest=manifest
+        )
     wall = time.time() - wall0
     return Outcome(
         reason=reason,
         media_seconds=media_time,
         wall_seconds=wall,
-        renditions=[r.state.to_json() for r in renditions],
+        renditions=[r.state.to_json() for r in renditions if not r.rung.audio_only],
     )
 
 
 def _write_master(
-    renditions: list[Rendition], *, plan: ladder.Ladder, settings: Settings, has_audio: bool
-) -> None:
-    variants = []
+    renditions: list[Rendition],
+    *,
+    settings: Settings,
+    has_audio: bool,
+    manifest: mpd.Reader | None,
+) -> bool:
+    """The HLS master, and the DASH manifest of the same renditions (``manifest``);
+    returns whether the DASH manifest was written."""
+    packaging = settings.packaging
+    separate = packaging.dash
+    audio: dict[int, tuple[packager.Variant, Rendition]] = {}
     for r in renditions:
+        if r.rung.audio_only:
+            audio[r.rung.audio_kbps] = (
+                packager.variant(
+                    r.state,
+                    segment_type=packaging.segment_type,
+                    audio_kbps=None,
+                    video_codecs=ladder.AAC_LC,
+                ),
+                r,
+            )
+    variants, tracks = [], []
+    for r in renditions:
+        if r.rung.audio_only:
+            continue
         state = r.state
         measured = None
         if state.passthrough and state.media_time > 0:
             measured = round(state.bytes_out * 8 / state.media_time / 1000)
-        variants.append(
-            packager.variant(
-                state,
-                segment_type=settings.packaging.segment_type,
-                audio_kbps=r.rung.audio_kbps if has_audio else None,
-                video_codecs=state.codecs or "avc1.640028",
-                measured_kbps=measured,
+        video = packager.variant(
+            state,
+            segment_type=packaging.segment_type,
+            audio_kbps=r.rung.audio_kbps if has_audio and not separate else None,
+            video_codecs=state.codecs or "avc1.640028",
+            measured_kbps=measured,
+        )
+        tracks.append(
+            mpd.Track(
+                name=state.name,
+                kind="video",
+                bandwidth=video.bandwidth,
+                codecs=video.codecs,
+                width=video.width,
+                height=video.height,
+                frame_rate=r.rung.fps or video.frame_rate,
+            )
+        )
+        if r.rung.audio_kbps in audio:
+            group = audio[r.rung.audio_kbps][1].rung.name
+            video = packager.with_audio(video, audio[r.rung.audio_kbps][0], group=group)
+        variants.append(video)
+    groups = []
+    for kbps, (variant, r) in audio.items():
+        groups.append(
+            packager.AudioGroup(
+                group_id=r.rung.name,
+                uri=variant.uri,
+                kbps=kbps,
+                channels=settings.profile.audio.channels,
+            )
+        )
+        tracks.append(
+            mpd.Track(
+                name=r.rung.name,
+                kind="audio",
+                bandwidth=variant.bandwidth,
+                codecs=ladder.AAC_LC,
+                sample_rate=settings.profile.audio.sample_rate,
+                channels=settings.profile.audio.channels,
             )
         )
     packager.write_master(
-        settings.packaging.out_dir, variants, segment_type=settings.packaging.segment_type
+        packaging.out_dir, variants, segment_type=packaging.segment_type, audio_groups=groups
+    )
+    if manifest is None:
+        return False
+    return mpd.write(
+        manifest,
+        tracks,
+        segment_seconds=packaging.segment_seconds,
+        window_seconds=packaging.window_seconds,
     )

@@ -216,6 +216,8 @@ class Status:
         self.playlists_open = False
         self.master_url: str | None = None
         self.thumbnail_url: str | None = None
+        #: the DASH manifest, once written (spec.outputs.dash)
+        self.dash_url: str | None = None
         self.ingest_counters: Callable[[], dict[str, int]] | None = None
         self.restream: Callable[[], list[dict[str, Any]]] | None = None
         self._speed: deque[tuple[float, float]] = deque()
@@ -298,6 +300,7 @@ class Status:
                 "renditions": [r.to_json(live=live) for r in self.renditions],
                 "playbackUrl": self.master_url,
                 "thumbnailUrl": self.thumbnail_url,
+                "dashUrl": self.dash_url,
                 "framesDecoded": self.frames_decoded,
                 "droppedFrames": self.frames_dropped,
                 "lateFrames": self.frames_late,

@@ -111,6 +111,7 @@ class Worker:
                 segment_type=config.outputs.hls.segment_type.value,
                 window_segments=config.outputs.hls.window_segments,
                 event=config.outputs.hls.playlist_type == "event",
+                dash=config.outputs.dash.enabled,
             ),
             live=True,
             threads=threads,

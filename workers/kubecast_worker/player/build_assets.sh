@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build the player's third-party asset: hls.js, installed from the npm registry
 # at the version package-lock.json pins, and copied into static/ where the
-# origin serves it (never from a CDN). The output is git-ignored.
+# origin serves it (never from a CDN). The output is git-ignored. npm ci also
+# installs dash.js, which tests/e2e/test_worker_dash.py plays the DASH manifest with
+# from node_modules (the preview page itself plays HLS only).
 #
 #   workers/kubecast_worker/player/build_assets.sh     (or: make player)
 set -euo pipefail

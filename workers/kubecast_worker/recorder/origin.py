@@ -95,15 +95,33 @@ def choose_rendition(master: m3u8.M3U8, master_url: str, wanted: str | None) -> 
     if not choices:
         raise SourceError(f"{master_url} lists no renditions")
     if wanted is None:
-        return max(choices, key=lambda c: c[1].bandwidth)[1]
+        return _with_audio(master, master_url, max(choices, key=lambda c: c[1].bandwidth)[1])
     for names, rendition in choices:
         if wanted in names:
-            return dataclasses.replace(rendition, name=wanted)
+            return _with_audio(master, master_url, dataclasses.replace(rendition, name=wanted))
     available = ", ".join(sorted({c[1].name for c in choices}))
     raise RenditionNotFound(
         f"rendition {wanted!r} is not in {master_url} (it has: {available});"
         " fix spec.rendition or the stream's TranscodeProfile"
     )
+
+
+class SeparateAudio(SourceError):
+    """The rendition's audio is in a playlist of its own, which this recorder does not follow."""
+
+
+def _with_audio(master: m3u8.M3U8, master_url: str, rendition: Rendition) -> Rendition:
+    """The rendition, unless its audio is apart (an EXT-X-MEDIA group, as a stream with
+    DASH has): recording its video alone would lose the sound without a word."""
+    for playlist in master.playlists:
+        if urljoin(master_url, playlist.uri) == rendition.url and playlist.stream_info.audio:
+            raise SeparateAudio(
+                f"rendition {rendition.name!r} of {master_url} carries no audio: its audio is"
+                f" the separate group {playlist.stream_info.audio!r} (a stream with"
+                " spec.outputs.dash), which recordings do not follow yet; record a stream"
+                " without DASH"
+            )
+    return rendition
 
 
 def segments_of(playlist: m3u8.M3U8, playlist_url: str) -> tuple[SourceSegment, ...]:

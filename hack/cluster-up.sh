@@ -251,7 +251,22 @@ start_apiserver() {
   # --shutdown-watch-termination-grace-period: on SIGTERM, end open watches
   #   within 3 s. By default shutdown waits for them (up to 60 s), so
   #   --restart-apiserver would take that long with the controllers connected.
+  # Audit log, metadata only (who, verb, resource, user agent; never a body, so
+  #   no Secret's data): bench/operator.py counts the operator's requests from
+  #   it. Batched, so that writing it never holds up a request.
+  cat > "$CLUSTER_DIR/audit-policy.yaml" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+POLICY
   start kube-apiserver \
+    --audit-policy-file="$CLUSTER_DIR/audit-policy.yaml" \
+    --audit-log-path="$LOGS/audit.log" \
+    --audit-log-mode=batch \
+    --audit-log-maxsize=1024 \
+    --audit-log-maxbackup=1 \
     --bind-address=0.0.0.0 \
     --advertise-address="$NODE_IP" \
     --secure-port="$APISERVER_NETNS_PORT" \

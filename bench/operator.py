@@ -365,7 +365,12 @@ def remaining(kube: Any, namespace: str) -> dict[str, int]:
 
 
 def run(
-    cluster: Cluster, n: int, steady_seconds: float, workdir: Path, source: Path | None
+    cluster: Cluster,
+    n: int,
+    steady_seconds: float,
+    workdir: Path,
+    source: Path | None,
+    settle_seconds: float = 35,
 ) -> dict[str, Any]:
     kube = cluster.kube()
     namespace = f"bench-{n}-{os.urandom(2).hex()}"
@@ -405,7 +410,7 @@ def run(
         log(f"N={n}: converged in {result['converge_seconds']} s; {per_stream}")
 
         if steady_seconds:
-            time.sleep(35)  # the streams' first poll and resync of the idle state are past
+            time.sleep(settle_seconds)  # the workers' first answers are in status by then
             log(f"N={n}: steady state for {steady_seconds:.0f} s")
             audit = Audit(cluster.audit)
             cpu0, t0 = op.cpu_seconds(), time.monotonic()
@@ -487,8 +492,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steady-streams", type=int, default=1000,
                         help="the N whose steady state is measured (0: none)")  # fmt: skip
     parser.add_argument("--steady-seconds", type=float, default=300)
+    parser.add_argument("--settle-seconds", type=float, default=35,
+                        help="seconds from convergence to the steady state")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
-                        help="N=50 and 60 s of steady state: does the bench work")  # fmt: skip
+                        help="N=50 and 30 s of steady state: does the bench work")  # fmt: skip
     parser.add_argument("--cluster-dir", type=Path, help="a running cluster (default: start one)")
     parser.add_argument("--keep-cluster", action="store_true")
     parser.add_argument("--operator-source", type=Path,
@@ -501,7 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     sizes = [int(s) for s in args.streams.split(",") if s]
     if args.quick:
-        sizes, args.steady_streams, args.steady_seconds = [50], 50, 60
+        sizes, args.steady_streams, args.steady_seconds = [50], 50, 30
+        args.settle_seconds = 10
     kwok_nodes = max(2, math.ceil(max(sizes) * 1.1 / PODS_PER_NODE))
     workdir = Path(tempfile.mkdtemp(prefix="kubecast-bench-operator-"))
     results = []
@@ -520,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.steady_seconds if n == args.steady_streams else 0,
                         workdir,
                         args.operator_source,
+                        args.settle_seconds,
                     )
                 )
     report = {

@@ -415,6 +415,17 @@ def run(
         per_stream = json.dumps(result["converge_requests_per_stream"])
         log(f"N={n}: converged in {result['converge_seconds']} s; {per_stream}")
 
+        # Every worker's answer in status (phase Idle): the pods run later than the
+        # children exist, and the streams' writes for them are part of the start.
+        while True:
+            phases = Counter(
+                (x.get("status") or {}).get("phase") for x in kube.list("LiveStream", namespace)
+            )
+            if phases["Idle"] == n or time.monotonic() - started > max(600, 2 * n):
+                break
+            time.sleep(interval)
+        result["idle_seconds"] = round(time.monotonic() - started, 1)
+        result["phases"] = dict(phases)
         if steady_seconds:
             time.sleep(settle_seconds)  # the workers' first answers are in status by then
             log(f"N={n}: steady state for {steady_seconds:.0f} s")

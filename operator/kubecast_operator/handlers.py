@@ -106,16 +106,39 @@ async def _blocking(memo: kopf.Memo, call: Callable[..., T], *args: Any, **kwarg
 # they hold the initial listing. Each keeps one slim copy per object.
 
 
-def _slim(body: kopf.Body) -> dict[str, Any]:
-    """The object without managedFields, which nothing here reads (a third of a Pod)."""
+def _slim(body: kopf.Body, spec: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+    """The object without managedFields, which nothing here reads (a third of a Pod),
+    and with only the part of its spec that ``spec`` keeps (all without one)."""
     found = dict(body)
     found["metadata"] = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    if spec is not None:
+        found["spec"] = spec(dict(body.get("spec") or {}))
     return found
+
+
+def _deployment_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    # The pod template's metadata (its config hash), not its containers and volumes.
+    template = spec.get("template") or {}
+    return {
+        "replicas": spec.get("replicas"),
+        "selector": spec.get("selector"),
+        "template": {"metadata": template.get("metadata")},
+    }
+
+
+def _pod_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    # Where it runs and its ports (worker_client.admin_port); not its volumes and env.
+    return {
+        "nodeName": spec.get("nodeName"),
+        "containers": [
+            {"name": c.get("name"), "ports": c.get("ports")} for c in spec.get("containers") or []
+        ],
+    }
 
 
 @kopf.index("apps", "v1", "deployments", labels=OWNED)
 def owned_deployments(body: kopf.Body, **_: Any) -> Any:
-    return {_key(body): _slim(body)}
+    return {_key(body): _slim(body, _deployment_spec)}
 
 
 @kopf.index("v1", "services", labels=OWNED)
@@ -126,7 +149,7 @@ def owned_services(body: kopf.Body, **_: Any) -> Any:
 @kopf.index("v1", "pods", labels={**OWNED, "app.kubernetes.io/component": "worker"})
 def worker_pods(body: kopf.Body, **_: Any) -> Any:
     stream = body.metadata.labels.get("kubecast.dev/stream")
-    return {(body.metadata.namespace, stream): _slim(body)} if stream else None
+    return {(body.metadata.namespace, stream): _slim(body, _pod_spec)} if stream else None
 
 
 @kopf.index(*PROFILES)
@@ -262,6 +285,7 @@ async def run_stream(
     applied = streams.Applied()  # this process's memory: nothing applied yet
     last_resync = time.monotonic()  # the first pass applies everything anyway
     last_written = 0.0
+    written: dict[str, Any] = {}  # the status this loop wrote last
     last_generation = None
     woken = False
     while not stopped:
@@ -297,7 +321,9 @@ async def run_stream(
             assert seen is not None
             await _poll_worker(memo, seen)
             figures_due = time.monotonic() - last_written >= settings.status_figures_seconds
-            if await _write_stream_status(memo, snapshot, seen, logger, figures_due=figures_due):
+            if await _write_stream_status(
+                memo, snapshot, seen, logger, figures_due=figures_due, written=written
+            ):
                 last_written = time.monotonic()
         except Exception as error:  # keep the loop alive: the next pass retries
             metrics.RECONCILES.labels("LiveStream", "error").inc()
@@ -335,11 +361,17 @@ async def _write_stream_status(
     logger: kopf.Logger,
     *,
     figures_due: bool = True,
+    written: dict[str, Any] | None = None,
 ) -> bool:
-    """Write the status if it changed; only-figures changes wait for ``figures_due``."""
+    """Write the status if it changed; only-figures changes wait for ``figures_due``.
+
+    ``written``: the status this loop wrote last, updated here. Until the watch
+    brings that write back, ``body`` still holds the one before, and the same
+    status would be written (and its phase change announced) a second time.
+    """
     previous = body.get("status") or {}
     status = streams.compute_status(body, seen)
-    if _same(previous, status):
+    if _same(previous, status) or (written and _same(written, status)):
         return False
     if not figures_due and streams.only_figures_changed(previous, status):
         return False
@@ -353,6 +385,9 @@ async def _write_stream_status(
         _with_removals(previous, status),
     )
     metrics.STATUS_WRITES.labels("LiveStream").inc()
+    if written is not None:
+        written.clear()
+        written.update(status)
     old_phase, new_phase = previous.get("phase"), status.get("phase")
     if old_phase != new_phase:
         kind = "Warning" if new_phase == "Error" else "Normal"

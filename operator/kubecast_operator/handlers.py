@@ -71,7 +71,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     logging.getLogger("kopf.objects").addFilter(_quiet_event_handlers)
     memo.settings = Settings.from_env()
     recordings.signer(memo)  # a bad KUBECAST_SIGNING_KEY_FILE stops the start, not a recording
-    memo.http = aiohttp.ClientSession()
+    # NB: no limit on connections to workers (aiohttp's default is 100): with a
+    # thousand workers a poll could wait for a free one inside its 2 s timeout, and
+    # each poll of a worker past the 100th opened a new connection.
+    memo.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     memo.wakeups = {}  # (kind, namespace, name) -> asyncio.Event
     memo.stream_profiles = {}  # (namespace, stream) -> profile name
     memo.stream_phases = {}  # (kind, namespace, stream) -> phase last written

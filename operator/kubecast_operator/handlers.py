@@ -12,18 +12,21 @@ operator restarted mid-reconcile simply converges again (server-side apply).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import aiohttp
 import kopf
+import kubernetes.client
 
 from kubecast_api import GROUP, VERSION
+from kubecast_operator import children, metrics, profiles, recordings, streams, worker_client
 from kubecast_operator import kube as kube_mod
-from kubecast_operator import metrics, profiles, recordings, streams, worker_client
 from kubecast_operator.children import MANAGED_BY
 from kubecast_operator.kube import Kube
 from kubecast_operator.settings import Settings
@@ -32,6 +35,9 @@ STREAMS = (GROUP, VERSION, "livestreams")
 PROFILES = (GROUP, VERSION, "transcodeprofiles")
 RECORDINGS = (GROUP, VERSION, "recordings")
 OWNED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+#: Threads for the reconciles' blocking API calls (and HTTP connections to the API server).
+RECONCILE_THREADS = 16
+T = TypeVar("T")
 
 
 @kopf.on.startup()
@@ -55,21 +61,140 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     selector = ",".join(f"{k}={v}" for k, v in OWNED.items())
     for resource in (("apps", "v1", "deployments"), ("v1", "services"), ("v1", "pods")):
         settings.watching.label_selectors[resource] = selector
+    # One pool of its own for the blocking API calls of reconciles, sized for a
+    # thousand streams: the default executor (6 threads on 2 cores) also carries
+    # everything else that runs in a thread.
+    memo.pool = concurrent.futures.ThreadPoolExecutor(RECONCILE_THREADS, "reconcile")
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = RECONCILE_THREADS
     # NB: every write goes through the leader's fence (cli.py): one that no
     # longer leads raises NotLeading instead of writing. kopf.event and kopf.warn
     # are only ever called after such a write succeeded.
-    memo.kube = Kube(fence=memo.get("fence"))
+    memo.kube = Kube(kubernetes.client.ApiClient(configuration), fence=memo.get("fence"))
+    logging.getLogger("kopf.objects").addFilter(_quiet_event_handlers)
     memo.settings = Settings.from_env()
     recordings.signer(memo)  # a bad KUBECAST_SIGNING_KEY_FILE stops the start, not a recording
-    memo.http = aiohttp.ClientSession()
+    # NB: no limit on connections to workers (aiohttp's default is 100): with a
+    # thousand workers a poll could wait for a free one inside its 2 s timeout, and
+    # each poll of a worker past the 100th opened a new connection.
+    memo.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     memo.wakeups = {}  # (kind, namespace, name) -> asyncio.Event
     memo.stream_profiles = {}  # (namespace, stream) -> profile name
     memo.stream_phases = {}  # (kind, namespace, stream) -> phase last written
+    memo.stream_generations = {}  # (namespace, stream) -> (generation, deleting) last seen
+    memo.profile_generations = {}  # (namespace, profile) -> (generation, deleting) last seen
+
+
+def _quiet_event_handlers(record: logging.LogRecord) -> bool:
+    """Drop kopf's "Handler 'child_changed' succeeded." lines: one per watch event,
+    thousands a minute at a thousand streams, and they say nothing."""
+    return not (
+        record.levelno == logging.INFO
+        and record.getMessage().startswith("Handler '")
+        and record.getMessage().endswith("_changed' succeeded.")
+    )
 
 
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     await memo.http.close()
+    memo.pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def _blocking(memo: kopf.Memo, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking API call in the reconciles' own thread pool."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(memo.pool, functools.partial(call, *args, **kwargs))
+
+
+# --- the watches' copies (kopf indexes): read instead of GET and LIST -------------
+# kopf fills them from the watches it runs anyway, and starts no handler before
+# they hold the initial listing. Each keeps one slim copy per object.
+
+
+def _slim(body: kopf.Body, spec: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
+    """The object without managedFields, which nothing here reads (a third of a Pod),
+    and with only the part of its spec that ``spec`` keeps (all without one)."""
+    found = dict(body)
+    found["metadata"] = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    if spec is not None:
+        found["spec"] = spec(dict(body.get("spec") or {}))
+    return found
+
+
+def _deployment_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    # The pod template's metadata (its config hash), not its containers and volumes.
+    template = spec.get("template") or {}
+    return {
+        "replicas": spec.get("replicas"),
+        "selector": spec.get("selector"),
+        "template": {"metadata": template.get("metadata")},
+    }
+
+
+def _pod_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    # Where it runs and its ports (worker_client.admin_port); not its volumes and env.
+    return {
+        "nodeName": spec.get("nodeName"),
+        "containers": [
+            {"name": c.get("name"), "ports": c.get("ports")} for c in spec.get("containers") or []
+        ],
+    }
+
+
+@kopf.index("apps", "v1", "deployments", labels=OWNED)
+def owned_deployments(body: kopf.Body, **_: Any) -> Any:
+    return {_key(body): _slim(body, _deployment_spec)}
+
+
+@kopf.index("v1", "services", labels=OWNED)
+def owned_services(body: kopf.Body, **_: Any) -> Any:
+    return {_key(body): _slim(body)}
+
+
+@kopf.index("v1", "pods", labels={**OWNED, "app.kubernetes.io/component": "worker"})
+def worker_pods(body: kopf.Body, **_: Any) -> Any:
+    stream = body.metadata.labels.get("kubecast.dev/stream")
+    return {(body.metadata.namespace, stream): _slim(body, _pod_spec)} if stream else None
+
+
+@kopf.index(*PROFILES)
+def profile_bodies(body: kopf.Body, **_: Any) -> Any:
+    return {_key(body): _slim(body)}
+
+
+@kopf.index(*STREAMS)
+def profile_users(body: kopf.Body, **_: Any) -> Any:
+    profile = (body.spec.get("profileRef") or {}).get("name")
+    return {(body.metadata.namespace, profile): body.metadata.name} if profile else None
+
+
+def _key(body: kopf.Body) -> tuple[str | None, str | None]:
+    return body.metadata.namespace, body.metadata.name
+
+
+def _one(index: kopf.Index[Any, Any], key: Any) -> Any:
+    return next(iter(index.get(key) or ()), None)
+
+
+def _watched(
+    indexes: dict[str, Any], namespace: str, name: str, profile: str | None
+) -> streams.Watched:
+    return streams.Watched(
+        profile=_one(indexes["profile_bodies"], (namespace, profile)) if profile else None,
+        deployment=_one(indexes["owned_deployments"], (namespace, children.worker_name(name))),
+        ingest_service=_one(
+            indexes["owned_services"], (namespace, children.ingest_service_name(name))
+        ),
+        playback_service=_one(
+            indexes["owned_services"], (namespace, children.playback_service_name(name))
+        ),
+        pods=list(indexes["worker_pods"].get((namespace, name)) or ()),
+    )
+
+
+def _users(index: kopf.Index[Any, Any], namespace: str, profile: str) -> list[str]:
+    return sorted(index.get((namespace, profile)) or ())
 
 
 def _wake(memo: kopf.Memo, kind: str, namespace: str | None, name: str | None) -> None:
@@ -101,21 +226,38 @@ async def _sleep(memo: kopf.Memo, key: tuple[str, str, str], stopped: Any, secon
 
 @kopf.on.event(*STREAMS)
 async def stream_changed(
-    type: str, body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any
+    type: str,
+    body: kopf.Body,
+    meta: kopf.Meta,
+    memo: kopf.Memo,
+    **indexes: Any,
 ) -> None:
+    profile_bodies, profile_users = indexes["profile_bodies"], indexes["profile_users"]
     namespace, name = meta["namespace"], meta["name"]
-    _wake(memo, "LiveStream", namespace, name)
+    generation = (meta.get("generation"), bool(meta.get("deletionTimestamp")))
+    if type == "DELETED" or memo.stream_generations.get((namespace, name)) != generation:
+        # NB: not on a change of status or metadata alone: the operator's own status
+        # writes come back as such events, and must not wake a full pass.
+        _wake(memo, "LiveStream", namespace, name)
     profile = (body.get("spec") or {}).get("profileRef", {}).get("name")
     previous = memo.stream_profiles.get((namespace, name))
     if type == "DELETED":
         memo.stream_profiles.pop((namespace, name), None)
+        memo.stream_generations.pop((namespace, name), None)
     else:
         memo.stream_profiles[(namespace, name)] = profile
+        memo.stream_generations[(namespace, name)] = generation
+    if type != "DELETED" and profile == previous:
+        return  # its profile's users are the same
     for changed in {profile, previous} - {None}:
         _wake(memo, "TranscodeProfile", namespace, changed)
-        if type == "DELETED" or changed != profile:
+        deleting = (_one(profile_bodies, (namespace, changed)) or {}).get("metadata", {})
+        if (type == "DELETED" or changed != profile) and deleting.get("deletionTimestamp"):
             # A profile waiting to be deleted may have just lost its last user.
-            await asyncio.to_thread(profiles.release_if_unused, memo.kube, namespace, changed)
+            await _blocking(
+                memo, profiles.release_if_unused, memo.kube, namespace, changed,
+                _users(profile_users, namespace, changed),
+            )  # fmt: skip
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
@@ -139,48 +281,62 @@ async def run_stream(
     stopped: kopf.DaemonStopped,
     memo: kopf.Memo,
     logger: kopf.Logger,
-    **_: Any,
+    **indexes: Any,  # kopf passes every index by its name
 ) -> None:
     kube: Kube = memo.kube
     settings: Settings = memo.settings
     key = ("LiveStream", meta["namespace"], meta["name"])
     memo.wakeups.setdefault(key, asyncio.Event()).set()  # first pass: reconcile at once
     seen: streams.Observation | None = None
-    last_full = 0.0
+    applied = streams.Applied()  # this process's memory: nothing applied yet
+    last_resync = time.monotonic()  # the first pass applies everything anyway
     last_written = 0.0
+    written: dict[str, Any] = {}  # the status this loop wrote last
     last_generation = None
     woken = False
     while not stopped:
         wake = memo.wakeups[key]
         snapshot = copy.deepcopy(dict(body))
+        now = time.monotonic()
+        resync = now - last_resync > settings.resync_seconds
+        retry = applied.retry_at is not None and now >= applied.retry_at
         full = (
             woken
             or wake.is_set()
             or seen is None
             or snapshot["metadata"].get("generation") != last_generation
-            or time.monotonic() - last_full > settings.resync_seconds
+            or resync
+            or retry
         )
         wake.clear()
         try:
             if full:
                 started = time.monotonic()
-                seen = await asyncio.to_thread(streams.reconcile, kube, snapshot, settings)
+                applied.retry_at = None
+                profile = ((snapshot.get("spec") or {}).get("profileRef") or {}).get("name")
+                watched = _watched(indexes, meta["namespace"], meta["name"], profile)
+                seen = await _blocking(
+                    memo, streams.reconcile, kube, snapshot, settings, watched, applied,
+                    resync=resync,
+                )  # fmt: skip
                 metrics.RECONCILE_SECONDS.labels("LiveStream").observe(time.monotonic() - started)
                 metrics.RECONCILES.labels("LiveStream", "ok").inc()
-                last_full, last_generation = (
-                    time.monotonic(),
-                    snapshot["metadata"].get("generation"),
-                )
+                last_generation = snapshot["metadata"].get("generation")
+                if resync:
+                    last_resync = time.monotonic()
             assert seen is not None
             await _poll_worker(memo, seen)
             figures_due = time.monotonic() - last_written >= settings.status_figures_seconds
-            if await _write_stream_status(kube, snapshot, seen, logger, figures_due=figures_due):
+            if await _write_stream_status(
+                memo, snapshot, seen, logger, figures_due=figures_due, written=written
+            ):
                 last_written = time.monotonic()
         except Exception as error:  # keep the loop alive: the next pass retries
             metrics.RECONCILES.labels("LiveStream", "error").inc()
             logger.warning("reconcile failed, will retry: %s", kube_mod.describe(error))
             seen = None
-            await _report_failure(kube, snapshot, error)
+            applied = streams.Applied()  # what a failed pass applied is not known
+            await _report_failure(memo, snapshot, error)
         if seen is not None:
             memo.stream_phases[key] = (body.get("status") or {}).get("phase") or "Pending"
             metrics.count_phases(memo.stream_phases.values())
@@ -205,29 +361,39 @@ async def _poll_worker(memo: kopf.Memo, seen: streams.Observation) -> None:
 
 
 async def _write_stream_status(
-    kube: Kube,
+    memo: kopf.Memo,
     body: dict[str, Any],
     seen: streams.Observation,
     logger: kopf.Logger,
     *,
     figures_due: bool = True,
+    written: dict[str, Any] | None = None,
 ) -> bool:
-    """Write the status if it changed; only-figures changes wait for ``figures_due``."""
+    """Write the status if it changed; only-figures changes wait for ``figures_due``.
+
+    ``written``: the status this loop wrote last, updated here. Until the watch
+    brings that write back, ``body`` still holds the one before, and the same
+    status would be written (and its phase change announced) a second time.
+    """
     previous = body.get("status") or {}
     status = streams.compute_status(body, seen)
-    if _same(previous, status):
+    if _same(previous, status) or (written and _same(written, status)):
         return False
     if not figures_due and streams.only_figures_changed(previous, status):
         return False
     meta = body["metadata"]
-    await asyncio.to_thread(
-        kube.patch_status,
+    await _blocking(
+        memo,
+        memo.kube.patch_status,
         "LiveStream",
         meta["namespace"],
         meta["name"],
         _with_removals(previous, status),
     )
     metrics.STATUS_WRITES.labels("LiveStream").inc()
+    if written is not None:
+        written.clear()
+        written.update(status)
     old_phase, new_phase = previous.get("phase"), status.get("phase")
     if old_phase != new_phase:
         kind = "Warning" if new_phase == "Error" else "Normal"
@@ -250,7 +416,7 @@ async def _write_stream_status(
     return True
 
 
-async def _report_failure(kube: Kube, body: dict[str, Any], error: Exception) -> None:
+async def _report_failure(memo: kopf.Memo, body: dict[str, Any], error: Exception) -> None:
     """Put a reconcile failure (e.g. a permission the operator lacks) into status.
 
     Best effort: when the API server itself is the problem, this fails too and
@@ -261,8 +427,8 @@ async def _report_failure(kube: Kube, body: dict[str, Any], error: Exception) ->
         seen.spec = streams.LiveStreamSpec.model_validate(body.get("spec") or {})
         status = streams.compute_status(body, seen)
         meta = body["metadata"]
-        await asyncio.to_thread(
-            kube.patch_status, "LiveStream", meta["namespace"], meta["name"], status
+        await _blocking(
+            memo, memo.kube.patch_status, "LiveStream", meta["namespace"], meta["name"], status
         )
     except Exception:
         pass
@@ -284,16 +450,31 @@ def _with_removals(previous: dict[str, Any], status: dict[str, Any]) -> dict[str
 
 @kopf.on.event(*PROFILES)
 async def profile_changed(
-    type: str, body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any
+    type: str,
+    body: kopf.Body,
+    meta: kopf.Meta,
+    memo: kopf.Memo,
+    **indexes: Any,
 ) -> None:
+    profile_users = indexes["profile_users"]
     namespace, name = meta["namespace"], meta["name"]
-    _wake(memo, "TranscodeProfile", namespace, name)
-    # A changed profile rolls every stream that uses it (their config hash changes).
-    for (ns, stream), profile in list(memo.stream_profiles.items()):
-        if ns == namespace and profile == name:
-            _wake(memo, "LiveStream", ns, stream)
+    generation = (meta.get("generation"), bool(meta.get("deletionTimestamp")))
+    if type == "DELETED" or memo.profile_generations.get((namespace, name)) != generation:
+        # NB: not on its own status writes (its usedBy count moves with every new
+        # stream): waking all its streams for those would be a full pass of each.
+        _wake(memo, "TranscodeProfile", namespace, name)
+        # A changed profile rolls every stream that uses it (their config hash changes).
+        for stream in _users(profile_users, namespace, name):
+            _wake(memo, "LiveStream", namespace, stream)
+    if type == "DELETED":
+        memo.profile_generations.pop((namespace, name), None)
+    else:
+        memo.profile_generations[(namespace, name)] = generation
     if type != "DELETED" and meta.get("deletionTimestamp"):
-        await asyncio.to_thread(profiles.release_if_unused, memo.kube, namespace, name)
+        await _blocking(
+            memo, profiles.release_if_unused, memo.kube, namespace, name,
+            _users(profile_users, namespace, name),
+        )  # fmt: skip
 
 
 @kopf.daemon(*PROFILES, cancellation_timeout=5.0)
@@ -303,10 +484,11 @@ async def run_profile(
     stopped: kopf.DaemonStopped,
     memo: kopf.Memo,
     logger: kopf.Logger,
-    **_: Any,
+    **indexes: Any,
 ) -> None:
     async def step() -> None:
-        await asyncio.to_thread(profiles.reconcile, memo.kube, copy.deepcopy(dict(body)))
+        used_by = _users(indexes["profile_users"], meta["namespace"], meta["name"])
+        await _blocking(memo, profiles.reconcile, memo.kube, copy.deepcopy(dict(body)), used_by)
 
     await _reconcile_loop(
         "TranscodeProfile", meta, stopped, memo, logger, step, every=memo.settings.resync_seconds

@@ -21,6 +21,8 @@ IN_USE_FINALIZER = "kubecast.dev/in-use-protection"
 
 
 def users(kube: Kube, namespace: str, name: str) -> list[str]:
+    """The streams that use the profile, asked of the API server (the operator reads
+    them from its watch instead: handlers.profile_users)."""
     return sorted(
         s["metadata"]["name"]
         for s in kube.list("LiveStream", namespace)
@@ -60,22 +62,28 @@ def compute_status(body: dict[str, Any], used_by: list[str]) -> dict[str, Any]:
     }
 
 
-def reconcile(kube: Kube, body: dict[str, Any]) -> None:
+def reconcile(kube: Kube, body: dict[str, Any], used_by: list[str] | None = None) -> None:
+    """``used_by``: its users as the caller knows them (None: ask the API server)."""
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    if not meta.get("deletionTimestamp"):
+    if not meta.get("deletionTimestamp") and IN_USE_FINALIZER not in (meta.get("finalizers") or []):
         kube.add_finalizer("TranscodeProfile", namespace, name, IN_USE_FINALIZER)
-    status = compute_status(body, users(kube, namespace, name))
+    if used_by is None:
+        used_by = users(kube, namespace, name)
+    status = compute_status(body, used_by)
     if _differs(body.get("status") or {}, status):
         kube.patch_status("TranscodeProfile", namespace, name, status)
 
 
-def release_if_unused(kube: Kube, namespace: str, name: str) -> bool:
+def release_if_unused(
+    kube: Kube, namespace: str, name: str, used_by: list[str] | None = None
+) -> bool:
     """Let a deleted profile go once no stream uses it; True when released."""
     body = kube.get("TranscodeProfile", namespace, name)
     if body is None or not body["metadata"].get("deletionTimestamp"):
         return False
-    used_by = users(kube, namespace, name)
+    if used_by is None:
+        used_by = users(kube, namespace, name)
     status = compute_status(body, used_by)
     if _differs(body.get("status") or {}, status):
         kube.patch_status("TranscodeProfile", namespace, name, status)

@@ -33,8 +33,10 @@ class Settings:
     #: At most one status write per this many seconds when only the live figures
     #: (bitrates, speed, dropped frames) changed; state changes are written at once.
     status_figures_seconds: float = 10.0
-    #: Seconds between two full re-applies of a stream's children (self-healing).
-    resync_seconds: float = 30.0
+    #: Seconds between two full re-applies of a stream's children (self-healing of
+    #: what no watch shows: its ConfigMap, its key Secret). Between two, a child is
+    #: applied when its manifest changed or its watch saw it deleted or edited.
+    resync_seconds: float = 300.0
     #: Namespaces to watch; empty means all.
     namespaces: tuple[str, ...] = field(default_factory=tuple)
     #: Where media pods (workers, recorders) may run: a nodeSelector and

@@ -8,15 +8,21 @@ never from memory of what the operator did.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
+from kubernetes.client.rest import ApiException
 
 from kubecast_api import LiveStreamSpec, LiveStreamStatus, describe_error, redact
 from kubecast_api.profile import TranscodeProfileSpec
 from kubecast_operator import children, conditions, pod_problems, worker_client
+from kubecast_operator import kube as kube_mod
 from kubecast_operator.kube import Kube
 from kubecast_operator.settings import (
     WORKER_HTTP_PORT,
@@ -52,7 +58,12 @@ def new_stream_key() -> str:
 def resolve_profile(
     kube: Kube, namespace: str, name: str
 ) -> tuple[TranscodeProfileSpec | None, tuple[str, str] | None]:
-    body = kube.get("TranscodeProfile", namespace, name)
+    return profile_of(kube.get("TranscodeProfile", namespace, name), namespace, name)
+
+
+def profile_of(
+    body: dict[str, Any] | None, namespace: str, name: str
+) -> tuple[TranscodeProfileSpec | None, tuple[str, str] | None]:
     if body is None:
         return None, (
             "ProfileNotFound",
@@ -69,8 +80,67 @@ def resolve_profile(
         )
 
 
-def reconcile(kube: Kube, body: dict[str, Any], settings: Settings) -> Observation:
-    """Bring the stream's children in line with its spec; report what exists."""
+@dataclass
+class Watched:
+    """What the operator's watches hold of one stream's world (handlers' kopf indexes).
+
+    Read instead of asking the API server on every pass: at a thousand streams,
+    per-stream GETs and LISTs were most of the operator's requests.
+    """
+
+    profile: dict[str, Any] | None = None
+    deployment: dict[str, Any] | None = None
+    ingest_service: dict[str, Any] | None = None
+    playback_service: dict[str, Any] | None = None
+    pods: list[dict[str, Any]] = field(default_factory=list)
+
+
+def read_watched(kube: Kube, namespace: str, name: str, profile: str | None) -> Watched:
+    """The same, asked of the API server (for a caller without watches)."""
+    return Watched(
+        profile=kube.get("TranscodeProfile", namespace, profile) if profile else None,
+        deployment=kube.get("Deployment", namespace, children.worker_name(name)),
+        ingest_service=kube.get("Service", namespace, children.ingest_service_name(name)),
+        playback_service=kube.get("Service", namespace, children.playback_service_name(name)),
+        pods=kube.list(
+            "Pod",
+            namespace,
+            label_selector=f"kubecast.dev/stream={name},app.kubernetes.io/component=worker",
+        ),
+    )
+
+
+@dataclass
+class Applied:
+    """What this process applied to one stream's children, kept by the stream's loop.
+
+    A child is applied again only when its rendered manifest changed, when the
+    watch saw it deleted or its spec changed by someone else, or at the resync
+    (``Settings.resync_seconds``): an idle stream costs no write. A new process
+    starts empty, so it applies everything once and converges as before.
+    """
+
+    digests: dict[str, str] = field(default_factory=dict)  # child -> manifest digest
+    objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # as the apply returned
+    shown: set[str] = field(default_factory=set)  # children the watch has shown since
+    #: A child the API server refused (e.g. no Service IP left): retried at this time.
+    retry_at: float | None = None
+
+
+def reconcile(
+    kube: Kube,
+    body: dict[str, Any],
+    settings: Settings,
+    watched: Watched | None = None,
+    applied: Applied | None = None,
+    *,
+    resync: bool = True,
+) -> Observation:
+    """Bring the stream's children in line with its spec; report what exists.
+
+    ``watched``: the watches' copy of its children (None: read them from the API
+    server); ``applied``: this process's memory of what it applied (None: apply all).
+    """
     meta = body["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     seen = Observation()
@@ -80,19 +150,17 @@ def reconcile(kube: Kube, body: dict[str, Any], settings: Settings) -> Observati
         seen.problem = ("SpecInvalid", describe_error(error, prefix="spec").replace("\n", "; "))
         return seen
     seen.profile_name = spec.profile_ref.name
+    if watched is None:
+        watched = read_watched(kube, namespace, name, spec.profile_ref.name)
 
     if not meta.get("deletionTimestamp"):
-        _ensure_children(kube, body, spec, settings, seen)
+        _ensure_children(kube, body, spec, settings, seen, watched, applied, resync=resync)
 
-    seen.deployment = kube.get("Deployment", namespace, children.worker_name(name))
-    seen.pods = kube.list(
-        "Pod",
-        namespace,
-        label_selector=f"kubecast.dev/stream={name},app.kubernetes.io/component=worker",
-    )
+    seen.deployment = seen.deployment or watched.deployment
+    seen.pods = watched.pods
     seen.problem = seen.problem or _worker_pod_problem(kube, body, spec, seen.pods)
-    seen.ingest_service = kube.get("Service", namespace, children.ingest_service_name(name))
-    seen.playback_service = kube.get("Service", namespace, children.playback_service_name(name))
+    seen.ingest_service = seen.ingest_service or watched.ingest_service
+    seen.playback_service = seen.playback_service or watched.playback_service
     if "NodePort" in (spec.ingest_service.type, spec.playback_service.type):
         seen.node_address = settings.public_host or _node_address(kube)
     return seen
@@ -104,32 +172,132 @@ def _ensure_children(
     spec: LiveStreamSpec,
     settings: Settings,
     seen: Observation,
+    watched: Watched | None = None,
+    applied: Applied | None = None,
+    *,
+    resync: bool = True,
 ) -> None:
-    namespace = body["metadata"]["namespace"]
+    meta = body["metadata"]
+    namespace = meta["namespace"]
     key_ref = children.stream_key_secret_ref(body, spec)
     if key_ref and spec.ingest.push and spec.ingest.push.stream_key_secret_ref is None:
         # create, never apply: re-applying would replace the key under the publisher.
-        kube.create(children.generated_key_secret(body, key=new_stream_key()))
+        # NB: not watched (the operator may only create Secrets): once this process
+        # knows it exists, it asks again only at the resync.
+        secret = f"Secret/{key_ref[0]}"
+        if applied is None or resync or secret not in applied.digests:
+            kube.create(children.generated_key_secret(body, key=new_stream_key()))
+            if applied is not None:
+                applied.digests[secret] = "created"
     # NB: a user's key Secret is never read (the operator may not get secrets);
     # the worker pod's mount of it tells whether it exists (see pod_problems).
 
-    profile, problem = resolve_profile(kube, namespace, spec.profile_ref.name)
+    if watched is None:
+        profile, problem = resolve_profile(kube, namespace, spec.profile_ref.name)
+    else:
+        profile, problem = profile_of(watched.profile, namespace, spec.profile_ref.name)
     seen.problem = seen.problem or problem
-    kube.apply(children.ingest_service(body, spec))
-    kube.apply(children.playback_service(body, spec))
+    w = watched or Watched()
+    for manifest, current, field_name in (
+        (children.ingest_service(body, spec), w.ingest_service, "ingest_service"),
+        (children.playback_service(body, spec), w.playback_service, "playback_service"),
+    ):
+        try:
+            setattr(seen, field_name, _apply(kube, manifest, current, applied, resync=resync))
+        except ApiException as error:
+            # E.g. "failed to allocate a serviceIP: range is full", or a quota: the
+            # stream says which Service and the API server's reason, and the loop
+            # retries it later rather than on every poll.
+            seen.problem = seen.problem or (
+                "ServiceNotCreated",
+                f"Service {manifest['metadata']['name']!r} could not be created or updated:"
+                f" {kube_mod.describe(error)}",
+            )
+            if applied is not None:
+                applied.retry_at = time.monotonic() + SERVICE_RETRY_SECONDS
     if settings.network_policies:
         # Before the worker, so that its admin port is never open to all.
-        kube.apply(children.stream_network_policy(body, settings))
+        _apply(kube, children.stream_network_policy(body, settings), None, applied,
+               resync=resync, watched=False)  # fmt: skip
     if profile is None or seen.problem:
         return  # keep a running worker as it is; it needs a valid config to change
     rendered = children.render_config(children.worker_config(body, spec, profile))
     seen.config_hash = children.config_hash(rendered)
-    kube.apply(children.worker_config_map(body, rendered))
-    kube.apply(
+    _apply(kube, children.worker_config_map(body, rendered), None, applied, resync=resync,
+           watched=False)  # fmt: skip
+    seen.deployment = _apply(
+        kube,
         children.worker_deployment(
             body, spec, rendered=rendered, settings=settings, profile=profile
-        )
+        ),
+        w.deployment,
+        applied,
+        resync=resync,
     )
+
+
+#: How soon a child the API server refused is tried again.
+SERVICE_RETRY_SECONDS = 15.0
+
+
+def _apply(
+    kube: Kube,
+    manifest: dict[str, Any],
+    current: dict[str, Any] | None,
+    applied: Applied | None,
+    *,
+    resync: bool,
+    watched: bool = True,
+) -> dict[str, Any] | None:
+    """Server-side apply ``manifest`` unless ``applied`` says it is in place already.
+
+    ``current``: the watch's copy (``watched``), or None when the watch has none.
+    Returns the freshest copy of the object known.
+    """
+    if applied is None:
+        return kube.apply(manifest)
+    key = f"{manifest['kind']}/{manifest['metadata']['name']}"
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    last = applied.objects.get(key)
+    if current is not None and last is not None and _uid(current) == _uid(last):
+        applied.shown.add(key)
+    changed_by_others = watched and (
+        (current is None and key in applied.shown)  # deleted since we applied it
+        or (current is not None and last is not None and _uid(current) != _uid(last))
+        or (current is not None and _generation(current) > _generation(last))  # spec edited
+    )
+    if not (resync or last is None or applied.digests.get(key) != digest or changed_by_others):
+        return _newer(current, last)
+    result = kube.apply(manifest)
+    applied.digests[key], applied.objects[key] = digest, result
+    applied.shown.discard(key)
+    return (
+        _newer(current, result)
+        if current is not None and _uid(current) == _uid(result)
+        else (result)
+    )
+
+
+def _uid(obj: dict[str, Any] | None) -> str | None:
+    return ((obj or {}).get("metadata") or {}).get("uid")
+
+
+def _generation(obj: dict[str, Any] | None) -> int:
+    return int(((obj or {}).get("metadata") or {}).get("generation") or 0)
+
+
+def _newer(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The copy with the later resourceVersion (etcd's revision: a number)."""
+    if a is None or b is None:
+        return a or b
+
+    def version(obj: dict[str, Any]) -> int:
+        try:
+            return int(obj["metadata"].get("resourceVersion") or 0)
+        except ValueError:
+            return 0
+
+    return a if version(a) >= version(b) else b
 
 
 def _worker_pod_problem(
@@ -167,7 +335,23 @@ def _worker_pod_problem(
     return None
 
 
+#: A node's address for NodePort URLs, and when it was read: one LIST of nodes a
+#: minute for all streams, not one per stream and pass.
+_node_cache: tuple[float, str | None] = (-math.inf, None)
+NODE_CACHE_SECONDS = 60.0
+
+
 def _node_address(kube: Kube) -> str | None:
+    global _node_cache
+    read_at, address = _node_cache
+    if time.monotonic() - read_at < NODE_CACHE_SECONDS:
+        return address
+    address = _first_node_address(kube)
+    _node_cache = (time.monotonic(), address)
+    return address
+
+
+def _first_node_address(kube: Kube) -> str | None:
     for node in kube.list("Node"):
         addresses = {a["type"]: a["address"] for a in node.get("status", {}).get("addresses", [])}
         for kind in ("ExternalIP", "InternalIP", "Hostname"):

@@ -206,7 +206,24 @@ def test_a_killed_worker_is_restarted_by_the_kubelet_and_status_says_so(
         lambda: status(cp, namespace).get("phase") == "Reconnecting",
         timeout=60, logs=logs,
     )  # fmt: skip
-    sequence_before = rel.media_sequence(ready["playbackUrl"])
+    # NB: the worker says Reconnecting (the operator reads it at the pod's own
+    # address) before the restarted container passes its readiness probe; until
+    # then the playback Service has no ready endpoint and refuses.
+    harness.eventually(
+        "the playback Service's endpoint ready again",
+        lambda: service_ready(cp, namespace, "e2e-playback"),
+        timeout=60, logs=logs,
+    )  # fmt: skip
+
+    def sequence() -> tuple[int] | None:
+        try:  # kube-proxy may take a moment more to route to the ready endpoint
+            return (rel.media_sequence(ready["playbackUrl"]),)
+        except OSError:
+            return None
+
+    (sequence_before,) = harness.eventually(
+        "the playlist through the playback Service", sequence, timeout=30, logs=logs
+    )
     # The publisher's next connection works: the restarted worker goes Live again.
     publisher = publish(url, seconds=40)
     try:

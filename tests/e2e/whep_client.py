@@ -10,7 +10,8 @@ One JSON line on stdout when done (or refused):
     {"event": "refused", "status": 404, "body": "…"}
 
 ``--clock``: the publisher sent clock_pattern pictures; ``latency_ms`` has the
-median, p95 and max of now minus the time each decoded picture shows.
+median, p95 and max of now minus the time each decoded picture shows (after
+``--warmup`` seconds).
 ``first_frame_seconds``: from the answer to the first decoded picture (a new
 viewer waits for the next keyframe). Run it in the worker's network namespace.
 """
@@ -80,7 +81,7 @@ async def watch(args: argparse.Namespace) -> int:
             frames += 1
             sizes.add((frame.width, frame.height))
             stamps.append(float(frame.pts * frame.time_base))
-            if args.clock:
+            if args.clock and time.monotonic() - answered >= args.warmup:
                 delays.append(clock_pattern.latency_ms(frame))
         async with http.delete(location) as reply:
             deleted = reply.status
@@ -96,7 +97,7 @@ async def watch(args: argparse.Namespace) -> int:
         video_seconds=round(max(stamps) - min(stamps), 3) if stamps else 0.0,
         distinct=len(set(stamps)),
         # --clock: glass to glass, the publisher's wall clock to this decoded picture
-        latency_ms=_percentiles(delays) if delays else None,
+        latency_ms=clock_pattern.summary(delays) if delays else None,
         audio_frames=len(heard),
         audio_rates=sorted(set(heard)),
         deleted=deleted,
@@ -104,21 +105,14 @@ async def watch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _percentiles(values: list[int]) -> dict[str, int]:
-    ordered = sorted(values)
-    return {
-        "median": ordered[len(ordered) // 2],
-        "p95": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))],
-        "max": ordered[-1],
-        "frames": len(ordered),
-    }
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("url")
     parser.add_argument("--seconds", type=float, default=6)
     parser.add_argument("--clock", action="store_true", help="read the publisher's clock_pattern")
+    parser.add_argument(
+        "--warmup", type=float, default=0, help="--clock: count no picture in the first S seconds"
+    )
     return asyncio.run(watch(parser.parse_args()))
 
 

@@ -68,11 +68,12 @@ cluster-up: $(PY)  ## a local cluster in its own network namespace: control plan
 cluster-down:  ## stop the local cluster and remove all it made (processes, mounts, cgroups, namespace, sysctls)
 	hack/cluster-down.sh
 
-bench: $(PY)  ## the worker's ladder against the ffmpeg CLI, TS against CMAF+DASH packaging, its HLS origin under 1,000 viewers against nginx, the operator with 1,000 streams (docs/benchmarks.md)
+bench: $(PY)  ## the worker's ladder against the ffmpeg CLI, TS against CMAF+DASH packaging, its HLS origin under 1,000 viewers against nginx, the operator with 1,000 streams, glass-to-glass latency per ingest and player (root: a network namespace) (docs/benchmarks.md)
 	$(PY) bench/ladder.py --runs 3
 	$(PY) bench/packaging.py --runs 3
 	$(PY) bench/viewers.py --seconds 60 --rounds 2
 	$(PY) bench/operator.py --streams 100,500,1000 --steady-streams 1000 --steady-seconds 300
+	$(PY) bench/latency.py --seconds 45
 
 clean:  ## remove build and test leftovers (not the binary cache)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info test-artifacts

@@ -61,21 +61,15 @@ def main() -> int:
     parser.add_argument("--viewers", type=int, default=8)
     parser.add_argument("--window", type=float, default=10)
     args = parser.parse_args()
-    name = f"kubecast-whip-bench-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    path = f"/run/netns/{name}"
+    with netns.private_namespace(f"kubecast-whip-bench-{os.getpid()}", ADDRESS) as path:
+        return bench(args, path)
+
+
+def bench(args: argparse.Namespace, path: str) -> int:
     enter = ["nsenter", f"--net={path}", "--"]
     work = Path(tempfile.mkdtemp(prefix="kubecast-webrtc-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for command in (
-            ["link", "set", "lo", "up"],
-            ["link", "add", "wb0", "type", "veth", "peer", "name", "wb1"],
-            ["addr", "add", f"{ADDRESS}/24", "dev", "wb0"],
-            ["link", "set", "wb0", "up"],
-            ["link", "set", "wb1", "up"],
-        ):
-            subprocess.run(["ip", "-n", name, *command], check=True)
         (work / "key").write_text(KEY)
         config = {
             "stream": "bench",
@@ -174,7 +168,6 @@ def main() -> int:
                     proc.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,7 @@ class Worker:
                 window_segments=config.outputs.hls.window_segments,
                 event=config.outputs.hls.playlist_type == "event",
                 dash=config.outputs.dash.enabled,
+                low_latency=config.outputs.hls.low_latency,
             ),
             live=True,
             threads=threads,

@@ -239,6 +239,8 @@ class WebrtcOutput(ApiModel):
         " to <playback>/whep/<rendition>. Viewers share the rendition's one encode; the"
         " media flows over UDP to the worker pod's own address (see docs/webrtc.md).",
     )
+
+
 DASH_NEEDS_FMP4 = (
     "spec.outputs.dash needs CMAF segments: set spec.outputs.hls.segmentType to fmp4"
     " (HLS and DASH then share the same segments), or turn DASH off"

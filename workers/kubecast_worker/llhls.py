@@ -250,7 +250,8 @@ class MediaPlaylist:
             playlist.playlist_type = "event"
         playlist.server_control = m3u8.ServerControl(
             can_block_reload="YES",
-            part_hold_back=_round(HOLD_BACK_PARTS * self.part_target),
+            # rounded up: never under three part targets as written
+            part_hold_back=math.ceil(HOLD_BACK_PARTS * self.part_target * 1000) / 1000,
         )
         playlist.part_inf = m3u8.PartInformation(part_target=self.part_target)
         listed = [*self.segments, *([self.open] if self.open else [])]
@@ -276,7 +277,9 @@ class MediaPlaylist:
             )
         if self.preload_hint:
             playlist.preload_hint = m3u8.PreloadHint("PART", None, self.preload_hint)
-        return playlist.dumps(infspec="microseconds")
+        # NB: m3u8 ends a segment that has only parts with a newline of its own, which
+        # leaves a blank line before the hint; blank lines are ignored, but not pretty.
+        return playlist.dumps(infspec="microseconds").replace("\n\n", "\n")
 
     def _with_parts(self, listed: list[Segment]) -> set[int]:
         """Numbers of the segments that end within PARTS_KEPT_TARGETS target

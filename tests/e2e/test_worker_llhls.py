@@ -126,6 +126,13 @@ def test_the_live_playlist_obeys_the_part_rules(worker: WorkerProcess) -> None:
                 assert new[0] == playlist.preload_hint.uri, (before, after)
                 hinted += 1
         assert hinted >= 6, f"{name}: {hinted} hints checked"
+        # Rendition reports: where the other rendition's edge is, near this one's.
+        (other,) = [n for n in RENDITIONS if n != name]
+        reports = m3u8.loads(versions[-1]).rendition_reports
+        assert [r.uri for r in reports] == [f"../{other}/index.m3u8"]
+        theirs = m3u8.loads(http_get(playlist_url(worker, other)).text)
+        last_msn = theirs.media_sequence + len(theirs.segments) - 1
+        assert abs(reports[0].last_msn - last_msn) <= 1
 
 
 def test_a_blocking_reload_answers_once_the_part_exists(worker: WorkerProcess) -> None:

@@ -22,7 +22,8 @@ media playlist is ours, written with the ``m3u8`` library after every part (RFC
 ``EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK`` (3 part targets),
 ``EXT-X-PART-INF``, ``EXT-X-PART`` for the segments within the last three target
 durations, ``EXT-X-PRELOAD-HINT`` naming the part that comes next, and
-``EXT-X-PROGRAM-DATE-TIME`` on every segment. The origin answers blocking reloads
+``EXT-X-PROGRAM-DATE-TIME`` on every segment, and ``EXT-X-RENDITION-REPORT`` of the
+other renditions' playlists. The origin answers blocking reloads
 (``_HLS_msn``/``_HLS_part``) from this file (blocking_reload.py).
 
 Part length. A part is a whole number of the first track's frames (video frames,
@@ -57,6 +58,7 @@ import m3u8
 from av.packet import Packet
 
 from kubecast_worker import files, fmp4, packager
+from kubecast_worker.blocking_reload import Edge
 from kubecast_worker.status import RenditionState, SegmentBitrates
 
 #: What a part aims at: Apple suggests about a third of a second to one second; hls.js
@@ -173,6 +175,8 @@ class MediaPlaylist:
         self.discontinuity_sequence = 0
         #: the URI of the part that comes next (EXT-X-PRELOAD-HINT), while live
         self.preload_hint: str | None = None
+        #: (URI, LAST-MSN, LAST-PART) of the other renditions (EXT-X-RENDITION-REPORT)
+        self.reports: list[tuple[str, int, int | None]] = []
         #: the next segment opened follows an earlier session's (continue_from)
         self._discontinuity = False
 
@@ -277,6 +281,8 @@ class MediaPlaylist:
             )
         if self.preload_hint:
             playlist.preload_hint = m3u8.PreloadHint("PART", None, self.preload_hint)
+        for uri, last_msn, last_part in self.reports:
+            playlist.add_rendition_report(m3u8.RenditionReport(None, uri, last_msn, last_part))
         # NB: m3u8 ends a segment that has only parts with a newline of its own, which
         # leaves a blank line before the hint; blank lines are ignored, but not pretty.
         return playlist.dumps(infspec="microseconds").replace("\n\n", "\n")
@@ -357,7 +363,7 @@ class LowLatencyWriter:
         if append and self.playlist_path.exists():
             self._published = self.playlist_path.read_text()
             self.playlist.continue_from(self._published)
-        #: the segment within which a segment is closed: half a frame short of its length
+        #: a segment closes at this length: segmentSeconds, less half a frame of slack
         self._segment_at = packaging.segment_seconds - parts.frame_seconds / 2
         self._splitter = fmp4.BoxSplitter()
         self._init = b""
@@ -409,9 +415,9 @@ class LowLatencyWriter:
             self.container.close()
         finally:
             self._take()
-            if self._pending and self.playlist.open is not None:
-                self._segment_bytes.append(self._pending)
-                self._pending = b""
+            # NB: a last fragment with no video (a few AAC frames past the last picture)
+            # is dropped: a segment must be its parts, and no part can follow it.
+            self._pending = b""
             if self.playlist.open is not None:
                 self._close_segment()
             self.playlist.preload_hint = None
@@ -509,7 +515,31 @@ class LowLatencyWriter:
             if old.uri:
                 (self.directory / old.uri).unlink(missing_ok=True)
 
+    def _reports(self) -> list[tuple[str, int, int | None]]:
+        """Where the other renditions' live edges are, from their playlists as last
+        published (RFC 8216bis 4.4.5.4): a player switching renditions asks the new
+        one for its next part at once, without a plain reload first."""
+        found: list[tuple[str, int, int | None]] = []
+        for other in sorted(self.packaging.out_dir.iterdir()):
+            if other == self.directory:
+                continue
+            try:
+                edge = Edge.of((other / packager.PLAYLIST).read_text())
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            if not edge.blocking or edge.ended or (edge.next_msn == 0 and not edge.open_parts):
+                continue
+            at: tuple[int, int | None]
+            if edge.open_parts:
+                at = (edge.next_msn, edge.open_parts - 1)
+            else:
+                at = (edge.next_msn - 1, edge.last_parts - 1 if edge.last_parts else None)
+            found.append((f"../{other.name}/{packager.PLAYLIST}", *at))
+        return found
+
     def _publish(self) -> None:
+        # The reports go while the session is over: the others' edges are not moving.
+        self.playlist.reports = self._reports() if self.playlist.preload_hint else []
         previous, self._published = self._published, self.playlist.render()
         files.write_atomically(self.playlist_path, self._published)
         if self.playlist.open is None or len(self.playlist.open.parts) == 1:

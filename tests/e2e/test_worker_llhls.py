@@ -297,6 +297,36 @@ def test_hls_js_plays_in_low_latency_mode_near_the_live_edge(
         context.close()
 
 
+def test_hls_js_plays_an_event_playlist_by_delta_updates(tmp_path: Path, browser: Any) -> None:
+    outputs = {"hls": {**OUTPUTS["hls"], "playlistType": "event"}}
+    worker = launch_configured_worker(tmp_path, key=KEY, outputs=outputs)
+    publisher = publish(worker.rtmp(key=KEY), seconds=600, wait=False)
+    context = None
+    try:
+        worker.wait_state("live", timeout=30)
+        # Longer than CAN-SKIP-UNTIL (six target durations, 12 s): a delta skips some.
+        until(
+            lambda: http_get(playlist_url(worker)).text.count("#EXTINF") >= 8,
+            timeout=60,
+            what="8 segments",
+            every=0.5,
+        )
+        update = http_get(playlist_url(worker, query="_HLS_skip=YES")).text
+        assert re.search(r"^#EXT-X-SKIP:SKIPPED-SEGMENTS=[1-9]", update, re.MULTILINE), update
+        context, page, fetched = open_player(browser, worker)
+        wait_playing(page)
+        start = current_time(page)
+        page.wait_for_timeout(8000)
+        assert current_time(page) - start > 6.0
+        assert not page.evaluate("window.__errors"), page.evaluate("window.__errors")
+        assert any("_HLS_skip=YES" in u for u in fetched), fetched[-20:]
+    finally:
+        if context is not None:
+            context.close()
+        stop(publisher)
+        worker.stop()
+
+
 # -- a publisher that drops and comes back -------------------------------------------------
 
 

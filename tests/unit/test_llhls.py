@@ -27,7 +27,7 @@ import m3u8
 import pytest
 from av.video.frame import PictureType
 
-from kubecast_worker import llhls, packager
+from kubecast_worker import delta_update, llhls, packager
 from kubecast_worker.blocking_reload import BadDirective, Directives, Edge
 from kubecast_worker.status import RenditionState
 
@@ -39,9 +39,16 @@ needs_ffprobe = pytest.mark.skipif(
 )
 
 
-def make_writer(out: Path, *, epoch: str, append: bool = False) -> llhls.LowLatencyWriter:
+def make_writer(
+    out: Path, *, epoch: str, append: bool = False, event: bool = False
+) -> llhls.LowLatencyWriter:
     packaging = packager.Packaging(
-        out_dir=out, segment_seconds=2, segment_type="fmp4", window_segments=3, low_latency=True
+        out_dir=out,
+        segment_seconds=2,
+        segment_type="fmp4",
+        window_segments=3,
+        event=event,
+        low_latency=True,
     )
     return llhls.LowLatencyWriter(
         packaging=packaging,
@@ -134,6 +141,7 @@ def test_every_version_obeys_the_part_rules(session: tuple[Path, list[str]]) -> 
         control = playlist.server_control
         assert control.can_block_reload == "YES"
         assert control.part_hold_back >= 3 * target
+        assert control.can_skip_until is None  # 3 segments: nothing a delta could skip
         assert playlist.target_duration == 2
         for segment in playlist.segments:
             assert all(p.duration <= target for p in segment.parts), text
@@ -315,3 +323,42 @@ def test_directives_that_cannot_be_answered_are_bad_requests() -> None:
         Directives.of({"_HLS_msn": "-1"})
     assert Directives.of({"_HLS_msn": "42", "_HLS_part": "1"}) == Directives(42, 1)
     assert Directives.of({"other": "1"}) is None
+
+
+# -- delta updates (delta_update.py) ---------------------------------------------------
+
+
+def test_a_delta_update_is_the_playlist_less_what_a_player_has_already(tmp_path: Path) -> None:
+    writer = make_writer(tmp_path, epoch="ev", event=True)
+    versions = encode(writer, seconds=17)
+    live = versions[-2]
+    full = m3u8.loads(live)
+    assert full.server_control.can_skip_until == 12  # six target durations
+    assert full.version == 9 and full.playlist_type == "event"
+    # A live window no longer than six target durations: no delta updates offered.
+    assert (
+        delta_update.skip_until(
+            llhls.MediaPlaylist(segment_seconds=2, part_target=0.3, window=6).render()
+        )
+        is None
+    )
+
+    text = delta_update.delta(live)
+    update = m3u8.loads(text)
+    skipped = update.skip.skipped_segments
+    complete = [s for s in full.segments if s.uri]
+    assert 1 <= skipped < len(complete)
+    # What is left is the playlist's own tail, numbered as in the playlist.
+    assert update.media_sequence == full.media_sequence
+    assert [s.uri for s in update.segments] == [s.uri for s in full.segments[skipped:]]
+    assert [s.duration for s in update.segments] == [s.duration for s in full.segments[skipped:]]
+    assert update.segments[0].init_section.uri == "ev-init.mp4"
+    assert update.preload_hint.uri == full.preload_hint.uri
+    assert update.version == 9
+    # Skipped: the segments that start more than CAN-SKIP-UNTIL before the end, all of them.
+    total = sum(s.duration for s in complete)
+    starts = [sum(s.duration for s in complete[:i]) for i in range(len(complete))]
+    assert all(total - start > 12 for start in starts[:skipped])
+    assert total - starts[skipped] <= 12
+    # A playlist that offers none, or has nothing old enough, is its whole self.
+    assert delta_update.delta(versions[3]) == versions[3]

@@ -130,3 +130,27 @@ def test_the_hinted_part_is_held_until_it_exists(tmp_path: Path) -> None:
             assert reply.status == 404 and time.monotonic() - started < 0.3
 
     run(tmp_path, scenario)
+
+
+def test_a_delta_update_skips_what_the_playlist_offers_to(tmp_path: Path) -> None:
+    long = (
+        "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:2\n#EXT-X-PLAYLIST-TYPE:EVENT\n"
+        "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1,CAN-SKIP-UNTIL=12\n"
+        '#EXT-X-PART-INF:PART-TARGET=0.34\n#EXT-X-MAP:URI="a-init.mp4"\n'
+        + "".join(f"#EXTINF:2.0,\na-{n:05d}.m4s\n" for n in range(10))
+    )
+
+    async def scenario(http: aiohttp.ClientSession, rendition: Path) -> None:
+        files.write_atomically(rendition / "index.m3u8", long)
+        async with http.get("/360p/index.m3u8?_HLS_skip=YES") as reply:
+            text = await reply.text()
+        # 20 s listed: the 4 segments that start more than 12 s before the end go.
+        assert "#EXT-X-SKIP:SKIPPED-SEGMENTS=4\n" in text
+        assert "a-00003.m4s" not in text and "a-00004.m4s" in text
+        assert text.index('#EXT-X-MAP:URI="a-init.mp4"') > text.index("#EXT-X-SKIP")
+        async with http.get("/360p/index.m3u8?_HLS_skip=NO") as reply:
+            assert reply.status == 400
+        async with http.get("/old/index.m3u8?_HLS_skip=YES") as reply:
+            assert reply.status == 200 and "#EXT-X-SKIP" not in await reply.text()
+
+    run(tmp_path, scenario)

@@ -23,7 +23,8 @@ media playlist is ours, written with the ``m3u8`` library after every part (RFC
 ``EXT-X-PART-INF``, ``EXT-X-PART`` for the segments within the last three target
 durations, ``EXT-X-PRELOAD-HINT`` naming the part that comes next, and
 ``EXT-X-PROGRAM-DATE-TIME`` on every segment, and ``EXT-X-RENDITION-REPORT`` of the
-other renditions' playlists. The origin answers blocking reloads
+other renditions' playlists; ``CAN-SKIP-UNTIL`` on the playlists long enough for delta
+updates (delta_update.py). The origin answers blocking reloads
 (``_HLS_msn``/``_HLS_part``) from this file (blocking_reload.py).
 
 Part length. A part is a whole number of the first track's frames (video frames,
@@ -57,7 +58,7 @@ import av.container
 import m3u8
 from av.packet import Packet
 
-from kubecast_worker import files, fmp4, packager
+from kubecast_worker import delta_update, files, fmp4, packager
 from kubecast_worker.blocking_reload import Edge
 from kubecast_worker.status import RenditionState, SegmentBitrates
 
@@ -70,6 +71,8 @@ PART_RANGE = (0.2, 0.5)
 HOLD_BACK_PARTS = 3
 #: Parts are listed for the segments within this many target durations of the end.
 PARTS_KEPT_TARGETS = 3
+#: CAN-SKIP-UNTIL in target durations (RFC 8216bis 4.4.3.8: at least six).
+SKIP_TARGETS = 6
 #: fMP4 init sections of a media playlist without I-frames only need version 6;
 #: the hls muxer writes 7 for fMP4, and so do we.
 VERSION = 7
@@ -245,7 +248,9 @@ class MediaPlaylist:
 
     def render(self) -> str:
         playlist = m3u8.M3U8()
-        playlist.version = VERSION
+        skip_until = self.skip_until
+        # EXT-X-SKIP in the delta updates needs version 9 (RFC 8216bis 7).
+        playlist.version = delta_update.VERSION if skip_until else VERSION
         playlist.is_independent_segments = True
         playlist.target_duration = self.target_duration
         playlist.media_sequence = self.media_sequence
@@ -254,6 +259,7 @@ class MediaPlaylist:
             playlist.playlist_type = "event"
         playlist.server_control = m3u8.ServerControl(
             can_block_reload="YES",
+            can_skip_until=skip_until,
             # rounded up: never under three part targets as written
             part_hold_back=math.ceil(HOLD_BACK_PARTS * self.part_target * 1000) / 1000,
         )
@@ -286,6 +292,16 @@ class MediaPlaylist:
         # NB: m3u8 ends a segment that has only parts with a newline of its own, which
         # leaves a blank line before the hint; blank lines are ignored, but not pretty.
         return playlist.dumps(infspec="microseconds").replace("\n\n", "\n")
+
+    @property
+    def skip_until(self) -> float | None:
+        """CAN-SKIP-UNTIL, when the playlist can grow longer than it: six target
+        durations (the least RFC 8216bis 4.4.3.8 allows), for event playlists and
+        windows longer than that."""
+        until = SKIP_TARGETS * self.target_duration
+        if self.window is not None and self.window * self.segment_seconds <= until:
+            return None
+        return float(until)
 
     def _with_parts(self, listed: list[Segment]) -> set[int]:
         """Numbers of the segments that end within PARTS_KEPT_TARGETS target

@@ -7,6 +7,7 @@ CDN), the preview page, and the probes. Nothing else.
     GET /<rendition>/<epoch>-00042.3.m4s           a part (low-latency HLS), immutable
     GET /<rendition>/index.m3u8?_HLS_msn=42&_HLS_part=3
                     low-latency HLS: held until that part is listed (blocking_reload.py)
+    GET /<rendition>/index.m3u8?_HLS_skip=YES      its delta update (delta_update.py)
     GET /manifest.mpd                              application/dash+xml, max-age=1 (DASH)
     GET /thumbnail.jpg                             image/jpeg, max-age=1 (a still, every 5 s)
     GET /healthz    200 while the process serves requests
@@ -44,7 +45,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
 
-from kubecast_worker import admin, player
+from kubecast_worker import admin, delta_update, player
 from kubecast_worker.blocking_reload import BadDirective, BlockingReloads, Directives, hold_seconds
 from kubecast_worker.hot_files import HotFiles
 from kubecast_worker.status import Status
@@ -67,7 +68,9 @@ SEGMENT_CACHE = "public, max-age=31536000, immutable"
 NO_CACHE = "no-cache"
 NO_STORE = "no-store"
 #: The query parameters of a blocking playlist reload (RFC 8216bis 6.2.5.2).
-DIRECTIVES = ("_HLS_msn", "_HLS_part")
+DIRECTIVES = ("_HLS_msn", "_HLS_part", "_HLS_skip")
+#: _HLS_skip=v2 also asks to skip date ranges, of which there are none here.
+SKIP_VALUES = ("YES", "v2")
 #: /whep/: a viewer's page POSTs its offer and DELETEs its session (kubecast_worker.whep).
 WHEP_CORS = {
     "Access-Control-Allow-Origin": "*",
@@ -206,30 +209,40 @@ def make_app(
         """A playlist request with delivery directives: answered once the playlist
         has what they ask for (blocking_reload.py)."""
         headers = {"Content-Type": CONTENT_TYPES[".m3u8"], "Cache-Control": PLAYLIST_CACHE}
+        skip = request.query.get("_HLS_skip")
         try:
+            if skip is not None and skip not in SKIP_VALUES:
+                raise BadDirective("_HLS_skip is YES or v2")
             directives = Directives.of(dict(request.query))
             edge = reloads.edge(path)
             if edge is None:
                 return _not_found()
-            if directives is None or not edge.blocking:
-                hot = hot_files.get(path)  # not a low-latency playlist: as it is
-                if hot is None:
-                    return web.FileResponse(path, headers=headers)
-                return web.Response(body=hot.body, headers=headers)
-            directives.check(edge)
+            if directives is not None and edge.blocking:
+                directives.check(edge)
+            else:
+                directives = None  # nothing to wait for, or a playlist that never blocks
         except BadDirective as e:
             return web.Response(status=400, text=f"{e}\n", headers={"Cache-Control": NO_STORE})
-        except OSError:
-            return _not_found()
-        found = await reloads.wait(
-            path, lambda e: e.has(directives.msn, directives.part), timeout=hold_seconds
-        )
-        if found is None:
-            return web.Response(
-                status=503,
-                text="the playlist did not reach that part in three target durations\n",
-                headers={"Cache-Control": NO_STORE},
+        if directives is None:
+            try:
+                found = hot_files.get(path)
+            except OSError:
+                return _not_found()
+            if found is None:
+                return web.FileResponse(path, headers=headers)
+        else:
+            wanted = directives
+            found = await reloads.wait(
+                path, lambda e: e.has(wanted.msn, wanted.part), timeout=hold_seconds
             )
+            if found is None:
+                return web.Response(
+                    status=503,
+                    text="the playlist did not reach that part in three target durations\n",
+                    headers={"Cache-Control": NO_STORE},
+                )
+        if skip is not None:  # a delta update, when the playlist offers them
+            return web.Response(text=delta_update.delta(found.body.decode()), headers=headers)
         return web.Response(body=found.body, headers=headers)
 
     async def hinted_part(tail: str) -> Path | None:

@@ -177,6 +177,33 @@ def watch(namespace: str, worker: WorkerProcess, rendition: str, seconds: float)
     return ThreadPoolExecutor(1).submit(run)
 
 
+Metrics = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(worker: WorkerProcess, namespace: str) -> Metrics:
+    """The worker's /metrics, as Prometheus parses it: (sample name, its labels but the
+    stream's) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    code, body = netns.http_get(namespace, worker.admin_url("/metrics"))
+    assert code == 200, body
+    return {
+        (sample.name, frozenset((k, v) for k, v in sample.labels.items() if k != "stream")): (
+            sample.value
+        )
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+def whep_viewers(metrics: Metrics) -> dict[str, float]:
+    return {
+        dict(labels)["rendition"]: value
+        for (name, labels), value in metrics.items()
+        if name == "kubecast_whep_viewers"
+    }
+
+
 def counters(worker: WorkerProcess, namespace: str) -> dict[str, int]:
     return status(worker, namespace)["ingest"]["counters"]  # type: ignore[no-any-return]
 
@@ -299,6 +326,52 @@ def test_whep_viewers_share_each_renditions_encode_at_its_size(
     publisher.wait("deleted", timeout=40)
     wait_state(worker, namespace, "idle")
     publisher.finish()
+
+
+def test_metrics_count_whep_viewers_while_they_watch_and_after_they_leave(
+    worker: WorkerProcess, namespace: str
+) -> None:
+    """/metrics over HTTP: a gauge of viewers per rendition that follows real aiortc viewers
+    as they join and leave, and counters of sessions started, ended and refused."""
+    before = scrape(worker, namespace)
+
+    def count(name: str, **labels: str) -> float:
+        """How much the sample ``name{labels}`` grew since the test began."""
+        key = (name, frozenset(labels.items()))
+        return scrape(worker, namespace).get(key, 0.0) - before.get(key, 0.0)
+
+    refused = watch(namespace, worker, "360p", 1).result()  # nothing is live yet
+    assert refused["status"] == 404, refused
+    assert count("kubecast_whep_sessions_refused_total", reason="not_playing") == 1
+    publisher = Publisher(namespace, worker, "--seconds", "25")
+    wait_state(worker, namespace, "live")
+    assert whep_viewers(scrape(worker, namespace)) == {"360p": 0, "180p": 0}
+    viewers = [watch(namespace, worker, rendition, 8) for rendition in ("360p", "360p", "180p")]
+    watching = until(
+        lambda: whep_viewers(scrape(worker, namespace)) == {"360p": 2, "180p": 1},
+        timeout=15,
+        what="three viewers in /metrics",
+        every=0.2,
+    )
+    assert watching
+    results = [viewer.result() for viewer in viewers]
+    assert all(r["event"] == "watched" and r["deleted"] == 200 for r in results), results
+    after = scrape(worker, namespace)
+    assert whep_viewers(after) == {"360p": 0, "180p": 0}
+    for rendition, n in (("360p", 2), ("180p", 1)):
+        assert count("kubecast_whep_sessions_started_total", rendition=rendition) == n
+        assert (
+            count("kubecast_whep_sessions_ended_total", rendition=rendition, reason="viewer_left")
+            == n
+        )
+    assert count("kubecast_whep_sessions_refused_total", reason="not_playing") == 1
+    publisher.wait("deleted", timeout=40)
+    wait_state(worker, namespace, "idle")
+    publisher.finish()
+    # Idle: no rendition to join, so no viewer series; the counters stay.
+    idle = scrape(worker, namespace)
+    assert whep_viewers(idle) == {}
+    assert count("kubecast_whep_sessions_started_total", rendition="360p") == 2
 
 
 def test_a_publisher_back_within_the_reconnect_window_continues_the_playlists(

@@ -36,6 +36,7 @@ from conftest import (
     until,
     video_stream,
 )
+from in_namespace import scrape, status, wait_state, whep_viewers
 
 from tests.integration import netns
 
@@ -53,21 +54,8 @@ MEDIA_TIMEOUT = 5.0
 @pytest.fixture(scope="module")
 def namespace() -> Iterator[str]:
     """A network namespace with one non-loopback address, gone after the module."""
-    name = f"kubecast-whip-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        for command in (
-            ["link", "set", "lo", "up"],
-            # NB: a veth pair, not a dummy: this kernel may lack the dummy module.
-            ["link", "add", "whip0", "type", "veth", "peer", "name", "whip1"],
-            ["addr", "add", f"{ADDRESS}/24", "dev", "whip0"],
-            ["link", "set", "whip0", "up"],
-            ["link", "set", "whip1", "up"],
-        ):
-            subprocess.run(["ip", "-n", name, *command], check=True)
-        yield f"/run/netns/{name}"
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
+    with netns.private_namespace(f"kubecast-whip-{os.getpid()}", ADDRESS) as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
@@ -88,24 +76,6 @@ def worker(namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 # -- talking to the worker in its namespace -------------------------------------------------
-
-
-def status(worker: WorkerProcess, namespace: str) -> dict[str, Any]:
-    code, body = netns.http_get(namespace, worker.admin_url("/status"))
-    assert code == 200, body
-    return json.loads(body)  # type: ignore[no-any-return]
-
-
-def wait_state(worker: WorkerProcess, namespace: str, state: str, timeout: float = 30) -> float:
-    """Wait for ``state``; returns when it was seen (time.monotonic())."""
-    until(
-        lambda: status(worker, namespace)["state"] == state or worker.process.poll() is not None,
-        timeout=timeout,
-        what=f"state {state}",
-        every=0.2,
-    )
-    assert worker.process.poll() is None, "\n".join(worker.raw[-30:])
-    return time.monotonic()
 
 
 class Publisher:
@@ -175,33 +145,6 @@ def watch(namespace: str, worker: WorkerProcess, rendition: str, seconds: float)
         return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
     return ThreadPoolExecutor(1).submit(run)
-
-
-Metrics = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(worker: WorkerProcess, namespace: str) -> Metrics:
-    """The worker's /metrics, as Prometheus parses it: (sample name, its labels but the
-    stream's) -> value."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    code, body = netns.http_get(namespace, worker.admin_url("/metrics"))
-    assert code == 200, body
-    return {
-        (sample.name, frozenset((k, v) for k, v in sample.labels.items() if k != "stream")): (
-            sample.value
-        )
-        for family in text_string_to_metric_families(body.decode())
-        for sample in family.samples
-    }
-
-
-def whep_viewers(metrics: Metrics) -> dict[str, float]:
-    return {
-        dict(labels)["rendition"]: value
-        for (name, labels), value in metrics.items()
-        if name == "kubecast_whep_viewers"
-    }
 
 
 def counters(worker: WorkerProcess, namespace: str) -> dict[str, int]:

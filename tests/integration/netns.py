@@ -5,15 +5,20 @@ of its own; the host has none of its addresses. A test that must talk to a pod
 IP or a ClusterIP does it from a thread that entered that namespace: setns(2)
 moves only the calling thread, and a socket stays in the namespace it was made
 in, so nothing in the host's own namespace ever sends to a private address.
+
+``private_namespace`` makes a namespace of a test's own (the WebRTC tests: aioice
+never offers 127.0.0.1, so their peers need an address that exists only there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,3 +70,23 @@ def http_get(path: str, url: str, timeout: float = 5) -> tuple[int, bytes]:
             return error.code, error.read()
 
     return call(path, get)
+
+
+@contextlib.contextmanager
+def private_namespace(name: str, address: str) -> Iterator[str]:
+    """A network namespace with loopback and one more address, ``address`` (/24), that
+    exists only there; yields its path for ``nsenter --net=``; deleted afterwards."""
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for command in (
+            ["link", "set", "lo", "up"],
+            # NB: a veth pair, not a dummy: this kernel may lack the dummy module.
+            ["link", "add", "veth0", "type", "veth", "peer", "name", "veth1"],
+            ["addr", "add", f"{address}/24", "dev", "veth0"],
+            ["link", "set", "veth0", "up"],
+            ["link", "set", "veth1", "up"],
+        ):
+            subprocess.run(["ip", "-n", name, *command], check=True)
+        yield f"/run/netns/{name}"
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)

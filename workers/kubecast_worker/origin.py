@@ -266,7 +266,11 @@ def make_app(
     # page reads the worker's own from player/status, which has the port really bound
     # (the RTMP listener starts after this app is built).
     player.add_player_routes(
-        app, status=status, ingest_url=ingest_url, stream_key_secret=stream_key_secret
+        app,
+        status=status,
+        ingest_url=ingest_url,
+        stream_key_secret=stream_key_secret,
+        whep=whep is not None,
     )
     if whep is not None:
         whep.add_routes(app)  # before the catch-all, which would take /whep/...

@@ -21,11 +21,11 @@ media playlist is ours, written with the ``m3u8`` library after every part (RFC
 8216bis 4.4.3.7-8, 4.4.4.9, 4.4.5.3; Apple's "Enabling Low-Latency HLS"):
 ``EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK`` (3 part targets),
 ``EXT-X-PART-INF``, ``EXT-X-PART`` for the segments within the last three target
-durations, ``EXT-X-PRELOAD-HINT`` naming the part that comes next, and
-``EXT-X-PROGRAM-DATE-TIME`` on every segment, and ``EXT-X-RENDITION-REPORT`` of the
-other renditions' playlists; ``CAN-SKIP-UNTIL`` on the playlists long enough for delta
-updates (delta_update.py). The origin answers blocking reloads
-(``_HLS_msn``/``_HLS_part``) from this file (blocking_reload.py).
+durations, ``EXT-X-PRELOAD-HINT`` naming the part that comes next,
+``EXT-X-PROGRAM-DATE-TIME`` on every segment, ``EXT-X-RENDITION-REPORT`` of the
+other renditions, and ``CAN-SKIP-UNTIL`` on the playlists long enough for delta
+updates. The origin answers blocking reloads (``_HLS_msn``/``_HLS_part``:
+blocking_reload.py) and delta updates (``_HLS_skip``: delta_update.py) from this file.
 
 Part length. A part is a whole number of the first track's frames (video frames,
 or AAC frames in an audio-only rendition), chosen so that parts divide the GOP

@@ -1,13 +1,15 @@
 """WHIP in, WHEP out: what a WebRTC viewer costs the worker, and how fast sessions turn over.
 
     sudo .venv/bin/python bench/webrtc.py [--viewers 8] [--window 10]
+        [--processes 4] [--rendition 360p] [--no-audio]
 
 In a network namespace of its own (aioice offers no loopback candidate), as the
 tests do: a worker (tests/e2e SMALL_PROFILE ladder: 360p + 180p, ultrafast, 1 s GOP)
 with ``--whep``, an aiortc WHIP publisher (tests/e2e/whip_client.py --clock: VP8 +
 Opus, 640x360 at 30 fps, each picture showing the wall clock), then ``--viewers``
-aiortc WHEP viewers of 360p (tests/e2e/whep_client.py --clock). It prints one JSON
-document:
+aiortc WHEP viewers of ``--rendition`` (tests/e2e/whep_client.py --clock), spread over
+``--processes`` processes (several viewers share one event loop: fifty processes
+would cost more than the viewers). It prints one JSON document:
 
 - ``worker_cpu_idle_viewers``: the worker's CPU (cores) over ``--window`` s with no viewer;
 - ``worker_cpu_with_viewers``: the same with the viewers watching;
@@ -17,7 +19,10 @@ document:
   decoded picture minus the clock the picture shows (WHIP → ladder → WHEP; one clock);
 - ``vanished_to_idle_seconds``: the publisher killed (no DELETE) → the worker idle;
 - ``worker_status``: its frames decoded, dropped (a rendition behind) and late (decoded
-  more than a second after real time): whether the worker kept up.
+  more than a second after real time): whether the worker kept up;
+- ``viewers_cpu``: the viewer processes' own CPU (cores) while they watched;
+- ``keyframe_skips``, ``max_gap_seconds``: from the worker's /metrics, times a
+  viewer's queue overflowed; from each viewer, its longest gap between pictures.
 
 The viewers run on the same machine, so they compete with the worker for the
 cores: read the per-viewer figure as an upper bound on a shared machine.
@@ -34,11 +39,11 @@ import sys
 import tempfile
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
@@ -60,6 +65,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--viewers", type=int, default=8)
     parser.add_argument("--window", type=float, default=10)
+    parser.add_argument("--processes", type=int, default=4, help="viewer processes")
+    parser.add_argument("--rendition", default="360p")
+    parser.add_argument("--no-audio", action="store_true", help="viewers receive video only")
     args = parser.parse_args()
     with netns.private_namespace(f"kubecast-whip-bench-{os.getpid()}", ADDRESS) as path:
         return bench(args, path)
@@ -68,7 +76,7 @@ def main() -> int:
 def bench(args: argparse.Namespace, path: str) -> int:
     enter = ["nsenter", f"--net={path}", "--"]
     work = Path(tempfile.mkdtemp(prefix="kubecast-webrtc-bench-"))
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: list[subprocess.Popen[Any]] = []
     try:
         (work / "key").write_text(KEY)
         config = {
@@ -122,21 +130,52 @@ def bench(args: argparse.Namespace, path: str) -> int:
         time.sleep(args.window)
         idle = (cpu_seconds(worker.pid) - c0) / (time.monotonic() - t0)
 
-        def view(_: int) -> dict[str, Any]:
-            done = subprocess.run(
-                [*enter, sys.executable, str(REPO / "tests/e2e/whep_client.py"),
-                 f"http://{ADDRESS}:8080/whep/360p", "--seconds", str(args.window + 8), "--clock"],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+        def keyframe_skips() -> float:
+            def get() -> float:
+                with urllib.request.urlopen(f"http://{ADDRESS}:9090/metrics", timeout=5) as r:
+                    text = r.read().decode()
+                return sum(
+                    s.value
+                    for family in text_string_to_metric_families(text)
+                    for s in family.samples
+                    if s.name == "kubecast_whep_keyframe_skips_total"
+                )
 
-        with ThreadPoolExecutor(args.viewers) as pool:
-            futures = [pool.submit(view, i) for i in range(args.viewers)]
-            time.sleep(6)  # every viewer connected and past its first keyframe
-            c1, t1 = cpu_seconds(worker.pid), time.monotonic()
-            time.sleep(args.window)
-            watching = (cpu_seconds(worker.pid) - c1) / (time.monotonic() - t1)
-            viewers = [f.result() for f in futures]
+            return netns.call(path, get)
+
+        processes = max(1, min(args.processes, args.viewers))
+        shares = [
+            args.viewers // processes + (i < args.viewers % processes) for i in range(processes)
+        ]
+        viewer = [*enter, sys.executable, str(REPO / "tests/e2e/whep_client.py"),
+                  f"http://{ADDRESS}:8080/whep/{args.rendition}",
+                  "--seconds", str(args.window + 8), "--clock"]  # fmt: skip
+        if args.no_audio:
+            viewer.append("--no-audio")
+        crowd = [
+            subprocess.Popen(
+                [*viewer, "--viewers", str(n)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            for n in shares
+        ]
+        procs.extend(crowd)
+        skips0 = keyframe_skips()
+        time.sleep(6)  # every viewer connected and past its first keyframe
+        c1, t1 = cpu_seconds(worker.pid), time.monotonic()
+        v1 = sum(cpu_seconds(v.pid) for v in crowd)  # NB: nsenter execs: the same pid
+        time.sleep(args.window)
+        watching = (cpu_seconds(worker.pid) - c1) / (time.monotonic() - t1)
+        viewers_cpu = (sum(cpu_seconds(v.pid) for v in crowd) - v1) / (time.monotonic() - t1)
+        viewers = [
+            json.loads(line)
+            for v in crowd
+            for line in v.communicate()[0].splitlines()
+            if line.startswith("{")
+        ]
+        skips = keyframe_skips() - skips0
         live = status()  # the worker's own account: did it keep up?
         behind = {k: live.get(k) for k in ("framesDecoded", "droppedFrames", "lateFrames")}
         publisher.send_signal(signal.SIGKILL)
@@ -144,16 +183,26 @@ def bench(args: argparse.Namespace, path: str) -> int:
         vanished = wait("idle") - killed
         print(json.dumps({
             "viewers": args.viewers,
+            "viewer_processes": processes,
+            "rendition": args.rendition,
+            "audio": not args.no_audio,
             "window_seconds": args.window,
             "load_average": os.getloadavg()[0],
             "worker_cpu_idle_viewers": round(idle, 3),
             "worker_cpu_with_viewers": round(watching, 3),
             "per_viewer_cpu_percent": round(100 * (watching - idle) / args.viewers, 2),
+            "viewers_cpu": round(viewers_cpu, 3),
+            "watched": len(viewers),
             "viewer_frames": [v["frames"] for v in viewers],
             "viewer_distinct_frames": [v["distinct"] for v in viewers],
             "viewer_fps": [round(v["distinct"] / v["video_seconds"], 2) for v in viewers],
             "viewer_sizes": sorted({tuple(s) for v in viewers for s in v["sizes"]}),
             "first_frame_seconds": [v["first_frame_seconds"] for v in viewers],
+            "connected_to_first_frame_seconds": [
+                v["connected_to_first_frame_seconds"] for v in viewers
+            ],
+            "max_gap_seconds": max((v["max_gap_seconds"] or 0) for v in viewers),
+            "keyframe_skips": skips,
             "glass_to_glass_ms": [v["latency_ms"] for v in viewers],
             "vanished_to_idle_seconds": round(vanished, 2),
             "worker_status": behind,

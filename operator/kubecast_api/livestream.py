@@ -166,7 +166,22 @@ class PlaylistType(StrEnum):
     EVENT = "event"
 
 
+LOW_LATENCY_NEEDS_FMP4 = (
+    "spec.outputs.hls.lowLatency needs CMAF segments: set spec.outputs.hls.segmentType to"
+    " fmp4 (partial segments are fragments of fragmented MP4), or turn lowLatency off"
+)
+
+
 class HlsOutput(ApiModel):
+    model_config = validated_by(
+        cel(
+            "!(has(self.lowLatency) && self.lowLatency)"
+            " || (has(self.segmentType) && self.segmentType == 'fmp4')",
+            LOW_LATENCY_NEEDS_FMP4,
+            field_path=".lowLatency",
+        )
+    )
+
     segment_type: SegmentType = Field(
         default=SegmentType.TS,
         description="Segment container: ts (MPEG-TS, which every HLS player plays) or fmp4"
@@ -186,6 +201,23 @@ class HlsOutput(ApiModel):
         " publish stays listed (#EXT-X-PLAYLIST-TYPE:EVENT), so viewers can seek back to the"
         " start; each new publish starts a new playlist.",
     )
+    low_latency: bool = Field(
+        strict=True,
+        default=False,
+        description="Low-Latency HLS (RFC 8216bis; Apple's LL-HLS): each segment is also"
+        " published in parts of about a third of a second (#EXT-X-PART, PART-TARGET) as"
+        " soon as each is encoded, with #EXT-X-PRELOAD-HINT naming the next one, and the"
+        " origin answers blocking playlist reloads (?_HLS_msn=&_HLS_part=). Players in"
+        " low-latency mode then play about a second behind live; others play the whole"
+        " segments as before. Needs segmentType fmp4. A CDN in front must keep query"
+        " strings in its cache key (see docs/low-latency-hls.md).",
+    )
+
+    @model_validator(mode="after")
+    def _low_latency_needs_fmp4(self) -> Self:
+        if self.low_latency and self.segment_type != SegmentType.FMP4:
+            raise ValueError(LOW_LATENCY_NEEDS_FMP4)
+        return self
 
 
 class DashOutput(ApiModel):
@@ -207,6 +239,8 @@ class WebrtcOutput(ApiModel):
         " to <playback>/whep/<rendition>. Viewers share the rendition's one encode; the"
         " media flows over UDP to the worker pod's own address (see docs/webrtc.md).",
     )
+
+
 DASH_NEEDS_FMP4 = (
     "spec.outputs.dash needs CMAF segments: set spec.outputs.hls.segmentType to fmp4"
     " (HLS and DASH then share the same segments), or turn DASH off"

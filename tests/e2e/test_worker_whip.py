@@ -36,6 +36,7 @@ from conftest import (
     until,
     video_stream,
 )
+from in_namespace import scrape, status, wait_state, whep_viewers
 
 from tests.integration import netns
 
@@ -53,21 +54,8 @@ MEDIA_TIMEOUT = 5.0
 @pytest.fixture(scope="module")
 def namespace() -> Iterator[str]:
     """A network namespace with one non-loopback address, gone after the module."""
-    name = f"kubecast-whip-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        for command in (
-            ["link", "set", "lo", "up"],
-            # NB: a veth pair, not a dummy: this kernel may lack the dummy module.
-            ["link", "add", "whip0", "type", "veth", "peer", "name", "whip1"],
-            ["addr", "add", f"{ADDRESS}/24", "dev", "whip0"],
-            ["link", "set", "whip0", "up"],
-            ["link", "set", "whip1", "up"],
-        ):
-            subprocess.run(["ip", "-n", name, *command], check=True)
-        yield f"/run/netns/{name}"
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
+    with netns.private_namespace(f"kubecast-whip-{os.getpid()}", ADDRESS) as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
@@ -88,24 +76,6 @@ def worker(namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 # -- talking to the worker in its namespace -------------------------------------------------
-
-
-def status(worker: WorkerProcess, namespace: str) -> dict[str, Any]:
-    code, body = netns.http_get(namespace, worker.admin_url("/status"))
-    assert code == 200, body
-    return json.loads(body)  # type: ignore[no-any-return]
-
-
-def wait_state(worker: WorkerProcess, namespace: str, state: str, timeout: float = 30) -> float:
-    """Wait for ``state``; returns when it was seen (time.monotonic())."""
-    until(
-        lambda: status(worker, namespace)["state"] == state or worker.process.poll() is not None,
-        timeout=timeout,
-        what=f"state {state}",
-        every=0.2,
-    )
-    assert worker.process.poll() is None, "\n".join(worker.raw[-30:])
-    return time.monotonic()
 
 
 class Publisher:
@@ -299,6 +269,52 @@ def test_whep_viewers_share_each_renditions_encode_at_its_size(
     publisher.wait("deleted", timeout=40)
     wait_state(worker, namespace, "idle")
     publisher.finish()
+
+
+def test_metrics_count_whep_viewers_while_they_watch_and_after_they_leave(
+    worker: WorkerProcess, namespace: str
+) -> None:
+    """/metrics over HTTP: a gauge of viewers per rendition that follows real aiortc viewers
+    as they join and leave, and counters of sessions started, ended and refused."""
+    before = scrape(worker, namespace)
+
+    def count(name: str, **labels: str) -> float:
+        """How much the sample ``name{labels}`` grew since the test began."""
+        key = (name, frozenset(labels.items()))
+        return scrape(worker, namespace).get(key, 0.0) - before.get(key, 0.0)
+
+    refused = watch(namespace, worker, "360p", 1).result()  # nothing is live yet
+    assert refused["status"] == 404, refused
+    assert count("kubecast_whep_sessions_refused_total", reason="not_playing") == 1
+    publisher = Publisher(namespace, worker, "--seconds", "25")
+    wait_state(worker, namespace, "live")
+    assert whep_viewers(scrape(worker, namespace)) == {"360p": 0, "180p": 0}
+    viewers = [watch(namespace, worker, rendition, 8) for rendition in ("360p", "360p", "180p")]
+    watching = until(
+        lambda: whep_viewers(scrape(worker, namespace)) == {"360p": 2, "180p": 1},
+        timeout=15,
+        what="three viewers in /metrics",
+        every=0.2,
+    )
+    assert watching
+    results = [viewer.result() for viewer in viewers]
+    assert all(r["event"] == "watched" and r["deleted"] == 200 for r in results), results
+    after = scrape(worker, namespace)
+    assert whep_viewers(after) == {"360p": 0, "180p": 0}
+    for rendition, n in (("360p", 2), ("180p", 1)):
+        assert count("kubecast_whep_sessions_started_total", rendition=rendition) == n
+        assert (
+            count("kubecast_whep_sessions_ended_total", rendition=rendition, reason="viewer_left")
+            == n
+        )
+    assert count("kubecast_whep_sessions_refused_total", reason="not_playing") == 1
+    publisher.wait("deleted", timeout=40)
+    wait_state(worker, namespace, "idle")
+    publisher.finish()
+    # Idle: no rendition to join, so no viewer series; the counters stay.
+    idle = scrape(worker, namespace)
+    assert whep_viewers(idle) == {}
+    assert count("kubecast_whep_sessions_started_total", rendition="360p") == 2
 
 
 def test_a_publisher_back_within_the_reconnect_window_continues_the_playlists(

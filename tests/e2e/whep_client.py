@@ -13,7 +13,15 @@ One JSON line on stdout when done (or refused):
 median, p95 and max of now minus the time each decoded picture shows (after
 ``--warmup`` seconds).
 ``first_frame_seconds``: from the answer to the first decoded picture (a new
-viewer waits for the next keyframe). Run it in the worker's network namespace.
+viewer waits for the next keyframe); ``connected_to_first_frame_seconds``: from
+ICE + DTLS connected to it, the wait for a keyframe alone. ``max_gap_seconds``:
+the longest step between consecutive decoded pictures' timestamps (media time: a
+lost keyframe shows as a gap, a busy viewer process does not).
+
+``--viewers N``: N viewers in this one process (one event loop), joining together,
+one "watched" line each: how the crowd tests spread viewers over a few processes.
+``--no-audio``: video only (a crowd's Opus decodes would cost the cores the worker
+needs). Run it in the worker's network namespace.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import sys
 import time
@@ -37,9 +46,24 @@ def say(event: str, **fields: object) -> None:
 
 
 async def watch(args: argparse.Namespace) -> int:
+    results = await asyncio.gather(*(view(args) for _ in range(args.viewers)))
+    for result in results:
+        say(**result)
+    return 0
+
+
+async def view(args: argparse.Namespace) -> dict[str, object]:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN server: none is reachable
     pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
+    if not args.no_audio:
+        pc.addTransceiver("audio", direction="recvonly")
+    connected: list[float] = []
+
+    @pc.on("connectionstatechange")
+    def changed() -> None:
+        if pc.connectionState == "connected" and not connected:
+            connected.append(time.monotonic())
+
     tracks: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
     heard: list[int] = []  # the sample rate of each decoded audio frame
 
@@ -62,14 +86,14 @@ async def watch(args: argparse.Namespace) -> int:
         async with http.post(args.url, data=pc.localDescription.sdp, headers=headers) as reply:
             body = await reply.text()
             if reply.status != 201:
-                say("refused", status=reply.status, body=body)
                 await pc.close()
-                return 0
+                return {"event": "refused", "status": reply.status, "body": body}
             location = urljoin(args.url, reply.headers["Location"])
         answered = time.monotonic()
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
         track = await asyncio.wait_for(tracks.get(), 10)
         frames, sizes, first, stamps, delays = 0, set(), None, [], []
+        first_at = None
         deadline = answered + args.seconds
         while time.monotonic() < deadline:
             try:
@@ -77,7 +101,8 @@ async def watch(args: argparse.Namespace) -> int:
             except (TimeoutError, MediaStreamError):
                 break
             if first is None:
-                first = time.monotonic() - answered
+                first_at = time.monotonic()
+                first = first_at - answered
             frames += 1
             sizes.add((frame.width, frame.height))
             stamps.append(float(frame.pts * frame.time_base))
@@ -88,11 +113,16 @@ async def watch(args: argparse.Namespace) -> int:
     for listener in listeners:
         listener.cancel()
     await pc.close()
-    say(
-        "watched",
+    ordered = sorted(set(stamps))
+    return dict(
+        event="watched",
         frames=frames,
         sizes=sorted(sizes),
         first_frame_seconds=None if first is None else round(first, 3),
+        connected_to_first_frame_seconds=(
+            round(first_at - connected[0], 3) if first_at is not None and connected else None
+        ),
+        max_gap_seconds=_largest_step(ordered),
         # the span of the pictures' timestamps: frames / span is the frame rate received
         video_seconds=round(max(stamps) - min(stamps), 3) if stamps else 0.0,
         distinct=len(set(stamps)),
@@ -102,7 +132,11 @@ async def watch(args: argparse.Namespace) -> int:
         audio_rates=sorted(set(heard)),
         deleted=deleted,
     )
-    return 0
+
+
+def _largest_step(ordered: list[float]) -> float | None:
+    steps = [b - a for a, b in itertools.pairwise(ordered)]
+    return round(max(steps), 3) if steps else None
 
 
 def main() -> int:
@@ -113,6 +147,8 @@ def main() -> int:
     parser.add_argument(
         "--warmup", type=float, default=0, help="--clock: count no picture in the first S seconds"
     )
+    parser.add_argument("--viewers", type=int, default=1, help="viewers in this process")
+    parser.add_argument("--no-audio", action="store_true", help="receive video only")
     return asyncio.run(watch(parser.parse_args()))
 
 

@@ -169,6 +169,12 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
         "fmp4",
     ),
     (
+        "low-latency-with-ts",
+        _stream(outputs={"hls": {"lowLatency": True}}),
+        "spec.outputs.hls",
+        "set spec.outputs.hls.segmentType to fmp4",
+    ),
+    (
         "reconnect-negative",
         _stream(reconnectWindowSeconds=-1),
         "spec.reconnectWindowSeconds",

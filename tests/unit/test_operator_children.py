@@ -67,6 +67,16 @@ def test_worker_config_resolves_profile_and_never_holds_the_key() -> None:
     assert secret["stringData"] == {"streamKey": "s3cret-key-value"}
 
 
+def test_low_latency_reaches_the_worker_config() -> None:
+    stream = body("livestream-push.yaml")
+    stream["spec"]["outputs"] = {"hls": {"segmentType": "fmp4", "lowLatency": True}}
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    rendered = children.render_config(children.worker_config(stream, spec, profile()))
+    assert yaml.safe_load(rendered)["outputs"]["hls"]["lowLatency"] is True
+    config = WorkerConfig.model_validate(yaml.safe_load(rendered))
+    assert config.outputs.hls.low_latency
+
+
 def test_a_profile_change_changes_the_pod_template_so_the_worker_rolls() -> None:
     stream = body("livestream-push.yaml")
     spec = LiveStreamSpec.model_validate(stream["spec"])

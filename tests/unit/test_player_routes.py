@@ -61,6 +61,11 @@ def test_page_is_served_at_root_and_at_player() -> None:
     run(scenario)
 
 
+def test_the_webrtc_choice_is_offered_only_by_a_worker_that_answers_whep() -> None:
+    assert 'data-whep=""' in routes.render_page()
+    assert 'data-whep="on"' in routes.render_page(whep=True)
+
+
 def test_page_refers_to_everything_by_relative_url() -> None:
     """Behind a CDN or a path prefix, /x or http://host/x would point at the wrong place."""
     page = routes.render_page()
@@ -72,6 +77,7 @@ def test_page_refers_to_everything_by_relative_url() -> None:
     script = (routes.STATIC_DIR / "player.js").read_text()
     assert "const MASTER = 'master.m3u8';" in script
     assert "const STATUS = 'player/status';" in script
+    assert "const WHEP = 'whep/';" in script  # WebRTC offers go to this origin too
     assert re.findall(r"""['"`]/[a-z]""", script) == []  # no root-relative URL
     assert re.findall(r"https?://", script + (routes.STATIC_DIR / "player.css").read_text()) == []
 

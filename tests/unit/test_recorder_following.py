@@ -152,6 +152,22 @@ def test_source_segments_get_absolute_urls_sequence_numbers_and_init_sections() 
     assert first.program_date_time == datetime(2025, 5, 1, 18, 0, tzinfo=UTC)
 
 
+def test_a_low_latency_playlist_gives_its_complete_segments_only() -> None:
+    text = (
+        "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:7\n"
+        "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.001\n"
+        '#EXT-X-PART-INF:PART-TARGET=0.33334\n#EXT-X-MAP:URI="e-init.mp4"\n'
+        '#EXT-X-PART:DURATION=0.33333,URI="e-00007.0.m4s",INDEPENDENT=YES\n'
+        "#EXTINF:2.0,\ne-00007.m4s\n"
+        '#EXT-X-PART:DURATION=0.33333,URI="e-00008.0.m4s",INDEPENDENT=YES\n'
+        '#EXT-X-PRELOAD-HINT:TYPE=PART,URI="e-00008.1.m4s"\n'
+    )
+    url = "http://o:8080/720p/index.m3u8"
+    (only,) = origin.segments_of(m3u8.loads(text, uri=url), url)
+    # The segment still being written (its parts) is recorded once it is whole.
+    assert (only.sequence, only.uri) == (7, "e-00007.m4s")
+
+
 def test_flags_are_parsed_as_the_operator_renders_them(tmp_path: Path) -> None:
     args = cli.parser().parse_args(
         [

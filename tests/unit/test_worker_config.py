@@ -72,10 +72,12 @@ def test_flags_build_the_same_worker_config(tmp_path: Path) -> None:
         http="127.0.0.1:8080",
         listen="rtmp://127.0.0.1:1935/live",
         segment_type="fmp4",
+        low_latency=True,
         window_segments=4,
         reconnect_window=5,
     )
     assert built.ingest.listen == "127.0.0.1:1935" and built.ingest.app == "live"
+    assert built.outputs.hls.low_latency
     assert built.outputs.hls.window_segments == 4 and built.reconnect_window_seconds == 5
     assert len(built.profile.renditions) == 4
     pulled = config.config_from_flags(

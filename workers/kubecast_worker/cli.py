@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--dash", action="store_true", help="also a DASH manifest (needs --segment-type fmp4)"
     )
+    run.add_argument(
+        "--low-latency",
+        action="store_true",
+        help="low-latency HLS: parts, preload hints, blocking reloads (needs --segment-type"
+        " fmp4; the config's outputs.hls.lowLatency)",
+    )
     run.add_argument("--window-segments", type=int, metavar="N")
     run.add_argument("--reconnect-window", type=int, metavar="SECONDS")
     run.add_argument(
@@ -161,6 +167,7 @@ def _run(args: argparse.Namespace) -> int:
             loop=args.loop,
             segment_type=args.segment_type,
             dash=args.dash,
+            low_latency=args.low_latency,
             window_segments=args.window_segments,
             reconnect_window=args.reconnect_window,
             event_playlist=args.event_playlist,

@@ -170,6 +170,7 @@ def config_from_flags(
     loop: bool = False,
     segment_type: str | None = None,
     dash: bool = False,
+    low_latency: bool = False,
     window_segments: int | None = None,
     reconnect_window: int | None = None,
     event_playlist: bool = False,
@@ -204,6 +205,8 @@ def config_from_flags(
             hls["windowSegments"] = window_segments
         if event_playlist:
             hls["playlistType"] = "event"
+        if low_latency:
+            hls["lowLatency"] = True
         if hls:
             document["outputs"] = {"hls": hls}
         if dash:

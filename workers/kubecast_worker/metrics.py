@@ -7,17 +7,25 @@ several workers in one process).
 
 Per-rendition counters start again with each publish (a counter reset, which
 ``rate()`` handles); ingest counters live as long as the process.
+
+With ``--whep``, a second collector reads the WHEP hub's counts the same way
+(``WhepHub.counts()``): the scrape runs on the event loop, where the hub's viewers
+change, so it needs no lock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from kubecast_worker.status import Status
+
+if TYPE_CHECKING:  # NB: aiortc is imported only by a worker that offers WHEP
+    from kubecast_worker.whep import WhepHub
 
 STATES = ("idle", "live", "reconnecting")
 REFUSALS = {
@@ -183,6 +191,60 @@ class StatusCollector(Collector):
         yield from (active, rate, out_bytes, segments, frames, skipped, first)
 
 
+class WhepCollector(Collector):
+    """WebRTC viewers (WHEP): how many watch each rendition, and how sessions went."""
+
+    def __init__(self, stream: str, hub: WhepHub) -> None:
+        self.stream = stream
+        self.hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        stream, counts = self.stream, self.hub.counts()
+        viewers = GaugeMetricFamily(
+            "kubecast_whep_viewers",
+            "WebRTC (WHEP) viewers watching a rendition now.",
+            labels=["stream", "rendition"],
+        )
+        for rendition, n in sorted(counts.viewers.items()):
+            viewers.add_metric([stream, rendition], n)
+        yield viewers
+        started = CounterMetricFamily(
+            "kubecast_whep_sessions_started",
+            "WHEP viewer sessions answered (201), by rendition.",
+            labels=["stream", "rendition"],
+        )
+        for rendition, n in sorted(counts.started.items()):
+            started.add_metric([stream, rendition], n)
+        yield started
+        ended = CounterMetricFamily(
+            "kubecast_whep_sessions_ended",
+            "WHEP viewer sessions ended, by rendition and reason (viewer_left: a DELETE;"
+            " connection_failed, connection_closed: ICE or DTLS; server_stopping).",
+            labels=["stream", "rendition", "reason"],
+        )
+        for (rendition, reason), n in sorted(counts.ended.items()):
+            ended.add_metric([stream, rendition, reason], n)
+        yield ended
+        refused = CounterMetricFamily(
+            "kubecast_whep_sessions_refused",
+            "WHEP offers refused, by reason (not_playing: 404, no such rendition or not live;"
+            " full: 503, the worker's viewer limit; bad_offer: 400/415).",
+            labels=["stream", "reason"],
+        )
+        for reason, n in sorted(counts.refused.items()):
+            refused.add_metric([stream, reason], n)
+        yield refused
+        skips = CounterMetricFamily(
+            "kubecast_whep_keyframe_skips",
+            "Times a viewer fell a queue behind and waited for the next keyframe (a picture"
+            " frozen for up to a GOP).",
+            labels=["stream", "rendition"],
+        )
+        for rendition, n in sorted(counts.keyframe_skips.items()):
+            skips.add_metric([stream, rendition], n)
+        yield skips
+
+
 def _gauge(name: str, doc: str, stream: str, value: float) -> GaugeMetricFamily:
     g = GaugeMetricFamily(name, doc, labels=["stream"])
     g.add_metric([stream], float(value))
@@ -195,9 +257,12 @@ def _counter(name: str, doc: str, stream: str, value: float) -> CounterMetricFam
     return c
 
 
-def registry_for(status: Status) -> CollectorRegistry:
-    """A registry of this worker's metrics, plus the process's CPU and memory."""
+def registry_for(status: Status, whep: WhepHub | None = None) -> CollectorRegistry:
+    """A registry of this worker's metrics (its WHEP viewers' too, if it offers WHEP),
+    plus the process's CPU and memory."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(status))
+    if whep is not None:
+        registry.register(WhepCollector(status.stream, whep))
     ProcessCollector(namespace="kubecast_worker", registry=registry)
     return registry

@@ -4,6 +4,10 @@ CDN), the preview page, and the probes. Nothing else.
     GET /master.m3u8, /<rendition>/index.m3u8     application/vnd.apple.mpegurl, max-age=1
     GET /<rendition>/<epoch>-00042.ts              video/mp2t, immutable
     GET /<rendition>/<epoch>-00042.m4s | -init.mp4 video/mp4, immutable
+    GET /<rendition>/<epoch>-00042.3.m4s           a part (low-latency HLS), immutable
+    GET /<rendition>/index.m3u8?_HLS_msn=42&_HLS_part=3
+                    low-latency HLS: held until that part is listed (blocking_reload.py)
+    GET /<rendition>/index.m3u8?_HLS_skip=YES      its delta update (delta_update.py)
     GET /manifest.mpd                              application/dash+xml, max-age=1 (DASH)
     GET /thumbnail.jpg                             image/jpeg, max-age=1 (a still, every 5 s)
     GET /healthz    200 while the process serves requests
@@ -19,7 +23,10 @@ knows of its publisher and its errors is not for viewers. The probes stay here
 too, so that the kubelet checks the listener that Services send viewers to.
 
 Segments can be cached forever because the packager never reuses a segment
-name; playlists change every segment, so they are cached for a second.
+name; playlists change every segment, so they are cached for a second (a
+low-latency one too, as with AWS MediaPackage: a player's later requests carry
+``_HLS_msn``/``_HLS_part``, which a CDN must keep in its cache key, so each is a
+URL of its own). Refusals of those (400, 503) are never cached.
 
 Only files of the packager's own shape are served: ``master.m3u8`` or
 ``<dir>/<file>`` with a media suffix, no dot-files (which also excludes the
@@ -38,7 +45,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
 
-from kubecast_worker import admin, player
+from kubecast_worker import admin, delta_update, player
+from kubecast_worker.blocking_reload import BadDirective, BlockingReloads, Directives, hold_seconds
 from kubecast_worker.hot_files import HotFiles
 from kubecast_worker.status import Status
 
@@ -58,6 +66,11 @@ CHANGING = (".m3u8", ".mpd", ".jpg")
 PLAYLIST_CACHE = "public, max-age=1"
 SEGMENT_CACHE = "public, max-age=31536000, immutable"
 NO_CACHE = "no-cache"
+NO_STORE = "no-store"
+#: The query parameters of a blocking playlist reload (RFC 8216bis 6.2.5.2).
+DIRECTIVES = ("_HLS_msn", "_HLS_part", "_HLS_skip")
+#: _HLS_skip=v2 also asks to skip date ranges, of which there are none here.
+SKIP_VALUES = ("YES", "v2")
 #: /whep/: a viewer's page POSTs its offer and DELETEs its session (kubecast_worker.whep).
 WHEP_CORS = {
     "Access-Control-Allow-Origin": "*",
@@ -162,11 +175,17 @@ def make_app(
         return response
 
     hot_files = HotFiles()
+    reloads = BlockingReloads(hot_files)
 
     async def media(request: web.Request) -> web.StreamResponse:
-        path = resolve(root, request.match_info["tail"])
+        tail = request.match_info["tail"]
+        path = resolve(root, tail)
+        if path is None:
+            path = await hinted_part(tail)
         if path is None:
             return _not_found()
+        if path.suffix == ".m3u8" and any(d in request.query for d in DIRECTIVES):
+            return await blocking_reload(request, path)
         # Playlists and the thumbnail change in place (by rename): cached briefly.
         playlist = path.suffix in CHANGING
         headers = {
@@ -186,6 +205,60 @@ def make_app(
                 return web.Response(body=hot.body, headers=headers)
         return web.FileResponse(path, headers=headers)
 
+    async def blocking_reload(request: web.Request, path: Path) -> web.StreamResponse:
+        """A playlist request with delivery directives: answered once the playlist
+        has what they ask for (blocking_reload.py)."""
+        headers = {"Content-Type": CONTENT_TYPES[".m3u8"], "Cache-Control": PLAYLIST_CACHE}
+        skip = request.query.get("_HLS_skip")
+        try:
+            if skip is not None and skip not in SKIP_VALUES:
+                raise BadDirective("_HLS_skip is YES or v2")
+            directives = Directives.of(dict(request.query))
+            edge = reloads.edge(path)
+            if edge is None:
+                return _not_found()
+            if directives is not None and edge.blocking:
+                directives.check(edge)
+            else:
+                directives = None  # nothing to wait for, or a playlist that never blocks
+        except BadDirective as e:
+            return web.Response(status=400, text=f"{e}\n", headers={"Cache-Control": NO_STORE})
+        if directives is None:
+            try:
+                found = hot_files.get(path)
+            except OSError:
+                return _not_found()
+            if found is None:
+                return web.FileResponse(path, headers=headers)
+        else:
+            wanted = directives
+            found = await reloads.wait(
+                path, lambda e: e.has(wanted.msn, wanted.part), timeout=hold_seconds
+            )
+            if found is None:
+                return web.Response(
+                    status=503,
+                    text="the playlist did not reach that part in three target durations\n",
+                    headers={"Cache-Control": NO_STORE},
+                )
+        if skip is not None:  # a delta update, when the playlist offers them
+            return web.Response(text=delta_update.delta(found.body.decode()), headers=headers)
+        return web.Response(body=found.body, headers=headers)
+
+    async def hinted_part(tail: str) -> Path | None:
+        """The part a low-latency playlist's EXT-X-PRELOAD-HINT names, once it exists:
+        a player may ask for it before (RFC 8216bis 6.2.5.3)."""
+        directory, _, name = tail.rpartition("/")
+        playlist = resolve(root, f"{directory}/index.m3u8") if directory else None
+        if playlist is None or not name.endswith(".m4s"):
+            return None
+        edge = reloads.edge(playlist)
+        if edge is None or not edge.blocking or edge.hint != name:
+            return None
+        # NB: the packager writes a part before it publishes the playlist naming the next.
+        await reloads.wait(playlist, lambda e: e.hint != name or e.ended, timeout=hold_seconds)
+        return resolve(root, tail)
+
     app = web.Application(middlewares=[cors])
     admin.add_probe_routes(app, status=status)
     # The preview page (/, /player): before the catch-all below, which would take /player.
@@ -193,7 +266,11 @@ def make_app(
     # page reads the worker's own from player/status, which has the port really bound
     # (the RTMP listener starts after this app is built).
     player.add_player_routes(
-        app, status=status, ingest_url=ingest_url, stream_key_secret=stream_key_secret
+        app,
+        status=status,
+        ingest_url=ingest_url,
+        stream_key_secret=stream_key_secret,
+        whep=whep is not None,
     )
     if whep is not None:
         whep.add_routes(app)  # before the catch-all, which would take /whep/...

@@ -5,7 +5,8 @@ PyAV), one muxer per rendition, with ``temp_file``: every segment and playlist
 is written to ``<name>.tmp`` and renamed when complete, so a reader never sees
 half a file (the origin refuses ``.tmp`` names). The master playlist is ours,
 written with the ``m3u8`` library and ``files.write_atomically``, again whenever a
-new segment changes its measured bitrates.
+new segment changes its measured bitrates. A low-latency rendition is packaged by
+llhls.LowLatencyWriter instead, in the same layout, with its parts beside its segments.
 
 Layout of the output directory::
 
@@ -14,6 +15,7 @@ Layout of the output directory::
     thumbnail.jpg                      (a still of the smallest rendition)
     <rendition>/index.m3u8
     <rendition>/<epoch>-00000.ts       (or .m4s, with <epoch>-init.mp4)
+    <rendition>/<epoch>-00000.2.m4s    (low-latency HLS: segment 0's third part)
     audio-<kbps>k/index.m3u8           (with DASH: the audio, in renditions of its own)
 
 ``epoch`` is new for every session, so a segment name is never reused for
@@ -89,10 +91,16 @@ class Packaging:
     event: bool = False
     #: also a DASH manifest (fmp4 only): video-only renditions, audio in its own
     dash: bool = False
+    #: low-latency HLS (fmp4 only): parts, preload hints, blocking reloads (llhls.py)
+    low_latency: bool = False
 
     def __post_init__(self) -> None:
         if self.dash and self.segment_type != "fmp4":
             raise ValueError("DASH needs fmp4 segments (spec.outputs.hls.segmentType: fmp4)")
+        if self.low_latency and self.segment_type != "fmp4":
+            raise ValueError(
+                "low-latency HLS needs fmp4 segments (spec.outputs.hls.segmentType: fmp4)"
+            )
 
     @property
     def window_seconds(self) -> int | None:

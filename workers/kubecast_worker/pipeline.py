@@ -7,6 +7,7 @@
                         │ a queue per rendition (bounded; see "Falling behind")
     rendition threads Encoder: fps → scale → libx264 + AAC   (or Copier: passthrough)
      (one each)       HlsWriter: FFmpeg's hls muxer → segments + media playlist
+                      (or llhls.LowLatencyWriter: parts too, for LL-HLS)
                         │
                       (the smallest also writes thumbnail.jpg every few seconds)
     ingest thread     the master playlist, once every rendition has a segment, and
@@ -53,7 +54,7 @@ from av.packet import Packet
 from av.video.frame import VideoFrame
 
 from kubecast_api import TranscodeProfileSpec
-from kubecast_worker import ingest, ladder, mpd, packager, thumbnail
+from kubecast_worker import ingest, ladder, llhls, mpd, packager, thumbnail
 from kubecast_worker.ingest import Media, Source
 from kubecast_worker.logs import Log
 from kubecast_worker.status import RenditionState, Status
@@ -65,6 +66,8 @@ LIVE_BACKLOG_SECONDS = 2.0
 LATE_SECONDS = 1.0
 #: Queue depth of a one-shot transcode: enough to keep every thread busy.
 TRANSCODE_QUEUE = 8
+#: The frame rate assumed of a source that does not say (low-latency part lengths).
+DEFAULT_FPS = 30
 
 _DONE = object()
 
@@ -120,7 +123,9 @@ class Rendition:
         self.state = state
         self.stop = stop
         self.error: BaseException | None = None
-        self.writer = packager.HlsWriter(
+        self.writer = open_writer(
+            rung=rung,
+            plan=plan,
             packaging=settings.packaging,
             state=state,
             epoch=epoch,
@@ -266,6 +271,47 @@ class Rendition:
     def _close_quietly(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
+
+
+def open_writer(
+    *,
+    rung: ladder.Rung,
+    plan: ladder.Ladder,
+    packaging: packager.Packaging,
+    state: RenditionState,
+    epoch: str,
+    append: bool,
+    session_start: float,
+) -> packager.HlsWriter | llhls.LowLatencyWriter:
+    """The rendition's packager: FFmpeg's hls muxer, or ours for low-latency HLS."""
+    if not packaging.low_latency:
+        return packager.HlsWriter(
+            packaging=packaging,
+            state=state,
+            epoch=epoch,
+            append=append,
+            session_start=session_start,
+        )
+    if rung.audio_only:  # AAC frames; every one is a sync sample
+        parts = llhls.PartPlan.of(
+            frame_seconds=ladder.AAC_FRAME_SIZE / plan.audio_rate,
+            group_seconds=plan.segment_seconds,
+        )
+    else:
+        # NB: a passthrough rendition keeps the source's GOP, which nobody told us.
+        parts = llhls.PartPlan.of(
+            frame_seconds=float(1 / (rung.fps or DEFAULT_FPS)),
+            group_seconds=None if rung.passthrough else plan.gop_seconds,
+        )
+    return llhls.LowLatencyWriter(
+        packaging=packaging,
+        state=state,
+        epoch=epoch,
+        append=append,
+        session_start=session_start,
+        parts=parts,
+        keyframes_on_time=not rung.passthrough,
+    )
 
 
 def _copy(packet: Packet) -> Packet:
@@ -542,9 +588,7 @@ def _transcode(
     if not master_written:
         master()
     else:  # the last segments, flushed by finish(), are measured too
-        _write_master(
-            renditions, settings=settings, has_audio=source.has_audio, manifest=manifest
-        )
+        _write_master(renditions, settings=settings, has_audio=source.has_audio, manifest=manifest)
     wall = time.time() - wall0
     return Outcome(
         reason=reason,

@@ -19,6 +19,9 @@ every ``gopSeconds``); a viewer whose queue overflows (a slow link, a stalled
 loop) drops to the next keyframe again rather than send a broken picture.
 Keyframe requests (PLI, FIR) are not forwarded: the encoder's GOP is fixed.
 
+``/metrics`` reads ``WhepHub.counts()``: viewers per rendition now, sessions
+started and ended (by reason), offers refused (by reason), and skips to a keyframe.
+
 Audio: a viewer whose offer receives Opus gets the session's audio, encoded to
 Opus once (``audio_tap``, in the ingest thread, only while someone listens) and
 shared the same way. For a WHIP publisher that is a second encode of what arrived
@@ -96,6 +99,24 @@ class PacketTrack(MediaStreamTrack):
         return packet
 
 
+#: Why an offer was refused, for /metrics (a fixed set: never the rendition asked for,
+#: which is whatever a client typed).
+REFUSALS = ("not_playing", "full", "bad_offer")
+
+
+@dataclass
+class WhepCounts:
+    """What /metrics shows of the viewers: a copy, taken on the loop."""
+
+    viewers: dict[str, int]
+    started: dict[str, int]
+    #: (rendition, reason) -> sessions ended
+    ended: dict[tuple[str, str], int]
+    refused: dict[str, int]
+    #: rendition -> times a viewer's queue overflowed and it waited for a keyframe again
+    keyframe_skips: dict[str, int]
+
+
 @dataclass
 class Viewer:
     id: str
@@ -125,6 +146,11 @@ class WhepHub:
         #: rendition -> viewers; changed on the loop only, read by rendition threads
         self._viewers: dict[str, dict[str, Viewer]] = {}
         self.served = 0
+        self._started: dict[str, int] = {}
+        self._ended: dict[tuple[str, str], int] = {}
+        self._refused = dict.fromkeys(REFUSALS, 0)
+        #: skips of viewers that have left; live viewers' are added in counts()
+        self._skips: dict[str, int] = {}
         #: the one Opus encoder (and its resampler), while anyone listens; ingest thread
         self._opus: tuple[AudioResampler, Any] | None = None
         webrtc_ice.only_addresses(host)
@@ -132,6 +158,27 @@ class WhepHub:
     @property
     def viewers(self) -> int:
         return sum(len(v) for v in self._viewers.values())
+
+    def counts(self) -> WhepCounts:
+        """On the loop (the admin port's /metrics handler): a copy for one scrape.
+
+        Every rendition a viewer may join has a viewer count, 0 included, so that a
+        dashboard shows the rendition before anyone watches it.
+        """
+        viewers = dict.fromkeys(self._renditions(), 0)
+        skips = dict(self._skips)
+        for rendition, those in self._viewers.items():
+            if those or rendition in viewers:
+                viewers[rendition] = len(those)
+            for viewer in those.values():
+                skips[rendition] = skips.get(rendition, 0) + viewer.track.skipped
+        return WhepCounts(
+            viewers=viewers,
+            started=dict(self._started),
+            ended=dict(self._ended),
+            refused=dict(self._refused),
+            keyframe_skips=skips,
+        )
 
     def add_routes(self, app: web.Application) -> None:
         self._loop = asyncio.get_running_loop()  # built on the loop: origin.start()
@@ -215,14 +262,14 @@ class WhepHub:
     async def _post(self, request: web.Request) -> web.Response:
         rendition = request.match_info["rendition"]
         if rendition not in self._renditions():
-            return _text(404, "no such rendition (or it is not live)\n")
+            return self._refuse("not_playing", 404, "no such rendition (or it is not live)\n")
         if self.viewers >= self.max_viewers:
-            return _text(503, "this worker has as many WebRTC viewers as it takes\n")
+            return self._refuse("full", 503, "this worker has as many WebRTC viewers as it takes\n")
         if request.content_type != "application/sdp":
-            return _text(415, "the offer must be application/sdp\n")
+            return self._refuse("bad_offer", 415, "the offer must be application/sdp\n")
         offer = await request.text()
         if "m=video" not in offer or "H264/90000" not in offer:
-            return _text(400, "the offer must receive H.264 video\n")
+            return self._refuse("bad_offer", 400, "the offer must receive H.264 video\n")
         peer = request.remote or "unknown"
         pc = RTCPeerConnection(webrtc_ice.configuration())
         track = PacketTrack()
@@ -247,7 +294,7 @@ class WhepHub:
             await pc.setLocalDescription(await pc.createAnswer())  # gathers every candidate
         except (ValueError, AssertionError) as e:
             await pc.close()
-            return _text(400, f"cannot answer the offer: {e}\n")
+            return self._refuse("bad_offer", 400, f"cannot answer the offer: {e}\n")
         viewer = Viewer(
             id=secrets.token_urlsafe(16),
             peer=peer,
@@ -264,6 +311,7 @@ class WhepHub:
 
         self._viewers.setdefault(rendition, {})[viewer.id] = viewer
         self.served += 1
+        self._started[rendition] = self._started.get(rendition, 0) + 1
         self._log.info(
             "whep viewer joined",
             extra={"peer": peer, "rendition": rendition, "viewers": self.viewers},
@@ -283,6 +331,10 @@ class WhepHub:
         await self._close(viewer, "viewer_left")
         return web.Response(status=200)
 
+    def _refuse(self, reason: str, status: int, text: str) -> web.Response:
+        self._refused[reason] += 1
+        return _text(status, text)
+
     async def _patch(self, request: web.Request) -> web.Response:
         return _text(405, "trickle ICE and ICE restarts are not supported\n", {"Allow": "DELETE"})
 
@@ -290,6 +342,9 @@ class WhepHub:
         viewers = self._viewers.get(viewer.rendition, {})
         if viewers.pop(viewer.id, None) is None:
             return
+        ended = (viewer.rendition, reason)
+        self._ended[ended] = self._ended.get(ended, 0) + 1
+        self._skips[viewer.rendition] = self._skips.get(viewer.rendition, 0) + viewer.track.skipped
         viewer.track.end()
         if viewer.audio is not None:
             viewer.audio.end()

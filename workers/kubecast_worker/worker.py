@@ -96,13 +96,13 @@ class Worker:
         if pull is not None:
             # NB: read once here, so that an unreadable URL file stops the start.
             self.status.ingest_url = safe_url(self._pull_url())
-        self.registry = metrics.registry_for(self.status)
         self.whep: WhepHub | None = None
         if whep:
             from kubecast_worker.whep import WhepHub
 
             http_host, _ = config_mod.parse_host_port(config.http, what="http")
             self.whep = WhepHub(host=http_host, renditions=self._playing, log=self.log)
+        self.registry = metrics.registry_for(self.status, self.whep)
         self.settings = pipeline.Settings(
             profile=config.profile,
             packaging=packager.Packaging(
@@ -112,6 +112,7 @@ class Worker:
                 window_segments=config.outputs.hls.window_segments,
                 event=config.outputs.hls.playlist_type == "event",
                 dash=config.outputs.dash.enabled,
+                low_latency=config.outputs.hls.low_latency,
             ),
             live=True,
             threads=threads,

@@ -10,6 +10,10 @@ restream targets stay on the admin port's ``/status``. hls.js is not checked in:
 the asset answers 404 with a message that says how to build it, and the page
 falls back to the browser's own HLS where there is one (Safari).
 
+With ``whep=True`` (the worker's ``--whep``) the page also offers WebRTC playback:
+a "Playback" choice of HLS or WebRTC (WHEP), or ``?mode=whep`` in its URL; it then
+POSTs its offer to ``whep/<rendition>`` on this origin (``kubecast_worker.whep``).
+
 The stream key never reaches the page: the ingest URL is cut after the RTMP
 application name, and at most the name of the Secret holding the key is shown.
 """
@@ -105,11 +109,14 @@ def viewer_status(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def render_page(*, ingest_url: str | None = None, stream_key_secret: str | None = None) -> str:
+def render_page(
+    *, ingest_url: str | None = None, stream_key_secret: str | None = None, whep: bool = False
+) -> str:
     template = PAGE_TEMPLATE.read_text(encoding="utf-8")
     values = {
         "ingest_url": ingest_url_without_key(ingest_url),
         "key_secret": stream_key_secret or "",
+        "whep": "on" if whep else "",
     }
     for name, value in values.items():
         template = template.replace("{{" + name + "}}", html.escape(value, quote=True))
@@ -126,6 +133,7 @@ def add_player_routes(
     status: Status,
     ingest_url: str | None = None,
     stream_key_secret: str | None = None,
+    whep: bool = False,
 ) -> None:
     """Serve the preview page at ``/`` and ``/player``, its assets at ``/player/static/``
     and what it shows at ``/player/status`` (``viewer_status``).
@@ -134,8 +142,9 @@ def add_player_routes(
     the application name is dropped. ``stream_key_secret`` names the Secret that
     holds the key, for the "key: in Secret …" hint; the key itself is never passed.
     ``ingest_url`` wins over the worker's own listen address from ``player/status``.
+    ``whep``: the origin answers WHEP offers, so the page offers WebRTC playback.
     """
-    page = render_page(ingest_url=ingest_url, stream_key_secret=stream_key_secret)
+    page = render_page(ingest_url=ingest_url, stream_key_secret=stream_key_secret, whep=whep)
     static_dir = STATIC_DIR
 
     async def serve_page(request: web.Request) -> web.Response:

@@ -128,6 +128,8 @@ def segments_of(playlist: m3u8.M3U8, playlist_url: str) -> tuple[SourceSegment, 
     first = int(playlist.media_sequence or 0)
     found = []
     for index, segment in enumerate(playlist.segments):
+        if segment.uri is None:
+            continue  # low-latency HLS: the segment being written, listed by its parts only
         init = segment.init_section
         found.append(
             SourceSegment(

@@ -2,6 +2,9 @@
 //
 // Plays master.m3u8 with hls.js (served by this origin, never a CDN), or with the
 // browser's own HLS where there is no MSE (iOS Safari), and polls player/status every 2 s.
+// Where the worker offers WHEP (data-whep), a viewer may pick WebRTC instead (the Playback
+// choice, or ?mode=whep): one RTCPeerConnection receiving a rendition, no ICE servers, the
+// offer POSTed once gathering is complete (the worker does not take trickle ICE).
 // Every URL is relative: the page may sit behind a CDN or a path prefix.
 // NB: text from player/status goes into the page through textContent only, never innerHTML.
 (() => {
@@ -9,6 +12,9 @@
 
   const MASTER = 'master.m3u8';
   const STATUS = 'player/status';
+  const WHEP = 'whep/';
+  // Seconds to wait for ICE gathering: host candidates only, so it is quick.
+  const GATHER_MS = 2000;
   const POLL_MS = 2000;
   const RETRY_MS = 3000;
 
@@ -17,14 +23,22 @@
   const video = $('video');
   const picker = $('rendition');
   const stateBox = $('state');
+  const modePicker = $('mode');
+  const whepOffered = root.dataset.whep === 'on' && 'RTCPeerConnection' in window;
 
   // What the page did, for people debugging in the console (and for the browser tests).
-  const debug = (window.kubecastPlayer = { engine: null, hls: null, switches: [], status: null });
+  const debug = (window.kubecastPlayer = {
+    engine: null, hls: null, switches: [], status: null, whep: null,
+  });
 
   let hls = null;
   let retryTimer = null;
   let statusDoc = null;
   let playingLevel = -1;
+  // WebRTC playback: { pc, location, rendition } while a WHEP session is up.
+  let whep = null;
+  let mode = whepOffered && new URLSearchParams(window.location.search).get('mode') === 'whep'
+    ? 'whep' : 'hls';
 
   // ---- formatting -------------------------------------------------------------
 
@@ -152,6 +166,7 @@
     const speed = pick(doc, 'encodeSpeed', 'speed');
     setText('speed', num(speed) ? `${speed.toFixed(2)}×` : dash);
     renderRenditions(renditions);
+    if (mode === 'whep') fillWhepPicker(renditions);
     updateNotice();
 
     const ingest = doc.ingest && typeof doc.ingest === 'object' ? doc.ingest : {};
@@ -173,7 +188,8 @@
 
     // The publisher came (back): start again now if an earlier attempt gave up or ended.
     const wasLive = previous && previous.state === 'live';
-    if (state === 'live' && !wasLive && ((!hls && !video.src) || video.ended || problem)) {
+    const idle = mode === 'whep' ? !whep : !hls && !video.src;
+    if (state === 'live' && !wasLive && (idle || video.ended || problem)) {
       startPlayback();
     }
   }
@@ -293,7 +309,8 @@
 
   function markCurrentRendition() {
     const level = hls && hls.levels[playingLevel];
-    const current = level ? `${level.width}x${level.height}` : null;
+    const current = level ? `${level.width}x${level.height}`
+      : whep && video.videoWidth ? `${video.videoWidth}x${video.videoHeight}` : null;
     for (const tr of $('renditions').rows) {
       tr.classList.toggle('current', tr.dataset.size === current);
     }
@@ -341,8 +358,114 @@
     hls.attachMedia(video);
   }
 
+  // ---- WebRTC (WHEP) ------------------------------------------------------------
+
+  // The renditions a WHEP viewer may ask for: the encoded ones (the status lists them
+  // highest first); "Auto" is the highest, since WebRTC has no adaptive switching here.
+  function fillWhepPicker(renditions) {
+    const names = renditions.filter((r) => !dropped(r) && r.name).map((r) => r.name);
+    const chosen = picker.value;
+    const options = [new Option('Auto', '-1'), ...names.map((n) => new Option(n, n))];
+    if ([...picker.options].map((o) => o.value).join() === options.map((o) => o.value).join()) {
+      return;
+    }
+    picker.replaceChildren(...options);
+    picker.value = options.some((o) => o.value === chosen) ? chosen : '-1';
+    picker.disabled = false;
+  }
+
+  function whepRendition() {
+    if (picker.value !== '-1' && mode === 'whep') return picker.value;
+    const renditions = (statusDoc && statusDoc.renditions) || [];
+    const first = renditions.find((r) => !dropped(r) && r.name);
+    return first ? first.name : null;
+  }
+
+  function gathered(pc) {
+    return new Promise((resolve) => {
+      if (pc.iceGatheringState === 'complete') { resolve(); return; }
+      pc.addEventListener('icegatheringstatechange', () => {
+        if (pc.iceGatheringState === 'complete') resolve();
+      });
+      window.setTimeout(resolve, GATHER_MS);  // send what was gathered so far
+    });
+  }
+
+  function closeWhep() {
+    const session = whep;
+    whep = null;
+    debug.whep = null;
+    if (!session) return;
+    if (!session.location) {
+      session.pc.close();
+      return;
+    }
+    // The DELETE first, the peer connection closed once it is answered: closing first
+    // would end the session from the worker's side (DTLS close) and the DELETE find
+    // nothing. keepalive: it still goes out when the page itself is being closed.
+    const close = () => session.pc.close();
+    fetch(session.location, { method: 'DELETE', keepalive: true }).then(close, close);
+  }
+
+  async function attachWhep() {
+    destroyHls();
+    closeWhep();
+    video.removeAttribute('src');
+    debug.engine = 'whep';
+    const rendition = whepRendition();
+    if (!rendition) {
+      notice('No live stream yet; playback starts when a publisher connects.');
+      return;  // the next status poll that sees Live starts again
+    }
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    const session = { pc, location: null, rendition };
+    whep = session;
+    debug.whep = session;
+    pc.addTransceiver('video', { direction: 'recvonly' });
+    pc.addTransceiver('audio', { direction: 'recvonly' });
+    const stream = new MediaStream();
+    pc.addEventListener('track', (event) => stream.addTrack(event.track));
+    video.srcObject = stream;
+    pc.addEventListener('connectionstatechange', () => {
+      if (whep !== session || pc.connectionState !== 'failed') return;
+      notice('The WebRTC connection failed; retrying…');
+      closeWhep();
+      retrySoon();
+    });
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await gathered(pc);
+      const url = `${WHEP}${encodeURIComponent(rendition)}`;
+      const response = await fetch(url, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/sdp' },
+        body: pc.localDescription.sdp,
+      });
+      if (whep !== session) return;  // replaced (or closed) while the offer was out
+      if (response.status !== 201) {
+        throw new Error(`the worker answered HTTP ${response.status}`);
+      }
+      session.location = new URL(response.headers.get('Location'), response.url).href;
+      await pc.setRemoteDescription({ type: 'answer', sdp: await response.text() });
+    } catch (error) {
+      if (whep !== session) return;
+      notice(`WebRTC playback stopped (${error.message}); retrying…`);
+      closeWhep();
+      retrySoon();
+      return;
+    }
+    setText('playing-level', `Playing: ${rendition}, WebRTC`);
+    video.play().catch(() => notice('Press play to start the preview.'));
+  }
+
   function startPlayback() {
     window.clearTimeout(retryTimer);
+    if (mode === 'whep') {
+      attachWhep();
+      return;
+    }
+    closeWhep();
+    video.srcObject = null;
     if (window.Hls && window.Hls.isSupported()) {
       attachHls();
     } else if (video.canPlayType('application/vnd.apple.mpegurl')) {
@@ -360,6 +483,11 @@
   }
 
   picker.addEventListener('change', () => {
+    if (mode === 'whep') {
+      attachWhep();  // a rendition is a WHEP session of its own: offer again
+      announce(`Switching to ${picker.selectedOptions[0].text}.`);
+      return;
+    }
     if (!hls) return;
     // NB: currentLevel switches now (flushing the buffer); -1 gives the choice back to ABR.
     hls.currentLevel = Number(picker.value);
@@ -371,6 +499,15 @@
   for (const button of document.querySelectorAll('[data-copy]')) {
     button.addEventListener('click', () => copy(button));
   }
+  modePicker.addEventListener('change', () => {
+    mode = modePicker.value;
+    picker.value = '-1';
+    if (mode === 'whep' && statusDoc) fillWhepPicker(statusDoc.renditions || []);
+    startPlayback();
+    announce(mode === 'whep' ? 'WebRTC playback.' : 'HLS playback.');
+  });
+  window.addEventListener('pagehide', closeWhep);
+  video.addEventListener('resize', markCurrentRendition);
   video.addEventListener('playing', () => notice(''));
   video.addEventListener('error', () => {
     if (debug.engine !== 'native') return;  // hls.js reports its own errors
@@ -381,6 +518,8 @@
     retrySoon();
   });
 
+  $('mode-field').hidden = !whepOffered;
+  modePicker.value = mode;
   setUrl('playback-url', new URL(MASTER, document.baseURI).href, '');
   setUrl('ingest-url', withoutKey(root.dataset.ingestUrl), 'not known to this origin');
   setText('key-hint', keyHint(root.dataset.keySecret));

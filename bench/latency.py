@@ -55,6 +55,7 @@ sys.path.insert(0, str(REPO))
 import clock_pattern  # noqa: E402
 from conftest import SMALL_PROFILE, WorkerProcess, launch_configured_worker, until  # noqa: E402
 from test_player_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from test_worker_srt import free_udp_port  # noqa: E402
 
 from kubecast_api import WorkerConfig  # noqa: E402
 from tests.integration import netns  # noqa: E402
@@ -102,11 +103,13 @@ def ll_hls_refused() -> str | None:
 
 
 def start_worker(leg: Leg, directory: Path) -> WorkerProcess:
+    # NB: an SRT listener cannot say which port it was given: pick a free one
+    port = free_udp_port(ADDRESS) if leg.ingest == "srt" else 0
     return launch_configured_worker(
         directory,
         key=KEY,
         stream="latency",
-        ingest={"listen": f"{ADDRESS}:0", "protocol": leg.ingest},
+        ingest={"listen": f"{ADDRESS}:{port}", "protocol": leg.ingest},
         http=f"{ADDRESS}:0",
         admin=f"{ADDRESS}:0",
         args=["--whep"] if leg.output == "whep" else [],
@@ -327,7 +330,10 @@ def inside(args: argparse.Namespace) -> int:
                     results[name] = {"skipped": refused, "target_ms": leg.target_ms}
                     continue
                 print(f"latency: {name}", file=sys.stderr, flush=True)
-                results[name] = run_leg(name, leg, args, browser, work)
+                try:
+                    results[name] = run_leg(name, leg, args, browser, work)
+                except AssertionError as error:  # a worker or player that never started
+                    results[name] = {"error": str(error), "target_ms": leg.target_ms}
         finally:
             browser.close()
     print(json.dumps({

@@ -34,9 +34,9 @@ KEY = "Zt1Yq8u3Kc0bWf5nR2sV7xA9dL4mP6hE-_oQeJgTiUy"
 SMALL = {r["name"]: (r["width"], r["height"]) for r in SMALL_PROFILE["renditions"]}
 
 
-def free_udp_port() -> int:
+def free_udp_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import pytest
 from conftest import (
     SMALL_PROFILE,
     WorkerProcess,
+    ffprobe,
     launch_configured_worker,
     needs_ffmpeg,
     publisher_command,
@@ -348,10 +350,15 @@ def test_a_publisher_back_within_the_reconnect_window_continues_the_playlists(
 
 def test_an_rtmp_publishers_renditions_play_by_whep(namespace: str, tmp_path: Path) -> None:
     """WHEP does not need WHIP: ffmpeg publishes over RTMP, an aiortc viewer watches 180p
-    and hears the audio."""
+    and hears the audio. The profile offers only 180p to WebRTC (``webrtc: true``): 360p is
+    refused to WHEP viewers and keeps its B-frames for HLS; 180p is made without."""
+    rungs = [dict(r) for r in SMALL_PROFILE["renditions"]]
+    rungs[0]["preset"] = "veryfast"  # B-frames, where the tests' ultrafast has none
+    rungs[1]["webrtc"] = True
     worker = launch_configured_worker(
         tmp_path,
         key=KEY,
+        profile={**SMALL_PROFILE, "renditions": rungs},
         ingest={"listen": f"{ADDRESS}:0"},
         http=f"{ADDRESS}:0",
         admin=f"{ADDRESS}:0",
@@ -365,6 +372,8 @@ def test_an_rtmp_publishers_renditions_play_by_whep(namespace: str, tmp_path: Pa
     )  # fmt: skip
     try:
         wait_state(worker, namespace, "live")
+        refused = watch(namespace, worker, "360p", 1).result()
+        assert (refused["event"], refused["status"]) == ("refused", 404), refused
         result = watch(namespace, worker, "180p", 6).result()
         assert result["event"] == "watched", result
         assert result["sizes"] == [list(SMALL["180p"])], result
@@ -375,3 +384,12 @@ def test_an_rtmp_publishers_renditions_play_by_whep(namespace: str, tmp_path: Pa
         ffmpeg.kill()
         ffmpeg.wait()
         worker.stop()
+    kinds = {name: picture_types(worker.out / name / "index.m3u8") for name in ("360p", "180p")}
+    assert kinds["360p"]["B"] > 0, kinds  # not offered to WebRTC: the preset's B-frames
+    assert kinds["180p"]["B"] == 0 and kinds["180p"]["P"] > 0, kinds
+
+
+def picture_types(playlist: Path) -> Counter[str]:
+    """How many I, P and B pictures the rendition's segments hold (ffprobe decodes them)."""
+    frames = ffprobe(playlist, "frame=pict_type")["frames"]
+    return Counter(f.get("pict_type", "?") for f in frames)

@@ -137,6 +137,10 @@ class Rendition:
         self.copier: ladder.Copier | None = None
         # The DASH layout: video renditions without audio, which has renditions of its own.
         muxed_audio = source.has_audio and not settings.packaging.dash
+        # A rung offered to WHEP viewers hands them its packets: no B-frames (see whep.py).
+        offered = (
+            settings.video_tap is not None and rung.name in settings.profile.webrtc_renditions()
+        )
         if rung.audio_only:
             self.encoder = ladder.AudioEncoder(rung=rung, ladder=plan, container=container)
         elif rung.passthrough:
@@ -152,11 +156,10 @@ class Rendition:
                 with_audio=muxed_audio,
                 x264_threads=settings.x264_threads,
                 x264_thread_type=settings.x264_thread_type,
-                # WHEP viewers share these packets: no B-frames (see whep.py).
-                b_frames=settings.video_tap is None,
+                b_frames=not offered,
             )
         self.threaded = settings.threads
-        self.video_tap = settings.video_tap
+        self.video_tap = settings.video_tap if offered else None
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=0 if settings.live else TRANSCODE_QUEUE)
         self.thread: threading.Thread | None = None
         # Video frames queued and taken; each has one writer thread, so their

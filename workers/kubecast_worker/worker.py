@@ -178,10 +178,11 @@ class Worker:
             self.log.info("stopped")
 
     def _playing(self) -> list[str]:
-        """The renditions a WHEP viewer may join now: encoded, and live."""
+        """The renditions a WHEP viewer may join now: offered to WebRTC, and live."""
         if self.status.state != "live":
             return []
-        return [r.name for r in self.status.renditions if r.state == "Active" and not r.passthrough]
+        offered = self.config.profile.webrtc_renditions()
+        return [r.name for r in self.status.renditions if r.state == "Active" and r.name in offered]
 
     def _restream(self, host: str) -> restream.Supervisor | None:
         """Start following the restream targets, if the stream has any."""

@@ -101,7 +101,12 @@ class Worker:
             from kubecast_worker.whep import WhepHub
 
             http_host, _ = config_mod.parse_host_port(config.http, what="http")
-            self.whep = WhepHub(host=http_host, renditions=self._playing, log=self.log)
+            self.whep = WhepHub(
+                host=http_host,
+                offered=config.profile.webrtc_renditions(),
+                renditions=self._playing,
+                log=self.log,
+            )
         self.registry = metrics.registry_for(self.status, self.whep)
         self.settings = pipeline.Settings(
             profile=config.profile,
@@ -181,7 +186,7 @@ class Worker:
         """The renditions a WHEP viewer may join now: offered to WebRTC, and live."""
         if self.status.state != "live":
             return []
-        offered = self.config.profile.webrtc_renditions()
+        offered = self.whep.offered if self.whep else []
         return [r.name for r in self.status.renditions if r.state == "Active" and r.name in offered]
 
     def _restream(self, host: str) -> restream.Supervisor | None:

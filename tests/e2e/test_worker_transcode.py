@@ -35,11 +35,8 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_media(tmp_path_factory.mktemp("media") / "720p.mp4", seconds=4, size="1280x720")
 
 
-@pytest.mark.parametrize("mode", [[], ["--sequential"]], ids=["threads", "sequential"])
-def test_transcode_makes_aligned_renditions_and_drops_1080p(
-    source: Path, tmp_path: Path, mode: list[str]
-) -> None:
-    summary = transcode(source, tmp_path, *mode)
+def test_transcode_makes_aligned_renditions_and_drops_1080p(source: Path, tmp_path: Path) -> None:
+    summary = transcode(source, tmp_path)
     assert summary["mediaSeconds"] > 3.9
     states = {r["name"]: r["state"] for r in summary["renditions"]}
     assert states == {"720p": "Active", "480p": "Active", "360p": "Active", "1080p": "Dropped"}

@@ -26,7 +26,7 @@ encodes it and hands copies of its AAC packets to the others with the same one
 Why a thread per rendition: PyAV drops the GIL in decode, filtering, encode and
 mux calls, and x264's own threads never hold it, so a rendition's thread
 overlaps with the others and with decoding. ``docs/benchmarks.md`` has the
-measurements against a single sequential loop (``threads=False``).
+measurements against one sequential loop (a mode the worker no longer has).
 
 Falling behind: a live session never lets a rendition lag more than
 ``LIVE_BACKLOG_SECONDS`` behind the input. When its queue is that deep, that
@@ -82,8 +82,6 @@ class Settings:
     packaging: packager.Packaging
     #: live: bounded latency (drop when behind); not live: never drop, go as fast as possible
     live: bool = True
-    #: one thread per rendition (False: everything in the ingest thread, sequentially)
-    threads: bool = True
     #: libx264 threads per encoder (0: x264 decides from the core count)
     x264_threads: int = 0
     #: "frame" (overlapping frames, as the ffmpeg CLI) or "slice" (PyAV's default)
@@ -155,7 +153,6 @@ class Rendition:
                 # WHEP viewers share these packets: no B-frames (see whep.py).
                 b_frames=settings.video_tap is None,
             )
-        self.threaded = settings.threads
         self.video_tap = settings.video_tap
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=0 if settings.live else TRANSCODE_QUEUE)
         self.thread: threading.Thread | None = None
@@ -169,17 +166,12 @@ class Rendition:
     # -- the ingest thread's side
 
     def start(self) -> None:
-        if self.threaded:
-            self.thread = threading.Thread(
-                target=self._run, name=f"rendition-{self.rung.name}", daemon=True
-            )
-            self.thread.start()
+        self.thread = threading.Thread(
+            target=self._run, name=f"rendition-{self.rung.name}", daemon=True
+        )
+        self.thread.start()
 
     def submit(self, media: Media) -> None:
-        if not self.threaded:
-            if self.error is None:
-                self._guarded(media)
-            return
         if media.kind == "video":
             self.video_in += 1
         self.queue.put(media)
@@ -189,11 +181,9 @@ class Rendition:
         return self.video_in - self.video_out
 
     def finish(self) -> None:
-        if self.threaded and self.thread is not None:
+        if self.thread is not None:
             self.queue.put(_DONE)
             self.thread.join()
-        else:
-            self._guarded(_DONE)
 
     # -- the rendition thread's side
 
@@ -216,7 +206,7 @@ class Rendition:
         except BaseException as e:  # reported by the ingest thread, which stops the session
             self.error = e
             self.stop.set()
-            if item is _DONE or not self.threaded:
+            if item is _DONE:
                 self._close_quietly()
 
     def _handle(self, media: Media) -> None:

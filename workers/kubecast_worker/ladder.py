@@ -31,7 +31,9 @@ from typing import Any
 
 import av
 import av.container
+from av.audio.codeccontext import AudioCodecContext
 from av.audio.frame import AudioFrame
+from av.audio.stream import AudioStream
 from av.filter import Graph
 from av.packet import Packet
 from av.video.frame import PictureType, VideoFrame
@@ -361,8 +363,9 @@ class AudioLadder:
         source.push(frame)
         return _drain(sink)
 
-    def _encoder(self, kbps: int) -> Any:
+    def _encoder(self, kbps: int) -> AudioCodecContext:
         ctx = av.CodecContext.create("aac", "w")
+        assert isinstance(ctx, AudioCodecContext)
         ctx.sample_rate = self.rate
         ctx.layout = self.layout
         ctx.format = "fltp"
@@ -404,7 +407,9 @@ class AudioLadder:
         return graph, source, sink
 
 
-def aac_stream(container: av.container.OutputContainer, *, ladder: Ladder, kbps: int) -> Any:
+def aac_stream(
+    container: av.container.OutputContainer, *, ladder: Ladder, kbps: int
+) -> AudioStream:
     """A rendition's AAC stream, for AudioLadder's packets of its bitrate.
 
     NB: its own encoder is opened when the muxer starts (the muxer takes the

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from av.audio.frame import AudioFrame
+from av.audio.stream import AudioStream
 from av.packet import Packet
 from av.video.frame import VideoFrame
 
@@ -138,7 +139,7 @@ class Rendition:
         self.encoder: ladder.Encoder | None = None
         self.copier: ladder.Copier | None = None
         #: where the AAC packets of our bitrate go (AudioLadder, in the ingest thread)
-        self.aac: Any = None
+        self.aac: AudioStream | None = None
         # The DASH layout: video renditions without audio, which has renditions of its own.
         muxed_audio = source.has_audio and not settings.packaging.dash
         if rung.passthrough:

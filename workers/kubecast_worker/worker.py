@@ -74,7 +74,6 @@ class Worker:
         *,
         stream_key: str | None = None,
         stream_key_file: str | None = None,
-        threads: bool = True,
         x264_threads: int = 0,
         x264_thread_type: str = "frame",
         wrong_key_limit: WrongKeyLimit | None = None,  # None: its defaults
@@ -120,7 +119,6 @@ class Worker:
                 low_latency=config.outputs.hls.low_latency,
             ),
             live=True,
-            threads=threads,
             x264_threads=x264_threads,
             x264_thread_type=x264_thread_type,
             video_tap=self.whep.tap if self.whep else None,

@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import browsers
 import pytest
 from conftest import (
     SMALL_PROFILE,
@@ -38,9 +39,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, needs_ffmpeg, pytest.mark.timeo
 PLAYER = Path(__file__).resolve().parents[2] / "workers" / "kubecast_worker" / "player"
 DASH_JS = PLAYER / "node_modules" / "dashjs" / "dist" / "modern" / "umd" / "dash.all.min.js"
 HLS_JS = PLAYER / "static" / "hls.min.js"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu",
-                 "--disable-component-update", "--no-first-run"]  # fmt: skip
 NS = {"d": "urn:mpeg:dash:schema:mpd:2011"}
 KEY = "sk-dash-7c1e90b2d4"
 #: Two audio bitrates: two audio-only renditions, one audio group each.
@@ -223,16 +221,10 @@ def test_master_codecs_say_what_the_segments_hold(worker: WorkerProcess) -> None
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
     if not DASH_JS.is_file():
         pytest.fail(f"{DASH_JS} is missing: run workers/kubecast_worker/player/build_assets.sh")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with browsers.chromium() as chromium:
+        yield chromium
 
 
 DASH_PAGE = """<!doctype html><video id="video" muted autoplay playsinline></video>

@@ -25,7 +25,22 @@ POLL_TIMEOUT_SECONDS = 2.0
 
 class WorkerUnreachable(Exception):
     """The worker did not answer /status (not started, crashed, or network), or
-    answered a document this operator does not know (a version skew)."""
+    answered a document this operator does not know (a version skew).
+
+    ``late``: the poll ran out of time or lost its connection midway, which a
+    worker that is there but slow to answer also causes; not so a refused
+    connection (nothing listens), an error status or an unknown document.
+    """
+
+    def __init__(self, message: str, *, late: bool = False) -> None:
+        super().__init__(message)
+        self.late = late
+
+
+def _late(error: Exception) -> bool:
+    if isinstance(error, aiohttp.ClientConnectorError):  # refused, no route: nobody there
+        return False
+    return isinstance(error, TimeoutError | aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
 
 
 async def fetch_status(
@@ -43,7 +58,8 @@ async def fetch_status(
             response.raise_for_status()
             doc: dict[str, Any] = await response.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-        raise WorkerUnreachable(f"{url}: {error or type(error).__name__}") from error
+        message = f"{url}: {error or type(error).__name__}"
+        raise WorkerUnreachable(message, late=_late(error)) from error
     try:
         model.model_validate(doc)
     except pydantic.ValidationError as error:
@@ -130,7 +146,9 @@ class LastAnswer:
     answer turns a healthy stream Pending and back two seconds later: a status
     write and an Event each way, for nothing that changed.
 
-    So the first miss after an answer is read as that answer, and only while
+    So the first miss after an answer is read as that answer, and only when it
+    was late (``WorkerUnreachable.late``: a refused connection or an error status
+    is the worker's state, not its pace), and only while
 
     - it is the same run that answered (``WorkerRun``: same pod UID and name, same
       config hash, the same container start, still running). Whatever the kubelet
@@ -170,8 +188,9 @@ class LastAnswer:
             return Reading(answer)
         held = self._doc
         same_run = run == self._run and run.container_running
+        fresh = now - self._at <= self.max_age
         self._missed += 1
-        if held is not None and same_run and self._missed == 1 and now - self._at <= self.max_age:
+        if held is not None and answer.late and same_run and self._missed == 1 and fresh:
             return Reading(held, forgiven=True)
         self._doc = None  # missed twice, or another run: the old answer is nobody's now
         return Reading(None, error=str(answer))

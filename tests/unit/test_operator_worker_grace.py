@@ -8,8 +8,13 @@ as "unreachable" each turned an idle stream Pending and back (docs/benchmarks.md
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import socket
 from typing import Any
+
+import aiohttp
+import pytest
 
 from kubecast_api import LiveStreamSpec
 from kubecast_operator import streams, worker_client
@@ -24,7 +29,7 @@ IDLE = {
     "ready": True,
     "ingest": {"mode": "push", "url": "rtmp://0.0.0.0:1935/live", "counters": {}},
 }
-MISS = WorkerUnreachable("http://10.245.0.7:9090/status: TimeoutError")
+MISS = WorkerUnreachable("http://10.245.0.7:9090/status: TimeoutError", late=True)
 
 
 def pod(
@@ -93,6 +98,36 @@ def test_a_miss_of_another_pod_or_config_or_container_start_is_reported_at_once(
         last = answered()
         reading = last.judge(other, MISS, now=4.0)
         assert reading.worker is None and reading.error == str(MISS), other
+
+
+def test_a_refused_connection_or_an_error_answer_is_reported_at_once() -> None:
+    # Nothing listens on the port (the process died), or the worker answered that
+    # it is broken: that is its state, not its pace.
+    for error in (
+        WorkerUnreachable("http://10.245.0.7:9090/status: Connection refused"),
+        WorkerUnreachable("http://10.245.0.7:9090/status: 500, message='Internal'"),
+    ):
+        assert answered().judge(run(), error, now=4.0).worker is None
+
+
+def test_fetch_status_says_which_misses_were_late() -> None:
+    """Against real sockets: a listener that never answers (late), a closed port (not)."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        closed_port = closed.getsockname()[1]
+
+    async def miss(port: int) -> WorkerUnreachable:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(WorkerUnreachable) as caught:
+                await worker_client.fetch_status(session, "127.0.0.1", port=port, timeout=0.5)
+            return caught.value
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel accepts connections; nothing ever answers
+        assert asyncio.run(miss(silent.getsockname()[1])).late is True
+    refused = asyncio.run(miss(closed_port))
+    assert refused.late is False and "cannot connect" in str(refused).lower(), refused
 
 
 def test_a_miss_after_no_pod_served_is_reported_at_once() -> None:

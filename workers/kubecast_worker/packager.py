@@ -395,7 +395,7 @@ class AudioGroup:
     channels: int
 
 
-#: Before the first segment
+#: What a rendition without segments has measured
 NOTHING_MEASURED = Measured()
 
 #: Segments measured before BANDWIDTH is the measured peak alone: until then it is

@@ -63,6 +63,10 @@ class RateMeter:
 
 @dataclass
 class RenditionState:
+    """A rendition as ``/status`` shows it. The pipeline builds them as planned;
+    ``Status`` keeps its own copies, changes them only in ``post()``, and hands
+    readers copies again (``view()``)."""
+
     name: str
     state: Literal["Active", "Dropped"] = "Active"
     reason: str | None = None

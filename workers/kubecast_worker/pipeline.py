@@ -104,6 +104,7 @@ class Outcome:
     reason: Literal["eof", "stopped"]
     media_seconds: float
     wall_seconds: float
+    #: as ``/status`` shows them (``Rendition.report``), the dropped ones last
     renditions: list[dict[str, Any]] = field(default_factory=list)
 
 

@@ -49,7 +49,7 @@ def test_a_rendition_that_falls_behind_skips_frames_but_stays_aligned(
     rungs = {r["name"]: r for r in outcome.renditions}
     assert rungs[slow]["droppedFrames"] > 10
     assert rungs["180p"]["droppedFrames"] == 0  # the others lose nothing
-    assert status.frames_dropped == rungs[slow]["droppedFrames"]
+    assert status.view().frames_dropped == rungs[slow]["droppedFrames"]
     slow_t = timing(tmp_path / "out" / slow / "index.m3u8")
     fast_t = timing(tmp_path / "out" / "180p" / "index.m3u8")
     assert slow_t.keyframes == fast_t.keyframes  # still aligned

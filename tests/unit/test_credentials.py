@@ -24,7 +24,7 @@ from kubecast_api import LiveStreamSpec, WorkerConfig, WorkerPull
 from kubecast_operator import children, streams
 from kubecast_operator.settings import Settings
 from kubecast_worker import config as config_mod
-from kubecast_worker import ingest, logs, restream
+from kubecast_worker import events, ingest, logs, restream
 from kubecast_worker.status import Status
 
 PASSWORD = "pa55-w0rd-c4m3ra"
@@ -63,8 +63,10 @@ def test_a_failed_pull_names_the_url_without_its_credentials() -> None:
 
 def test_status_last_error_is_masked_whatever_produced_it() -> None:
     status = Status(stream="s", mode="pull", ingest_url="")
-    status.secrets = {PASSWORD}
-    status.set_error(f"internal error: {credentialed_url(554)}; auth {PASSWORD} refused")
+    status.post(events.SecretsLearned(frozenset({PASSWORD})))
+    status.post(
+        events.ErrorReported(f"internal error: {credentialed_url(554)}; auth {PASSWORD} refused")
+    )
     snapshot = json.dumps(status.snapshot())
     assert_clean(snapshot)
     assert "rtsp://cam:***@127.0.0.1:554/live?token=***" in snapshot

@@ -118,4 +118,4 @@ def test_video_that_waited_too_long_is_skipped_and_audio_is_kept() -> None:
     items = list(src)
     assert [m.kind for m in items].count("video") == 30
     assert [m.kind for m in items].count("audio") == 2
-    assert src.skipped == 1 and src.status.frames_dropped == 1
+    assert src.skipped == 1 and src.status.view().frames_dropped == 1

@@ -29,7 +29,6 @@ from av.video.frame import PictureType
 
 from kubecast_worker import delta_update, llhls, packager
 from kubecast_worker.blocking_reload import BadDirective, Directives, Edge
-from kubecast_worker.status import RenditionState
 
 FPS = 30
 SECONDS = 9
@@ -52,7 +51,7 @@ def make_writer(
     )
     return llhls.LowLatencyWriter(
         packaging=packaging,
-        state=RenditionState(name="180p"),
+        name="180p",
         epoch=epoch,
         append=append,
         session_start=time.time(),

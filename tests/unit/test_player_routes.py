@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from kubecast_worker import events
 from kubecast_worker.player import add_player_routes, routes
 from kubecast_worker.status import InputState, RenditionState, Status
 
@@ -205,17 +206,25 @@ def test_build_script_is_executable_and_its_output_is_ignored_by_git() -> None:
 
 def live_status(mode: str = "push", url: str = "rtmp://0.0.0.0:1935/live") -> Status:
     status = Status(stream="demo", mode=mode, ingest_url=url)  # type: ignore[arg-type]
-    status.begin_session(publisher="198.51.100.7:50123")
-    status.input = InputState(video_codec="h264", audio_codec="aac", width=640, height=360, fps=25)
-    status.set_renditions(
-        [
-            RenditionState(name="360p", width=640, height=360, playlist="360p/index.m3u8"),
-            RenditionState(name="1080p", state="Dropped", reason="would upscale"),
-        ]
+    status.post(events.SessionStarted(publisher="198.51.100.7:50123"))
+    status.post(
+        events.InputOpened(
+            InputState(video_codec="h264", audio_codec="aac", width=640, height=360, fps=25)
+        )
     )
-    status.set_state("live")
-    status.set_error(f"restream youtube: rtmp://a.rtmp.youtube.com/live2/{KEY} refused")
-    status.restream = lambda: [{"name": "youtube", "state": "Failing"}]
+    status.post(
+        events.RenditionsPlanned(
+            (
+                RenditionState(name="360p", width=640, height=360, playlist="360p/index.m3u8"),
+                RenditionState(name="1080p", state="Dropped", reason="would upscale"),
+            )
+        )
+    )
+    status.post(events.StateChanged("live"))
+    status.post(
+        events.ErrorReported(f"restream youtube: rtmp://a.rtmp.youtube.com/live2/{KEY} refused")
+    )
+    status.post(events.RestreamAttached(lambda: [{"name": "youtube", "state": "Failing"}]))
     return status
 
 

@@ -12,7 +12,7 @@ import av
 import pytest
 
 from kubecast_api import TranscodeProfileSpec
-from kubecast_worker import ingest, packager, pipeline
+from kubecast_worker import events, ingest, packager, pipeline
 from kubecast_worker.status import Status
 
 PROFILE = {
@@ -52,13 +52,13 @@ def test_status_drops_the_old_master_until_the_new_one_is_written(
     (out / "master.m3u8").write_text("#EXTM3U\n")  # the last session's, ended
     (out / "144p" / "index.m3u8").write_text("#EXTM3U\n#EXT-X-ENDLIST\n")
     status = Status(stream="unit", mode="pull", ingest_url="file:")
-    status.master_url = "/master.m3u8"  # what the last session left in /status
+    status.post(events.MasterWritten("/master.m3u8"))  # what the last session left
     offered: list[tuple[str | None, bool]] = []
     real_write_master = packager.write_master
 
     def write_master(out_dir: Path, variants: Any, **options: Any) -> None:
         # Just before the new master exists: what /status offers, and whether it is there.
-        offered.append((status.master_url, (out_dir / packager.MASTER).exists()))
+        offered.append((status.view().master_url, (out_dir / packager.MASTER).exists()))
         real_write_master(out_dir, variants, **options)
 
     monkeypatch.setattr(packager, "write_master", write_master)
@@ -75,5 +75,5 @@ def test_status_drops_the_old_master_until_the_new_one_is_written(
     # master follows the measured bitrates) replace a master that is there.
     assert offered[0] == (None, False)
     assert all(url == "/master.m3u8" and there for url, there in offered[1:]), offered
-    assert status.master_url == "/master.m3u8"
+    assert status.view().master_url == "/master.m3u8"
     assert (out / "master.m3u8").exists()

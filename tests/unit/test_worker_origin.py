@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from kubecast_worker import admin, metrics, origin
+from kubecast_worker import admin, events, metrics, origin
 from kubecast_worker.status import RenditionState, Status
 
 Scenario = Callable[[str, int], Awaitable[None]]
@@ -211,7 +211,7 @@ def test_health_and_readiness_are_answered_on_the_playback_port(tree: Path) -> N
                 assert r.status == 200
             async with http.get("/readyz") as r:
                 assert r.status == 503
-            status.ready = True
+            status.post(events.Readiness(True))
             async with http.get("/readyz") as r:
                 assert r.status == 200
 
@@ -222,8 +222,8 @@ def test_status_and_metrics_are_not_on_the_playback_port(tree: Path) -> None:
     """A NodePort or LoadBalancer playback Service must not show viewers the
     publisher's address, errors or restream state."""
     status = Status(stream="unit", mode="push", ingest_url="rtmp://127.0.0.1:1935/live")
-    status.publisher = "198.51.100.7:50000"
-    status.last_error = "restream youtube failed"
+    status.post(events.SessionStarted(publisher="198.51.100.7:50000"))
+    status.post(events.ErrorReported("restream youtube failed"))
 
     async def scenario(host: str, port: int) -> None:
         async with aiohttp.ClientSession(f"http://{host}:{port}") as http:
@@ -238,7 +238,8 @@ def test_status_and_metrics_are_not_on_the_playback_port(tree: Path) -> None:
 
 def test_the_admin_port_serves_status_and_metrics(tree: Path) -> None:
     status = Status(stream="unit", mode="push", ingest_url="rtmp://127.0.0.1:1935/live")
-    status.set_renditions([RenditionState(name="1080p", state="Dropped", reason="would upscale")])
+    dropped = RenditionState(name="1080p", state="Dropped", reason="would upscale")
+    status.post(events.RenditionsPlanned((dropped,)))
 
     async def scenario(host: str, port: int) -> None:
         async with aiohttp.ClientSession(f"http://{host}:{port}") as http:

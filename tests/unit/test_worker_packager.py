@@ -9,7 +9,8 @@ from pathlib import Path
 import m3u8
 
 from kubecast_worker import files, packager
-from kubecast_worker.status import RenditionState, SegmentBitrates
+from kubecast_worker.status import RenditionState
+from kubecast_worker.tally import SegmentBitrates
 
 
 def rendition(name: str, width: int, height: int, kbps: int, peak: int) -> RenditionState:
@@ -68,20 +69,31 @@ def test_passthrough_bandwidth_comes_from_what_was_measured() -> None:
 
 def test_measured_segments_set_bandwidth_once_there_are_enough() -> None:
     state = rendition("720p", 1280, 720, 2500, 2675)
-    state.segment_bitrates = SegmentBitrates(2.0)
+    segments = SegmentBitrates(2.0)
     limits = packager.variant(state, segment_type="ts", audio_kbps=128, video_codecs="avc1.64001f")
     # One segment above the rate-control limit: BANDWIDTH rises to it at once.
-    state.segment_bitrates.add(2.0, 2_000 * 1_000 // 8 * 2)  # 2,000 kbit/s
-    state.segment_bitrates.add(2.0, 3_400 * 1_000 // 8 * 2)  # 3,400 kbit/s: above maxrate
-    early = packager.variant(state, segment_type="ts", audio_kbps=128, video_codecs="avc1.64001f")
+    segments.add(2.0, 2_000 * 1_000 // 8 * 2)  # 2,000 kbit/s
+    segments.add(2.0, 3_400 * 1_000 // 8 * 2)  # 3,400 kbit/s: above maxrate
+    early = packager.variant(
+        state,
+        segment_type="ts",
+        audio_kbps=128,
+        video_codecs="avc1.64001f",
+        measured=segments.measured(),
+    )
     assert early.bandwidth == 3_400_000 > limits.bandwidth
     assert early.average_bandwidth == 2_700_000
     # Enough segments: BANDWIDTH is the measured peak, even below the limit.
-    quiet = rendition("720p", 1280, 720, 2500, 2675)
-    quiet.segment_bitrates = SegmentBitrates(2.0)
+    quiet = SegmentBitrates(2.0)
     for kbps in (1_000, 1_200, 1_100):
-        quiet.segment_bitrates.add(2.0, kbps * 1_000 // 8 * 2)
-    late = packager.variant(quiet, segment_type="ts", audio_kbps=128, video_codecs="avc1.64001f")
+        quiet.add(2.0, kbps * 1_000 // 8 * 2)
+    late = packager.variant(
+        state,
+        segment_type="ts",
+        audio_kbps=128,
+        video_codecs="avc1.64001f",
+        measured=quiet.measured(),
+    )
     assert (late.bandwidth, late.average_bandwidth) == (1_200_000, 1_100_000)
 
 

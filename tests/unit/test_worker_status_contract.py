@@ -12,50 +12,67 @@ import pydantic
 import pytest
 
 from kubecast_api.worker_status import RecorderStatus, WorkerStatus
+from kubecast_worker import events
 from kubecast_worker.restream import TargetState
 from kubecast_worker.status import InputState, RenditionState, Status
+from kubecast_worker.tally import Written
 
 
 def live_status() -> Status:
     status = Status(stream="studio", mode="push", ingest_url="rtmp://0.0.0.0:1935/live")
-    status.ready = True
-    status.ingest_counters = lambda: {"accepted": 1, "refused_wrong_key": 2}
-    status.begin_session(publisher="198.51.100.4:50000")
-    status.set_state("live")
-    with status.lock:
-        status.input = InputState(
-            video_codec="h264", audio_codec="aac", width=1280, height=720, fps=30.0
+    status.post(
+        events.IngestListening(
+            "rtmp://0.0.0.0:1935/live", lambda: {"accepted": 1, "refused_wrong_key": 2}
         )
-        status.master_url = "/master.m3u8"
-        status.thumbnail_url = "/thumbnail.jpg"
-    status.set_renditions(
-        [
-            RenditionState(
-                name="720p",
-                width=1280,
-                height=720,
-                fps=30.0,
-                nominal_kbps=2500,
-                peak_kbps=2675,
-                codecs="avc1.64001f",
-                playlist="/720p/index.m3u8",
-                segments=3,
-                frames_out=180,
-                bytes_out=1_000_000,
-            ),
-            RenditionState(name="1080p", state="Dropped", reason="would upscale"),
-        ]
     )
+    status.post(events.SessionStarted(publisher="198.51.100.4:50000"))
+    status.post(events.StateChanged("live"))
+    status.post(
+        events.InputOpened(
+            InputState(video_codec="h264", audio_codec="aac", width=1280, height=720, fps=30.0)
+        )
+    )
+    status.post(
+        events.RenditionsPlanned(
+            (
+                RenditionState(
+                    name="720p",
+                    width=1280,
+                    height=720,
+                    fps=30.0,
+                    nominal_kbps=2500,
+                    peak_kbps=2675,
+                    playlist="/720p/index.m3u8",
+                ),
+                RenditionState(name="1080p", state="Dropped", reason="would upscale"),
+            )
+        )
+    )
+    status.post(events.CodecsKnown("720p", "avc1.64001f"))
+    # Two writes, as a rendition's thread posts them: the meter needs two points.
+    for frames, nbytes, seconds, segments in ((90, 500_000, 3.0, 1), (180, 1_000_000, 6.0, 3)):
+        written = Written(
+            frames=frames,
+            bytes=nbytes,
+            media_time=seconds,
+            segments=segments,
+            first_segment_seconds=2.1,
+        )
+        status.post(events.RenditionWrote("720p", written, nbytes=500_000))
+    status.post(events.FrameHandedOut(wall=1.0, media=5.5, skipped=("720p",), late=True))
+    status.post(events.Demuxed(nbytes=4_000, at=1.0, frames=1))
+    status.post(events.MasterWritten("/master.m3u8"))
+    status.post(events.ThumbnailWritten("/thumbnail.jpg"))
     target = TargetState(name="youtube", url="rtmp://a.rtmp.youtube.com/live2")
-    status.restream = lambda: [target.to_json()]
-    status.set_error("cannot open the input: Connection refused")
+    status.post(events.RestreamAttached(lambda: [target.to_json()]))
+    status.post(events.ErrorReported("cannot open the input: Connection refused"))
     return status
 
 
 @pytest.mark.parametrize("state", ["idle", "live", "reconnecting"])
 def test_a_real_worker_status_round_trips_through_the_model(state: str) -> None:
     status = live_status()
-    status.set_state(state)  # type: ignore[arg-type]
+    status.post(events.StateChanged(state))  # type: ignore[arg-type]
     snapshot = status.snapshot()
     model = WorkerStatus.model_validate(snapshot)
     dumped = model.model_dump_json(by_alias=True, exclude_unset=True)

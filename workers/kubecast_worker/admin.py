@@ -29,7 +29,7 @@ def add_probe_routes(app: web.Application, *, status: Status) -> None:
         return web.Response(text="ok\n", headers=NO_STORE)
 
     async def readyz(request: web.Request) -> web.Response:
-        if status.ready:
+        if status.view().ready:
             return web.Response(text="ready\n", headers=NO_STORE)
         return web.Response(status=503, text="not ready\n", headers=NO_STORE)
 

@@ -242,7 +242,7 @@ def _transcode(args: argparse.Namespace) -> int:
         "wallSeconds": round(wall, 3),
         "cpuSeconds": round(cpu, 3),
         "speed": round(outcome.media_seconds / wall, 3) if wall else None,
-        "renditions": [r.to_json() for r in status.renditions],
+        "renditions": outcome.renditions,
     }
     print(json.dumps(summary, indent=1))
     return 0

@@ -39,6 +39,7 @@ from av.video.frame import VideoFrame
 from av.video.stream import VideoStream
 
 from kubecast_api import redact
+from kubecast_worker import events
 from kubecast_worker.logs import Log
 from kubecast_worker.status import InputState, Status
 
@@ -167,6 +168,7 @@ class Source:
         self.audio = container.streams.audio[0] if container.streams.audio else None
         ctx = self.video.codec_context
         rate = self.video.average_rate or self.video.guessed_rate or self.video.base_rate
+        actx = self.audio.codec_context if self.audio is not None else None
         self.info = InputState(
             video_codec=ctx.name,
             width=ctx.width or None,
@@ -174,12 +176,10 @@ class Source:
             fps=round(float(rate), 3) if rate else None,
             rate=Fraction(rate).limit_denominator(1001) if rate else None,
             pix_fmt=ctx.format.name if ctx.format else None,
+            audio_codec=actx.name if actx else None,
+            audio_sample_rate=(actx.sample_rate or None) if actx else None,
+            audio_channels=(actx.channels or None) if actx else None,
         )
-        if self.audio is not None:
-            actx = self.audio.codec_context
-            self.info.audio_codec = actx.name
-            self.info.audio_sample_rate = actx.sample_rate or None
-            self.info.audio_channels = actx.channels or None
         if not self.info.width or not self.info.height:
             self.close()
             raise SourceError("the input's video has no size; is it a supported codec?")
@@ -226,19 +226,19 @@ class Source:
         stream = packet.stream
         is_video = stream is self.video
         kind: Literal["video", "audio"] = "video" if is_video else "audio"
-        if packet.size:
-            self.status.input_bytes += packet.size
-            self.status.input_meter.add(packet.size, time.time())
         at = self._rebase(packet)
         if at is not None and self.realtime:
             self._pace(at)
         elif at is not None and self.wall_anchor is None:
             self.wall_anchor = time.time() - at
+        errors = 0
         try:
             frames = packet.decode()
         except av.error.InvalidDataError:
-            self.status.decode_errors += 1
-            frames = []
+            errors, frames = 1, []
+        # One event per packet, however many frames it decoded to (see events.py).
+        decoded = len(frames) if is_video else 0
+        self.status.post(events.Demuxed(packet.size, time.time(), frames=decoded, errors=errors))
         for frame in frames:
             yield self._frame(kind, frame)
         if packet.size and ((is_video and self.copy_video) or (not is_video and self.copy_audio)):
@@ -246,8 +246,6 @@ class Source:
 
     def _frame(self, kind: Literal["video", "audio"], frame: Any) -> Media:
         at = float(frame.pts * frame.time_base) if frame.pts is not None else 0.0
-        if kind == "video":
-            self.status.frames_decoded += 1
         return Media(kind, frame=frame, time=at)
 
     def _drain(self, streams: list[Any]) -> Iterator[Media]:
@@ -257,6 +255,8 @@ class Source:
                 frames = stream.codec_context.decode(None)
             except av.error.FFmpegError:
                 frames = []
+            if kind == "video" and frames:
+                self.status.post(events.FramesDecoded(len(frames)))
             for frame in frames:
                 yield self._frame(kind, frame)
 

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
 
+from kubecast_worker import events
 from kubecast_worker.ingest import Media, Source, SourceError
 from kubecast_worker.logs import Log
 from kubecast_worker.status import InputState, Status
@@ -76,6 +77,9 @@ class FrameSource(Source):
         frame = first[1]
         self._held = [first, *self._probe_rate()]
         rate = _rate([f for kind, f, _ in self._held if kind == "video"])
+        audio = self.frames.audio_codec if self.frames.has_audio else None
+        # what aiortc's decoders give: Opus at 48 kHz stereo, G.711 at 8 kHz mono
+        opus = audio == "opus"
         self.info = InputState(
             video_codec=self.frames.video_codec,
             width=frame.width,
@@ -83,13 +87,10 @@ class FrameSource(Source):
             fps=round(float(rate), 3) if rate else None,
             rate=rate,
             pix_fmt=frame.format.name,
+            audio_codec=audio,
+            audio_sample_rate=(48000 if opus else 8000) if audio else None,
+            audio_channels=(2 if opus else 1) if audio else None,
         )
-        if self.frames.has_audio:
-            self.info.audio_codec = self.frames.audio_codec
-            # what aiortc's decoders give: Opus at 48 kHz stereo, G.711 at 8 kHz mono
-            opus = self.frames.audio_codec == "opus"
-            self.info.audio_sample_rate = 48000 if opus else 8000
-            self.info.audio_channels = 2 if opus else 1
         return self.info
 
     def close(self) -> None:
@@ -115,7 +116,7 @@ class FrameSource(Source):
             kind, frame, arrived = item
             if kind == "video" and time.time() - arrived > MAX_QUEUED_SECONDS:
                 self.skipped += 1
-                self.status.frames_dropped += 1
+                self.status.post(events.FramesDropped())
                 continue
             if media := self._media(kind, frame, arrived):
                 yield media
@@ -178,7 +179,7 @@ class FrameSource(Source):
         frame.pts = pts
         frame.time_base = Fraction(1, clock)
         if kind == "video":
-            self.status.frames_decoded += 1
+            self.status.post(events.FramesDecoded())
         return Media(kind, frame=frame, time=pts / clock)
 
 

@@ -48,7 +48,6 @@ out); packager.end() appends ENDLIST when the window passes.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,7 +59,7 @@ from av.packet import Packet
 
 from kubecast_worker import delta_update, files, fmp4, packager
 from kubecast_worker.blocking_reload import Edge
-from kubecast_worker.status import RenditionState, SegmentBitrates
+from kubecast_worker.tally import Tally, Written
 
 #: What a part aims at: Apple suggests about a third of a second to one second; hls.js
 #: then holds three parts (PART-HOLD-BACK) behind the live edge.
@@ -352,17 +351,17 @@ class LowLatencyWriter:
         self,
         *,
         packaging: packager.Packaging,
-        state: RenditionState,
+        name: str,
         epoch: str,
         append: bool,
         session_start: float,
         parts: PartPlan,
         keyframes_on_time: bool = True,
     ) -> None:
-        self.state = state
+        self.tally = Tally(segment_seconds=packaging.segment_seconds, session_start=session_start)
         self.session_start = session_start
         self.packaging = packaging
-        self.directory = packaging.out_dir / state.name
+        self.directory = packaging.out_dir / name
         self.directory.mkdir(parents=True, exist_ok=True)
         self.playlist_path = self.directory / packager.PLAYLIST
         self.epoch = epoch
@@ -390,7 +389,6 @@ class LowLatencyWriter:
         self._part_files: dict[int, list[str]] = {}
         self._slid_out: list[Segment] = []
         self._sink = _Sink()
-        state.segment_bitrates = SegmentBitrates(packaging.segment_seconds)
         self.container: av.container.OutputContainer = av.open(
             self._sink,
             mode="w",
@@ -407,8 +405,8 @@ class LowLatencyWriter:
 
     # -- the rendition thread's interface (packager.HlsWriter's)
 
-    def write(self, packets: Iterable[Packet], *, media_time: float | None = None) -> None:
-        state = self.state
+    def write(self, packets: Iterable[Packet], *, media_time: float | None = None) -> Written:
+        tally = self.tally
         written = 0
         for packet in packets:
             if packet.size == 0:
@@ -416,15 +414,14 @@ class LowLatencyWriter:
             size = packet.size
             self.container.mux(packet)
             written += size
-            state.frames_out += packet.stream.type == "video"
+            tally.frames += packet.stream.type == "video"
             self._take()
-        state.bytes_out += written
+        tally.bytes += written
         if media_time is not None:
-            state.media_time = media_time
-        if written:
-            state.meter.add(written, state.media_time)
+            tally.media_time = media_time
+        return tally.written()
 
-    def close(self) -> None:
+    def close(self) -> Written:
         """Flush the last part, close the last segment, and publish without a hint
         (ENDLIST is packager.end()'s, as for the hls muxer's playlists)."""
         try:
@@ -439,6 +436,7 @@ class LowLatencyWriter:
             self.playlist.preload_hint = None
             if self._init:
                 self._publish()
+        return self.tally.written()
 
     # -- from bytes to files
 
@@ -508,11 +506,7 @@ class LowLatencyWriter:
         self._segment_bytes = []
         files.write_atomically(self.directory / uri, data)
         segment, gone = self.playlist.close_segment(uri)
-        state = self.state
-        if state.segments == 0:
-            state.first_segment_seconds = round(time.time() - self.session_start, 3)
-        state.segments += 1
-        state.segment_bitrates.add(segment.duration, len(data))
+        self.tally.segment(segment.duration, len(data))
         self._forget(gone)
 
     def _forget(self, gone: list[Segment]) -> None:

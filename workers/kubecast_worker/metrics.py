@@ -41,13 +41,10 @@ class StatusCollector(Collector):
         self.status = status
 
     def collect(self) -> Iterator[Metric]:
-        s = self.status
-        stream = s.stream
-        with s.lock:
-            state = s.state
-            renditions = list(s.renditions)
-            input_info = s.input
-            live = state == "live"
+        stream = self.status.stream
+        s = self.status.view()  # one consistent copy for the whole scrape
+        state, renditions, input_info = s.state, s.renditions, s.input
+        live = state == "live"
 
         g = GaugeMetricFamily(
             "kubecast_stream_state", "1 for the stream's current state.", labels=["stream", "state"]
@@ -93,7 +90,7 @@ class StatusCollector(Collector):
             stream,
             s.input_bytes,
         )
-        bitrate = s.input_meter.kbps() if live else None
+        bitrate = s.input_kbps
         if bitrate is not None:
             yield _gauge("kubecast_input_bitrate_kbps", "Input bitrate (kbit/s).", stream, bitrate)
         if live and input_info.width:
@@ -130,7 +127,7 @@ class StatusCollector(Collector):
         yield _counter(
             "kubecast_decode_errors", "Packets the decoder refused.", stream, s.decode_errors
         )
-        speed = s.encode_speed() if live else None
+        speed = s.encode_speed
         if speed is not None:
             yield _gauge(
                 "kubecast_encode_speed_ratio",
@@ -179,7 +176,7 @@ class StatusCollector(Collector):
             active.add_metric(labels, 1.0 if r.state == "Active" else 0.0)
             if r.state != "Active":
                 continue
-            kbps = r.meter.kbps() if live else None
+            kbps = r.bitrate_kbps
             if kbps is not None:
                 rate.add_metric(labels, kbps)
             out_bytes.add_metric(labels, r.bytes_out)

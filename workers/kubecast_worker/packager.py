@@ -55,7 +55,8 @@ import m3u8
 from av.packet import Packet
 
 from kubecast_worker import files, mpd, thumbnail
-from kubecast_worker.status import RenditionState, SegmentBitrates
+from kubecast_worker.status import RenditionState
+from kubecast_worker.tally import Measured, Tally, Written
 
 MASTER = "master.m3u8"
 MANIFEST = mpd.NAME
@@ -236,21 +237,21 @@ class HlsWriter:
     """One rendition's playlist and segments, via FFmpeg's hls muxer. One thread owns it.
 
     ``container`` gets its streams from the encoder (ladder.Encoder/Copier)
-    before the first ``write()``.
+    before the first ``write()``. ``write()`` and ``close()`` return what it has
+    written so far (``tally.Written``).
     """
 
     def __init__(
         self,
         *,
         packaging: Packaging,
-        state: RenditionState,
+        name: str,
         epoch: str,
         append: bool,
         session_start: float,
     ) -> None:
-        self.state = state
-        self.session_start = session_start
-        self.directory = packaging.out_dir / state.name
+        self.tally = Tally(segment_seconds=packaging.segment_seconds, session_start=session_start)
+        self.directory = packaging.out_dir / name
         self.directory.mkdir(parents=True, exist_ok=True)
         self.playlist = self.directory / PLAYLIST
         self.muxer_playlist = self.directory / MUXER_PLAYLIST
@@ -293,13 +294,12 @@ class HlsWriter:
         self._seen = segment_count(self._published) if self._published else 0
         self._mtime = 0
         self._audio_only: bool | None = None
-        state.segment_bitrates = SegmentBitrates(packaging.segment_seconds)
         self.container: av.container.OutputContainer = av.open(
             str(self.muxer_playlist), mode="w", format="hls", options=options
         )
 
-    def write(self, packets: Iterable[Packet], *, media_time: float | None = None) -> None:
-        state = self.state
+    def write(self, packets: Iterable[Packet], *, media_time: float | None = None) -> Written:
+        tally = self.tally
         if self._audio_only is None:  # the streams are all there by the first write
             self._audio_only = all(s.type == "audio" for s in self.container.streams)
         written = 0
@@ -313,14 +313,13 @@ class HlsWriter:
             boundary = packet.is_keyframe if video else self._audio_only
             self.container.mux(packet)
             written += size
-            state.frames_out += video
+            tally.frames += video
             if boundary:
                 self._check_playlist()
-        state.bytes_out += written
+        tally.bytes += written
         if media_time is not None:
-            state.media_time = media_time
-        if written:
-            state.meter.add(written, state.media_time)
+            tally.media_time = media_time
+        return tally.written()
 
     def _check_playlist(self) -> None:
         """Publish a new version of the muxer's playlist, and count its segments."""
@@ -340,21 +339,17 @@ class HlsWriter:
         new = count - self._seen
         if new <= 0:
             return
-        state = self.state
-        if state.segments == 0:
-            state.first_segment_seconds = round(time.time() - self.session_start, 3)
         self._measure(m3u8.loads(text).segments[-new:])
-        state.segments += new
         self._seen = count
 
     def _measure(self, segments: Iterable[m3u8.Segment]) -> None:
         """Each new segment's size over its duration: the master's honest BANDWIDTH."""
         for segment in segments:
             try:
-                size = (self.directory / segment.uri).stat().st_size
+                size: int | None = (self.directory / segment.uri).stat().st_size
             except (FileNotFoundError, TypeError):
-                continue  # already slid out and deleted: too late to count
-            self.state.segment_bitrates.add(segment.duration or 0.0, size)
+                size = None  # already slid out and deleted: too late to measure
+            self.tally.segment(segment.duration or 0.0, size)
 
     def _publish(self, text: str) -> None:
         previous, self._published = self._published, published(self._published, text)
@@ -364,13 +359,14 @@ class HlsWriter:
         ):
             stale.unlink(missing_ok=True)
 
-    def close(self) -> None:
+    def close(self) -> Written:
         """Flush the last segment and the playlist (without ENDLIST: see the module doc)."""
         try:
             self.container.close()
         finally:
             self._mtime = 0
             self._check_playlist()
+        return self.tally.written()
 
 
 # -- master playlist -------------------------------------------------------------------
@@ -399,6 +395,9 @@ class AudioGroup:
     channels: int
 
 
+#: What a rendition without segments has measured
+NOTHING_MEASURED = Measured()
+
 #: Segments measured before BANDWIDTH is the measured peak alone: until then it is
 #: at least the rate-control limit, since one or two segments say little of a peak.
 MEASURED_AFTER = 3
@@ -410,10 +409,12 @@ def variant(
     segment_type: str,
     audio_kbps: int | None,
     video_codecs: str,
+    measured: Measured = NOTHING_MEASURED,
     measured_kbps: int | None = None,
 ) -> Variant:
     """BANDWIDTH is the peak segment bitrate and AVERAGE-BANDWIDTH the average, as
-    measured on the written segments (``SegmentBitrates``) once there are some.
+    measured on the written segments (``measured``, tally.SegmentBitrates) once
+    there are some.
 
     Before then they come from the rate control: the encoder's maxrate (peak) and
     target bitrate, plus audio and the container's overhead. A passthrough rendition
@@ -422,18 +423,17 @@ def variant(
     overhead = OVERHEAD[segment_type]
     audio = audio_kbps or 0
     if state.passthrough or state.nominal_kbps is None:
-        measured = measured_kbps or 0
-        peak, average = measured * 1.2, float(measured)
+        first_kbps = measured_kbps or 0
+        peak, average = first_kbps * 1.2, float(first_kbps)
     else:
         peak = ((state.peak_kbps or state.nominal_kbps) + audio) * overhead
         average = (state.nominal_kbps + audio) * overhead
     bandwidth = round(peak * 1000)
-    segments = state.segment_bitrates
-    measured_average = segments.average_kbps()
-    if segments.peak_kbps and measured_average:
+    measured_average = measured.average_kbps
+    if measured.peak_kbps and measured_average:
         # Rounded up: BANDWIDTH may never be below what a segment measured.
-        measured_peak = math.ceil(segments.peak_kbps * 1000)
-        if segments.count >= MEASURED_AFTER:
+        measured_peak = math.ceil(measured.peak_kbps * 1000)
+        if measured.count >= MEASURED_AFTER:
             bandwidth = measured_peak
         else:
             bandwidth = max(bandwidth, measured_peak)

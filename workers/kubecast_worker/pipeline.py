@@ -50,7 +50,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from av.audio.frame import AudioFrame
@@ -59,10 +59,11 @@ from av.packet import Packet
 from av.video.frame import VideoFrame
 
 from kubecast_api import TranscodeProfileSpec
-from kubecast_worker import ingest, ladder, llhls, mpd, packager, thumbnail
+from kubecast_worker import events, ingest, ladder, llhls, mpd, packager, thumbnail
 from kubecast_worker.ingest import Media, Source
 from kubecast_worker.logs import Log
 from kubecast_worker.status import RenditionState, Status
+from kubecast_worker.tally import Written
 from kubecast_worker.thumbnail import Thumbnailer
 
 #: How far (in seconds of media) a live rendition may lag before frames are dropped.
@@ -103,11 +104,17 @@ class Outcome:
     reason: Literal["eof", "stopped"]
     media_seconds: float
     wall_seconds: float
+    #: as ``/status`` shows them (``Rendition.report``), the dropped ones last
     renditions: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Rendition:
-    """One rung: its encoder (or copier) and its HLS writer, in its own thread."""
+    """One rung: its encoder (or copier) and its HLS writer, in its own thread.
+
+    The thread tells ``Status`` what it wrote (events), and the ingest thread
+    what the master needs by two values it replaces, never mutates: ``written``
+    (the writer's running totals) and ``codecs``.
+    """
 
     def __init__(
         self,
@@ -115,7 +122,8 @@ class Rendition:
         rung: ladder.Rung,
         plan: ladder.Ladder,
         settings: Settings,
-        state: RenditionState,
+        info: RenditionState,
+        status: Status,
         source: Source,
         epoch: str,
         append: bool,
@@ -123,14 +131,19 @@ class Rendition:
         stop: threading.Event,
     ) -> None:
         self.rung = rung
-        self.state = state
+        #: as planned (size, rate, bitrates, playlist): nobody changes it
+        self.info = info
+        self.status = status
         self.stop = stop
         self.error: BaseException | None = None
+        self.written = Written()
+        self.codecs: str | None = None
+        #: frames this rendition skipped, counted by the ingest thread (see "Falling behind")
+        self.frames_dropped = 0
         self.writer = open_writer(
             rung=rung,
             plan=plan,
             packaging=settings.packaging,
-            state=state,
             epoch=epoch,
             append=append,
             session_start=started_at,
@@ -150,7 +163,7 @@ class Rendition:
             self.copier = ladder.Copier(
                 container=container, video=source.video, audio=source.audio if muxed_audio else None
             )
-            state.codecs = self.copier.codecs
+            self.codecs = self.copier.codecs
         else:
             if not rung.audio_only:
                 self.encoder = ladder.Encoder(
@@ -164,7 +177,7 @@ class Rendition:
             if rung.audio_only or muxed_audio:
                 self.aac = ladder.aac_stream(container, ladder=plan, kbps=rung.audio_kbps)
             if rung.audio_only:
-                state.codecs = ladder.AAC_LC
+                self.codecs = ladder.AAC_LC
         self.video_tap = settings.video_tap if offered else None
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=0 if settings.live else TRANSCODE_QUEUE)
         self.thread: threading.Thread | None = None
@@ -172,6 +185,8 @@ class Rendition:
         # difference is an exact backlog (audio is not counted: it is light).
         self.video_in = 0
         self.video_out = 0
+        if self.codecs:
+            status.post(events.CodecsKnown(rung.name, self.codecs))
 
     # -- the ingest thread's side
 
@@ -224,16 +239,45 @@ class Rendition:
             packet = self._adopt(media.packet)
             if packet is not None:
                 # Without video frames of our own, packets are what tell our media time.
-                self.writer.write([packet], media_time=None if self.encoder else media.time)
+                self._wrote(
+                    self.writer.write([packet], media_time=None if self.encoder else media.time)
+                )
             return
         assert self.encoder is not None and isinstance(media.frame, VideoFrame)
         packets = self.encoder.video(media.frame)
         if self.video_tap is not None and packets:
             ctx = self.encoder.video_stream.codec_context
             self.video_tap(self.rung.name, packets, ctx.extradata)
-        self.writer.write(packets, media_time=media.time)
-        if self.encoder.codecs and not self.state.codecs:
-            self.state.codecs = self.encoder.codecs
+        self._wrote(self.writer.write(packets, media_time=media.time))
+        self._known(self.encoder.codecs)
+
+    def _wrote(self, written: Written) -> None:
+        previous, self.written = self.written, written
+        nbytes = written.bytes - previous.bytes
+        if nbytes or written.segments != previous.segments:
+            self.status.post(events.RenditionWrote(self.rung.name, written, nbytes))
+
+    def _known(self, codecs: str | None) -> None:
+        if codecs and not self.codecs:
+            self.codecs = codecs
+            self.status.post(events.CodecsKnown(self.rung.name, codecs))
+
+    def report(self) -> dict[str, Any]:
+        """What the rendition made, as ``/status`` shows it; ``bitrateKbps`` is the
+        average over the whole session (per second of media)."""
+        w = self.written
+        kbps = round(w.bytes * 8 / w.media_time / 1000) if w.media_time > 0 else None
+        return replace(
+            self.info,
+            codecs=self.codecs,
+            segments=w.segments,
+            frames_out=w.frames,
+            frames_dropped=self.frames_dropped,
+            bytes_out=w.bytes,
+            media_time=w.media_time,
+            first_segment_seconds=w.first_segment_seconds,
+            bitrate_kbps=kbps,
+        ).to_json()
 
     def _adopt(self, packet: Packet) -> Packet | None:
         if self.copier is not None:
@@ -243,10 +287,9 @@ class Rendition:
 
     def _close(self) -> None:
         if self.encoder is not None:
-            self.writer.write(self.encoder.flush())
-            if self.encoder.codecs and not self.state.codecs:
-                self.state.codecs = self.encoder.codecs
-        self.writer.close()
+            self._wrote(self.writer.write(self.encoder.flush()))
+            self._known(self.encoder.codecs)
+        self._wrote(self.writer.close())
 
     def _close_quietly(self) -> None:
         with contextlib.suppress(Exception):
@@ -258,7 +301,6 @@ def open_writer(
     rung: ladder.Rung,
     plan: ladder.Ladder,
     packaging: packager.Packaging,
-    state: RenditionState,
     epoch: str,
     append: bool,
     session_start: float,
@@ -267,7 +309,7 @@ def open_writer(
     if not packaging.low_latency:
         return packager.HlsWriter(
             packaging=packaging,
-            state=state,
+            name=rung.name,
             epoch=epoch,
             append=append,
             session_start=session_start,
@@ -285,7 +327,7 @@ def open_writer(
         )
     return llhls.LowLatencyWriter(
         packaging=packaging,
-        state=state,
+        name=rung.name,
         epoch=epoch,
         append=append,
         session_start=session_start,
@@ -356,12 +398,11 @@ def run(
     info = source.open()
     try:
         plan = ladder.plan(settings.profile, source=info)
-        with status.lock:
-            status.input = info
+        status.post(events.InputOpened(info))
         source.copy_video = source.copy_audio = any(r.passthrough for r in plan.rungs)
         states = _rendition_states(plan, source)
         continuing = claim() if claim is not None else False
-        status.set_renditions(states)
+        status.post(events.RenditionsPlanned(tuple(states)))
         log.info(
             "input opened",
             extra={
@@ -373,13 +414,10 @@ def run(
             },
         )
         if not continuing:
-            with status.lock:
-                # NB: withdrawn before the old master is deleted, not after: /status
-                # must never offer a master that is not there (a player would get a
-                # 404, and give up), and it is polled while the files go.
-                status.master_url = None
-                status.dash_url = None
-                status.thumbnail_url = None
+            # NB: withdrawn before the old master is deleted, not after: /status
+            # must never offer a master that is not there (a player would get a
+            # 404, and give up), and it is polled while the files go.
+            status.post(events.PlaylistsWithdrawn())
             packager.reset(packaging.out_dir)
         packaging.out_dir.mkdir(parents=True, exist_ok=True)
         epoch = packager.new_epoch()
@@ -388,7 +426,8 @@ def run(
                 rung=rung,
                 plan=plan,
                 settings=settings,
-                state=state,
+                info=state,
+                status=status,
                 source=source,
                 epoch=epoch,
                 append=continuing,
@@ -404,7 +443,8 @@ def run(
                         rung=rung,
                         plan=plan,
                         settings=settings,
-                        state=_audio_state(rung),
+                        info=_audio_state(rung),
+                        status=status,
                         source=source,
                         epoch=epoch,
                         append=continuing,
@@ -417,7 +457,7 @@ def run(
             smallest = min(encoded, key=lambda r: r.rung.width * r.rung.height)
             assert smallest.encoder is not None
             smallest.encoder.thumbnail = Thumbnailer(packaging.out_dir)
-        status.playlists_open = True
+        status.post(events.PlaylistsOpened())
     except BaseException:
         source.close()
         raise
@@ -463,6 +503,7 @@ def _transcode(
     fps = max((float(r.rung.fps) for r in encoded if r.rung.fps), default=30.0)
     backlog_limit = max(2, int(LIVE_BACKLOG_SECONDS * fps))
     master_written = False
+    thumbnail_offered = False
     measured_segments = 0  # segments the master's bitrates have seen
     media_time = 0.0
     wall0 = time.time()
@@ -470,19 +511,21 @@ def _transcode(
     skipped: dict[Rendition, Media] = {}
 
     def master() -> bool:
-        if not all(r.state.segments and r.state.codecs for r in renditions):
+        if not all(r.written.segments and r.codecs for r in renditions):
             return False
         dash = _write_master(
             renditions, settings=settings, has_audio=source.has_audio, manifest=manifest
         )
-        with status.lock:
-            status.master_url = f"/{packager.MASTER}"
-            status.dash_url = f"/{packager.MANIFEST}" if dash else None
+        status.post(
+            events.MasterWritten(
+                url=f"/{packager.MASTER}", dash_url=f"/{packager.MANIFEST}" if dash else None
+            )
+        )
         log.info(
             "playable",
             extra={
                 "first_segment_seconds": {
-                    r.rung.name: r.state.first_segment_seconds for r in renditions
+                    r.rung.name: r.written.first_segment_seconds for r in renditions
                 }
             },
         )
@@ -492,20 +535,19 @@ def _transcode(
         """Hand a decoded frame to every encoded rendition (see "Falling behind")."""
         now = time.time()
         anchor = source.wall_anchor if settings.live else None
-        if anchor is not None and now - (anchor + at) > LATE_SECONDS:
-            status.frames_late += 1
-        dropped = False
+        late = anchor is not None and now - (anchor + at) > LATE_SECONDS
+        dropped: list[str] = []
         for r, ref in zip(encoded, fanout.video(frame), strict=True):
             item = Media("video", frame=ref, time=at)
             if anchor is not None and r.backlog() >= backlog_limit:
-                r.state.frames_dropped += 1
-                dropped = True
+                r.frames_dropped += 1
+                dropped.append(r.rung.name)
                 skipped[r] = item  # kept in case it is the last one: see below
                 continue
             skipped.pop(r, None)
             r.submit(item)
-        status.frames_dropped += dropped
-        status.sample_speed(wall=now, media=min(r.state.media_time for r in renditions))
+        slowest = min(r.written.media_time for r in renditions)
+        status.post(events.FrameHandedOut(now, slowest, skipped=tuple(dropped), late=late))
 
     def audio(packets: dict[int, list[Packet]], at: float) -> None:
         """Hand each rendition its own copy of the AAC packets of its bitrate.
@@ -529,14 +571,14 @@ def _transcode(
                 media_time = media.time
                 if encoded:
                     video(media.frame, media.time)
-                if status.thumbnail_url is None and any(t.written for t in stills):
-                    with status.lock:
-                        status.thumbnail_url = f"/{thumbnail.NAME}"
+                if not thumbnail_offered and any(t.written for t in stills):
+                    status.post(events.ThumbnailWritten(f"/{thumbnail.NAME}"))
+                    thumbnail_offered = True
                 if not master_written:
                     master_written = master()
-                elif sum(r.state.segments for r in renditions) != measured_segments:
+                elif sum(r.written.segments for r in renditions) != measured_segments:
                     # A new segment: BANDWIDTH and AVERAGE-BANDWIDTH follow what it measured.
-                    measured_segments = sum(r.state.segments for r in renditions)
+                    measured_segments = sum(r.written.segments for r in renditions)
                     _write_master(
                         renditions,
                         settings=settings,
@@ -576,7 +618,11 @@ def _transcode(
         reason=reason,
         media_seconds=media_time,
         wall_seconds=wall,
-        renditions=[r.state.to_json() for r in renditions if not r.rung.audio_only],
+        renditions=[r.report() for r in renditions if not r.rung.audio_only]
+        + [
+            RenditionState(name=d.name, state="Dropped", reason=d.reason).to_json()
+            for d in plan.dropped
+        ],
     )
 
 
@@ -596,10 +642,11 @@ def _write_master(
         if r.rung.audio_only:
             audio[r.rung.audio_kbps] = (
                 packager.variant(
-                    r.state,
+                    r.info,
                     segment_type=packaging.segment_type,
                     audio_kbps=None,
                     video_codecs=ladder.AAC_LC,
+                    measured=r.written.measured,
                 ),
                 r,
             )
@@ -607,15 +654,16 @@ def _write_master(
     for r in renditions:
         if r.rung.audio_only:
             continue
-        state = r.state
+        state, written = r.info, r.written
         measured = None
-        if state.passthrough and state.media_time > 0:
-            measured = round(state.bytes_out * 8 / state.media_time / 1000)
+        if state.passthrough and written.media_time > 0:
+            measured = round(written.bytes * 8 / written.media_time / 1000)
         video = packager.variant(
             state,
             segment_type=packaging.segment_type,
             audio_kbps=r.rung.audio_kbps if has_audio and not separate else None,
-            video_codecs=state.codecs or "avc1.640028",
+            video_codecs=r.codecs or "avc1.640028",
+            measured=written.measured,
             measured_kbps=measured,
         )
         tracks.append(

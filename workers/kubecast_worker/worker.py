@@ -13,7 +13,7 @@
 
 asyncio owns the sockets, the HTTP server and the timers; the media work runs
 in one thread per session (plus its rendition threads, see pipeline.py), and
-the two sides meet in ``Status`` and in the publish queue.
+the two sides meet in ``Status`` (each posts events to it) and in the publish queue.
 
 Between publishes the playlists stay open (no ENDLIST) for the reconnect
 window. A publisher that returns in time continues them after an
@@ -36,7 +36,17 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from kubecast_api import WorkerConfig, redact
-from kubecast_worker import admin, ingest, ladder, metrics, origin, packager, pipeline, restream
+from kubecast_worker import (
+    admin,
+    events,
+    ingest,
+    ladder,
+    metrics,
+    origin,
+    packager,
+    pipeline,
+    restream,
+)
 from kubecast_worker import config as config_mod
 from kubecast_worker.logs import for_stream
 from kubecast_worker.logs import redact as redact_secret
@@ -94,7 +104,7 @@ class Worker:
         )
         if pull is not None:
             # NB: read once here, so that an unreadable URL file stops the start.
-            self.status.ingest_url = safe_url(self._pull_url())
+            self.status.post(events.IngestUrl(safe_url(self._pull_url())))
         self.whep: WhepHub | None = None
         if whep:
             from kubecast_worker.whep import WhepHub
@@ -170,7 +180,7 @@ class Worker:
             else:
                 await self._serve_pull(started)
         finally:
-            self.status.ready = False
+            self.status.post(events.Readiness(False))
             self._end_playlists()
             if copies is not None:
                 await copies.stop()
@@ -182,10 +192,11 @@ class Worker:
 
     def _playing(self) -> list[str]:
         """The renditions a WHEP viewer may join now: offered to WebRTC, and live."""
-        if self.status.state != "live":
+        view = self.status.view()
+        if view.state != "live":
             return []
         offered = self.whep.offered if self.whep else []
-        return [r.name for r in self.status.renditions if r.state == "Active" and r.name in offered]
+        return [r.name for r in view.renditions if r.state == "Active" and r.name in offered]
 
     def _restream(self, host: str) -> restream.Supervisor | None:
         """Start following the restream targets, if the stream has any."""
@@ -195,12 +206,12 @@ class Worker:
         base = f"http://{origin_host}:{self.http_port}"
 
         def is_live() -> bool:
-            return self.status.state in ("live", "reconnecting")
+            return self.status.view().state in ("live", "reconnecting")
 
         def source_for(rendition: str | None) -> str | None:
             # The named rendition, or the highest active one (the ladder is ordered
             # highest first), once its playlist lists a segment.
-            active = [r for r in self.status.renditions if r.state == "Active"]
+            active = [r for r in self.status.view().renditions if r.state == "Active"]
             chosen = next((r for r in active if rendition in (None, r.name)), None)
             if chosen is None or chosen.segments < 1:
                 return None
@@ -215,7 +226,7 @@ class Worker:
             source_for=source_for,
             log=self.log,
         )
-        self.status.restream = supervisor.snapshot
+        self.status.post(events.RestreamAttached(supervisor.snapshot))
         supervisor.start()
         return supervisor
 
@@ -234,10 +245,9 @@ class Worker:
         )
         await server.start()
         self.rtmp_port = server.port
-        self.status.ingest_url = f"rtmp://{self.listen.host}:{server.port}/{self.listen.app}"
-        self.status.ingest_counters = lambda: _counters(server.counters)
-        self.status.ready = True
-        self.log.info("ingest listening", extra={"ingest": self.status.ingest_url})
+        url = f"rtmp://{self.listen.host}:{server.port}/{self.listen.app}"
+        self.status.post(events.IngestListening(url, lambda: _counters(server.counters)))
+        self.log.info("ingest listening", extra={"ingest": url})
         if started:
             started.set()
         watcher = asyncio.create_task(self._follow_key_file(server))
@@ -261,9 +271,7 @@ class Worker:
             latency_ms=self.listen.latency_ms,
             log=self.log,
         )
-        self.status.ingest_url = listener.url
-        self.status.ingest_counters = lambda: _counters(listener.counters)
-        self.status.ready = True
+        self.status.post(events.IngestListening(listener.url, lambda: _counters(listener.counters)))
         self.log.info("ingest listening", extra={"ingest": listener.url})
         if started:
             started.set()
@@ -298,9 +306,7 @@ class Worker:
         )
         await front.start()
         self.rtmp_port = front.port
-        self.status.ingest_url = front.url
-        self.status.ingest_counters = lambda: _counters(front.counters)
-        self.status.ready = True
+        self.status.post(events.IngestListening(front.url, lambda: _counters(front.counters)))
         self.log.info("ingest listening", extra={"ingest": front.url})
         if started:
             started.set()
@@ -379,16 +385,18 @@ class Worker:
         pull = self.config.ingest.pull
         assert pull is not None
         url = config_mod.read_pull_url(pull)
-        for secret in redact.secrets_of(url) - self.status.secrets:
+        new = redact.secrets_of(url) - self.status.secrets
+        for secret in new:
             redact_secret(secret)
-            self.status.secrets.add(secret)
+        if new:
+            self.status.post(events.SecretsLearned(frozenset(new)))
         return url
 
     async def _serve_pull(self, started: asyncio.Event | None) -> None:
         pull = self.config.ingest.pull
         assert pull is not None
         url = self._pull_url()
-        self.status.ready = True
+        self.status.post(events.Readiness(True))
         self.log.info("pulling", extra={"source": safe_url(url), "loop": pull.loop})
         if started:
             started.set()
@@ -399,7 +407,7 @@ class Worker:
             except config_mod.ConfigError as e:
                 self.log.warning("keeping the pull URL read before", extra={"error": str(e)})
             is_file = urlsplit(url).scheme == "file"
-            self.status.ingest_url = safe_url(url)
+            self.status.post(events.IngestUrl(safe_url(url)))
             outcome = await self._session(
                 opener=ingest.open_pull(url),
                 publisher=safe_url(url),
@@ -433,7 +441,7 @@ class Worker:
         """One publish, ingest to playlists. Errors end up in /status, not raised."""
         started_at = time.time()
         stop = self._session_stop = threading.Event()
-        self.status.begin_session(publisher=publisher)
+        self.status.post(events.SessionStarted(publisher))
         self.log.info("publish started", extra={"publisher": publisher})
         loop_ = asyncio.get_running_loop()
 
@@ -445,9 +453,9 @@ class Worker:
                 # NB: on the loop, so it cannot interleave with the reconnect timer:
                 # either the playlists are still open and continue, or they ended.
                 self._cancel_end_timer()
-                self.status.set_state("live")
-                self.status.set_error(None)
-                answer.set_result(self.status.playlists_open)
+                self.status.post(events.StateChanged("live"))
+                self.status.post(events.ErrorReported(None))
+                answer.set_result(self.status.view().playlists_open)
 
             loop_.call_soon_threadsafe(go_live)
             return answer.result(timeout=30)
@@ -476,7 +484,7 @@ class Worker:
                 started_at=started_at,
                 log=self.log,
             )
-            self.status.set_error(None)
+            self.status.post(events.ErrorReported(None))
             self.log.info(
                 "publish ended",
                 extra={
@@ -486,14 +494,14 @@ class Worker:
                 },
             )
         except (ingest.SourceError, ladder.LadderError, pipeline.PipelineError) as e:
-            self.status.set_error(str(e))
+            self.status.post(events.ErrorReported(str(e)))
             self.log.warning("publish failed", extra={"publisher": publisher, "error": str(e)})
         except Exception as e:  # a bug: keep serving, say what happened
-            self.status.set_error(f"internal error: {ingest.describe(e)}")
+            self.status.post(events.ErrorReported(f"internal error: {ingest.describe(e)}"))
             self.log.exception("publish crashed", extra={"publisher": publisher})
         finally:
             self._session_stop = None
-            self.status.end_session()
+            self.status.post(events.SessionEnded())
         return outcome
 
     def _between_sessions(self) -> None:
@@ -502,14 +510,14 @@ class Worker:
         The window runs from when the publisher left: failed reconnect attempts (a
         pull source that is still down) do not restart it.
         """
-        if not self.status.playlists_open:
-            self.status.set_state("idle")
+        if not self.status.view().playlists_open:
+            self.status.post(events.StateChanged("idle"))
             return
         window = self.config.reconnect_window_seconds
         if window <= 0:
             self._end_playlists()
             return
-        self.status.set_state("reconnecting")
+        self.status.post(events.StateChanged("reconnecting"))
         if self._end_timer is None:
             self._end_timer = asyncio.get_running_loop().call_later(window, self._end_playlists)
 
@@ -536,8 +544,8 @@ class Worker:
                 continue
         if not ages or min(ages) >= window:
             return
-        self.status.playlists_open = True
-        self.status.set_state("reconnecting")
+        self.status.post(events.PlaylistsOpened())
+        self.status.post(events.StateChanged("reconnecting"))
         left = window - min(ages)
         self._end_timer = asyncio.get_running_loop().call_later(left, self._end_playlists)
         self.log.info(
@@ -547,12 +555,12 @@ class Worker:
 
     def _end_playlists(self) -> None:
         self._cancel_end_timer()
-        if self.status.playlists_open:
+        if self.status.view().playlists_open:
             names = [r.name for r in self.config.profile.renditions]
             ended = packager.end(self.out_dir, names)
-            self.status.playlists_open = False
+            self.status.post(events.PlaylistsClosed())
             self.log.info("playlists ended", extra={"renditions": ended})
-        self.status.set_state("idle")
+        self.status.post(events.StateChanged("idle"))
 
     def _cancel_end_timer(self) -> None:
         if self._end_timer is not None:

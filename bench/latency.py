@@ -15,9 +15,9 @@ Publishers (640x360, 30 fps):
 - whip: tests/e2e/whip_client.py --clock, aiortc's VP8, as a browser sends.
 
 Players:
-- hls.js in headless Chromium (bench/clock_reader.html, hls.js configured as the
-  worker's player page configures it, ``lowLatencyMode`` for LL-HLS), reading the
-  <video> every 100 ms;
+- hls.js in headless Chromium (bench/clock_reader.html: hls.js made by the worker's
+  player/static/hls-live.js, as the worker's player page makes it), reading the
+  <video> every 100 ms and counting stalls (``waiting``);
 - pyav (HLS legs): FFmpeg's HLS demuxer (its default start, 3 segments from the
   live end), each picture "shown" at its arrival or one frame after the previous
   one, whichever is later: a player that plays out at 1x and stalls when starved;
@@ -156,9 +156,7 @@ def wait_for_segments(worker: WorkerProcess, segments: int = 3) -> None:
 # -- the players -----------------------------------------------------------------------
 
 
-def hlsjs(
-    browser: Any, origin: str, *, low_latency: bool, warmup: float, seconds: float
-) -> dict[str, Any]:
+def hlsjs(browser: Any, origin: str, *, warmup: float, seconds: float) -> dict[str, Any]:
     """hls.js in a Chromium page of the worker's origin (so the canvas may read the
     video), playing the master playlist."""
     source = f"{origin}/master.m3u8"
@@ -173,7 +171,7 @@ def hlsjs(
         # makes to this private address): any of the origin's URLs, then the reader.
         page.goto(f"{origin}/player/static/player.css")
         page.set_content(READER)
-        page.evaluate(f"start({json.dumps(source)}, {json.dumps(low_latency)})")
+        page.evaluate(f"start({json.dumps(source)})")
         deadline = time.monotonic() + 60
         while not page.evaluate("window.clock.delays.length"):
             if time.monotonic() > deadline:
@@ -185,7 +183,8 @@ def hlsjs(
             page.wait_for_timeout(200)
         page.wait_for_timeout(warmup * 1000)
         page.evaluate(
-            "window.clock.delays = []; window.clock.hlsLatency = []; window.clock.heights = {}"
+            "window.clock.delays = []; window.clock.hlsLatency = []; window.clock.heights = {};"
+            " window.clock.stalls = 0"
         )
         page.wait_for_timeout(seconds * 1000)
         clock = page.evaluate("window.clock")
@@ -196,8 +195,10 @@ def hlsjs(
         **clock_pattern.summary(clock["delays"]),
         "rejected": clock["rejected"],
         "errors": clock["errors"],
+        "stalls": clock["stalls"],  # waiting events while sampling
         # hls.js's own figure: its distance behind the playlist's live edge, in s
         "hlsjs_latency_estimate_s": round(estimates[len(estimates) // 2], 2) if estimates else None,
+        "hlsjs_target_latency_s": clock["targetLatency"],
         "heights": clock["heights"],
     }
 
@@ -289,9 +290,8 @@ def run_leg(
             if leg.output == "hls":
                 pyav.start()
             players["hls.js"] = hlsjs(
-                browser, worker.http, low_latency=leg.output == "llhls",
-                warmup=args.warmup, seconds=args.seconds,
-            )  # fmt: skip
+                browser, worker.http, warmup=args.warmup, seconds=args.seconds
+            )
             if leg.output == "hls":
                 players["pyav"] = pyav.result()
         status = worker.status()

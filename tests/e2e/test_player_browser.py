@@ -173,9 +173,11 @@ def network() -> Recorder:
 
 
 # NB: media events do not bubble; a capturing listener on document sees them all.
+# A stall is a `waiting` event after playback began (the video ran out of buffer).
 PLAYED = (
-    "window.__played = false;"
+    "window.__played = false; window.__stalls = 0;"
     "document.addEventListener('playing', () => { window.__played = true; }, true);"
+    "document.addEventListener('waiting', () => { if (window.__played) window.__stalls++; }, true);"
 )
 
 
@@ -240,6 +242,18 @@ def test_live_stream_plays_and_keeps_playing_for_ten_seconds(page: Any, network:
     assert page.evaluate("document.getElementById('video').paused") is False
     # Polled every 2 s: about five reads in ten seconds.
     assert status_reads(network) - polls_before >= 4
+
+
+def test_plays_within_two_segments_of_the_live_edge_for_30_s_without_a_stall(page: Any) -> None:
+    """hls-live.js keeps hls.js 1.5 target durations behind a plain playlist's live edge
+    (hls.js on its own: 3), so a viewer sees the picture seconds sooner; it must not
+    cost stalls."""
+    segment = SMALL_PROFILE["segmentSeconds"]
+    stalls = page.evaluate("window.__stalls")
+    assert_time_advances(page, seconds=30, minimum=28.0)
+    assert page.evaluate("window.__stalls") - stalls == 0, "the video stalled (waiting)"
+    behind = page.evaluate("window.kubecastPlayer.hls.latency")
+    assert 0 < behind <= 2 * segment, f"{behind:.2f} s behind the live edge"
 
 
 def test_state_and_figures_from_the_workers_status_are_shown(page: Any, live: Live) -> None:

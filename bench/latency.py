@@ -118,7 +118,7 @@ def start_worker(leg: Leg, directory: Path) -> WorkerProcess:
 
 
 def start_publisher(
-    leg: Leg, worker: WorkerProcess, log: Path, tune: str
+    leg: Leg, worker: WorkerProcess, log: Path, tune: str, muxdelay: float | None
 ) -> subprocess.Popen[bytes]:
     port = worker.rtmp_port
     if leg.ingest == "whip":
@@ -135,6 +135,8 @@ def start_publisher(
             else f"rtmp://{ADDRESS}:{port}/live/{KEY}"
         )
         command = [str(E2E / "clock_publisher.py"), url, "--tune", tune]
+        if muxdelay is not None:
+            command += ["--muxdelay", str(muxdelay)]
     with open(log, "wb") as errors:  # NB: the URL holds the key; it is not logged
         return subprocess.Popen(
             [sys.executable, *command], stdout=subprocess.DEVNULL, stderr=errors,
@@ -274,7 +276,9 @@ def run_leg(
 ) -> dict[str, Any]:
     directory = work / name
     worker = start_worker(leg, directory)
-    publisher = start_publisher(leg, worker, directory / "publisher.log", args.publisher_tune)
+    publisher = start_publisher(
+        leg, worker, directory / "publisher.log", args.publisher_tune, args.publisher_muxdelay
+    )
     load = os.getloadavg()[0]
     try:
         worker.wait_state("live", timeout=60)
@@ -340,7 +344,9 @@ def inside(args: argparse.Namespace) -> int:
         "profile": "tests/e2e SMALL_PROFILE: 360p + 180p, x264 ultrafast, 1 s GOP, 2 s segments",
         "publisher": {
             "rtmp/srt": f"ffmpeg libx264 veryfast, tune {args.publisher_tune}, 2 s GOP,"
-            " 1.5 Mbit/s CBR, 640x360 at 30 fps",
+            " 1.5 Mbit/s CBR, 640x360 at 30 fps; SRT: -muxdelay "
+            + ("0.7 (ffmpeg's default)" if args.publisher_muxdelay is None
+               else str(args.publisher_muxdelay)),
             "whip": "aiortc VP8, 640x360 at 30 fps",
         },
         "warmup_seconds": args.warmup,
@@ -360,6 +366,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=45, help="samples per leg, after warm-up")
     parser.add_argument("--warmup", type=float, default=10, help="seconds of play before sampling")
     parser.add_argument("--publisher-tune", choices=("zerolatency", "none"), default="zerolatency")
+    parser.add_argument(
+        "--publisher-muxdelay", type=float, metavar="SECONDS",
+        help="SRT legs: the publisher's ffmpeg -muxdelay (MPEG-TS); ffmpeg's default 0.7",
+    )  # fmt: skip
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inside:

@@ -33,8 +33,12 @@ import clock_pattern  # beside this file
 WIDTH, HEIGHT, FPS = 640, 360, 30
 
 
-def encoder(url: str, *, tune: str) -> list[str]:
+def encoder(url: str, *, tune: str, muxdelay: float | None = None) -> list[str]:
     container = "mpegts" if url.startswith("srt://") else "flv"
+    # NB: ffmpeg's MPEG-TS muxer holds audio back until a PES packet holds half of
+    # -muxdelay (0.7 s by default) or 2,930 bytes (about 0.18 s of 128 kbit/s AAC); a
+    # receiver that interleaves audio with video waits for it. FLV sends each frame.
+    delay = ["-muxdelay", str(muxdelay)] if muxdelay is not None and container == "mpegts" else []
     return [
         "ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin",
         "-f", "rawvideo", "-pix_fmt", "yuv420p", "-video_size", f"{WIDTH}x{HEIGHT}",
@@ -44,7 +48,7 @@ def encoder(url: str, *, tune: str) -> list[str]:
         "-profile:v", "main", "-g", str(2 * FPS), "-keyint_min", str(2 * FPS),
         "-sc_threshold", "0", "-b:v", "1500k", "-maxrate", "1500k", "-bufsize", "1500k",
         "-c:a", "aac", "-b:a", "128k",
-        "-f", container, url,
+        *delay, "-f", container, url,
     ]  # fmt: skip
 
 
@@ -53,8 +57,12 @@ def main() -> int:
     parser.add_argument("url", help="rtmp://HOST:PORT/APP/KEY or srt://HOST:PORT?passphrase=KEY")
     parser.add_argument("--seconds", type=float, default=3600)
     parser.add_argument("--tune", choices=("zerolatency", "none"), default="zerolatency")
+    parser.add_argument(
+        "--muxdelay", type=float, help="SRT: ffmpeg's -muxdelay (s) for MPEG-TS; default 0.7"
+    )
     args = parser.parse_args()
-    ffmpeg = subprocess.Popen(encoder(args.url, tune=args.tune), stdin=subprocess.PIPE)
+    command = encoder(args.url, tune=args.tune, muxdelay=args.muxdelay)
+    ffmpeg = subprocess.Popen(command, stdin=subprocess.PIPE)
     assert ffmpeg.stdin is not None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # then close ffmpeg's input
     start = time.monotonic()

@@ -11,7 +11,9 @@ ultrafast, 1 s GOP, 2 s segments), one publisher and its players, warms up for
 
 Publishers (640x360, 30 fps):
 - rtmp, srt: tests/e2e/clock_publisher.py, the ffmpeg CLI's x264 (veryfast,
-  ``--tune zerolatency`` unless ``--publisher-tune none``) fed raw pictures;
+  ``--tune zerolatency`` unless ``--publisher-tune none``) fed raw pictures, and AAC
+  fed the PCM of a tone written with every picture (``--publisher-lavfi-audio``:
+  ffmpeg's own tone at ``-re``, the bench's publisher before);
 - whip: tests/e2e/whip_client.py --clock, aiortc's VP8, as a browser sends.
 
 Players:
@@ -118,7 +120,7 @@ def start_worker(leg: Leg, directory: Path) -> WorkerProcess:
 
 
 def start_publisher(
-    leg: Leg, worker: WorkerProcess, log: Path, tune: str, muxdelay: float | None
+    leg: Leg, worker: WorkerProcess, log: Path, args: argparse.Namespace
 ) -> subprocess.Popen[bytes]:
     port = worker.rtmp_port
     if leg.ingest == "whip":
@@ -134,9 +136,11 @@ def start_publisher(
             if leg.ingest == "srt"
             else f"rtmp://{ADDRESS}:{port}/live/{KEY}"
         )
-        command = [str(E2E / "clock_publisher.py"), url, "--tune", tune]
-        if muxdelay is not None:
-            command += ["--muxdelay", str(muxdelay)]
+        command = [str(E2E / "clock_publisher.py"), url, "--tune", args.publisher_tune]
+        if args.publisher_muxdelay is not None:
+            command += ["--muxdelay", str(args.publisher_muxdelay)]
+        if args.publisher_lavfi_audio:
+            command += ["--lavfi-audio"]
     with open(log, "wb") as errors:  # NB: the URL holds the key; it is not logged
         return subprocess.Popen(
             [sys.executable, *command], stdout=subprocess.DEVNULL, stderr=errors,
@@ -276,9 +280,7 @@ def run_leg(
 ) -> dict[str, Any]:
     directory = work / name
     worker = start_worker(leg, directory)
-    publisher = start_publisher(
-        leg, worker, directory / "publisher.log", args.publisher_tune, args.publisher_muxdelay
-    )
+    publisher = start_publisher(leg, worker, directory / "publisher.log", args)
     load = os.getloadavg()[0]
     try:
         worker.wait_state("live", timeout=60)
@@ -344,7 +346,10 @@ def inside(args: argparse.Namespace) -> int:
         "profile": "tests/e2e SMALL_PROFILE: 360p + 180p, x264 ultrafast, 1 s GOP, 2 s segments",
         "publisher": {
             "rtmp/srt": f"ffmpeg libx264 veryfast, tune {args.publisher_tune}, 2 s GOP,"
-            " 1.5 Mbit/s CBR, 640x360 at 30 fps; SRT: -muxdelay "
+            " 1.5 Mbit/s CBR, 640x360 at 30 fps; AAC of a 1 kHz tone "
+            + ("from ffmpeg's lavfi at -re" if args.publisher_lavfi_audio
+               else "written with each picture")
+            + "; SRT: -muxdelay "
             + ("0.7 (ffmpeg's default)" if args.publisher_muxdelay is None
                else str(args.publisher_muxdelay)),
             "whip": "aiortc VP8, 640x360 at 30 fps",
@@ -369,6 +374,11 @@ def main() -> int:
     parser.add_argument(
         "--publisher-muxdelay", type=float, metavar="SECONDS",
         help="SRT legs: the publisher's ffmpeg -muxdelay (MPEG-TS); ffmpeg's default 0.7",
+    )  # fmt: skip
+    parser.add_argument(
+        "--publisher-lavfi-audio", action="store_true",
+        help="RTMP/SRT legs: ffmpeg makes the tone at -re, instead of the publisher's own"
+        " PCM written with every picture",
     )  # fmt: skip
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

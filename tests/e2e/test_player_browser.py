@@ -11,6 +11,7 @@ last test that uses the shared page.
 from __future__ import annotations
 
 import re
+import statistics
 import subprocess
 import time
 from collections.abc import Iterator
@@ -250,10 +251,18 @@ def test_plays_within_two_segments_of_the_live_edge_for_30_s_without_a_stall(pag
     cost stalls."""
     segment = SMALL_PROFILE["segmentSeconds"]
     stalls = page.evaluate("window.__stalls")
-    assert_time_advances(page, seconds=30, minimum=28.0)
+    behind = []  # hls.js's distance behind the playlist's live edge, once a second
+    start = previous = current_time(page)
+    for _ in range(30):
+        page.wait_for_timeout(1000)
+        now = current_time(page)
+        assert now > previous + 0.3, f"playback stalled: currentTime {previous:.2f} → {now:.2f}"
+        previous = now
+        behind.append(page.evaluate("window.kubecastPlayer.hls.latency"))
+    assert previous - start >= 28.0, f"currentTime advanced only {previous - start:.2f} s"
     assert page.evaluate("window.__stalls") - stalls == 0, "the video stalled (waiting)"
-    behind = page.evaluate("window.kubecastPlayer.hls.latency")
-    assert 0 < behind <= 2 * segment, f"{behind:.2f} s behind the live edge"
+    typical = statistics.median(behind)
+    assert 0 < typical <= 2 * segment, f"{typical:.2f} s behind the live edge: {behind}"
 
 
 def test_state_and_figures_from_the_workers_status_are_shown(page: Any, live: Live) -> None:

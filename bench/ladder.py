@@ -10,8 +10,8 @@
    - the reference: ONE ffmpeg CLI process, ``-filter_complex split=4`` + ``fps`` +
      ``scale`` (bicubic) per rung, libx264 with the same preset, rate control and
      GOP, FFmpeg's hls muxer per rung;
-   - the worker: ``kubecast-worker transcode`` (the live pipeline, unpaced), in each
-     of its parallelism modes.
+   - the worker: ``kubecast-worker transcode`` (the live pipeline, unpaced), with
+     x264's frame threads (its default) and with sliced ones (PyAV's default).
    Runs are interleaved (CLI, worker modes, CLI, ...) so that load from other
    processes hits both alike; medians are reported. CPU time is the children's
    rusage (user + sys) of each process.
@@ -53,12 +53,11 @@ SECONDS = 20
 INPUT = CACHE / f"testsrc2-1080p30-{SECONDS}s.mp4"
 KEY = "bench-key-0c1d2e3f"
 
-#: The worker's modes, as extra ``kubecast-worker transcode`` flags.
+#: The worker's settings, as extra ``kubecast-worker transcode`` flags.
 WORKER_MODES: dict[str, list[str]] = {
     "worker: thread per rendition": [],
-    "worker: sequential loop": ["--sequential"],
     # PyAV's default threading for encoders: x264 with sliced threads.
-    "worker: sequential, x264 slice threads": ["--sequential", "--x264-thread-type", "slice"],
+    "worker: x264 slice threads": ["--x264-thread-type", "slice"],
 }
 
 

@@ -70,6 +70,8 @@ OPERATOR_AGENTS = ("kopf/", "OpenAPI-Generator/")
 BENCH_AGENT = "kubecast-bench"
 KWOK_POD_CIDR = "10.245.0.0/16"  # hack/lib/cluster-common.sh
 STATUS_PORT = 9090  # the worker's admin port (kubecast_operator.settings)
+#: The operator's /metrics, inside the cluster's network namespace (nothing else listens there).
+METRICS_PORT = 18080
 #: kwok nodes take 110 pods each (hack/cluster-up.sh).
 PODS_PER_NODE = 110
 
@@ -239,10 +241,12 @@ class Operator:
         if source is not None:  # another tree's operator, e.g. a commit's for before/after
             env["PYTHONPATH"] = str(source / "operator")
             program = [sys.executable, "-m", "kubecast_operator.cli"]
+        # Its /metrics, in the cluster's namespace, for the worker polls it counts.
+        self.cluster, self.metrics_port = cluster, METRICS_PORT
         argv = [
             "nsenter", f"--net={cluster.netns}", "--", *program,
-            "--namespace", namespace, "--metrics-port", "0", "--liveness-port", "0",
-            "--no-leader-election",
+            "--namespace", namespace, "--metrics-port", str(self.metrics_port),
+            "--liveness-port", "0", "--no-leader-election",
         ]  # fmt: skip
         self.log_path = log_path
         with open(log_path, "ab") as sink:
@@ -265,6 +269,22 @@ class Operator:
             if key in ("VmRSS", "VmHWM"):
                 found[key] = int(value.split()[0]) / 1024
         return round(found["VmRSS"], 1), round(found["VmHWM"], 1)
+
+    def polls(self) -> dict[str, float]:
+        """Its counters of worker polls: failed, and of those forgiven (one miss in a row)."""
+        got = self.cluster.in_netns(
+            "curl", "-s", "--max-time", "10", f"http://127.0.0.1:{self.metrics_port}/metrics"
+        )
+        found = {"failed": 0.0, "forgiven": 0.0}
+        for line in got.stdout.splitlines():
+            name, _, value = line.partition("{")
+            if 'resource="LiveStream"' not in value:
+                continue
+            if name == "kubecast_operator_worker_poll_errors_total":
+                found["failed"] = float(value.rsplit(" ", 1)[1])
+            elif name == "kubecast_operator_worker_polls_forgiven_total":
+                found["forgiven"] = float(value.rsplit(" ", 1)[1])
+        return found
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -321,6 +341,18 @@ class Audit:
                 verbs[verb] += 1
                 detail[f"{verb} {resource} {code}"] += 1
         return verbs, detail
+
+
+def phase_changes(kube: Any, namespace: str, since: str) -> dict[str, int]:
+    """The streams' phase changes from ``since`` (UTC, RFC 3339) on, by the phase
+    entered: the operator posts one Event per change, its reason the new phase."""
+    found: Counter[str] = Counter()
+    for event in kube.list("Event", namespace):
+        if (event.get("involvedObject") or {}).get("kind") != "LiveStream":
+            continue
+        if (event.get("firstTimestamp") or event.get("eventTime") or "") >= since:
+            found[str(event.get("reason"))] += int(event.get("count") or 1)
+    return dict(sorted(found.items()))
 
 
 def per(counts: Counter[str], divisor: float) -> dict[str, float]:
@@ -430,10 +462,12 @@ def run(
             time.sleep(settle_seconds)  # the workers' first answers are in status by then
             log(f"N={n}: steady state for {steady_seconds:.0f} s")
             audit = Audit(cluster.audit)
+            polls0, since = op.polls(), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             cpu0, t0 = op.cpu_seconds(), time.monotonic()
             time.sleep(steady_seconds)
             elapsed = time.monotonic() - t0
             cpu = op.cpu_seconds() - cpu0
+            polls = {k: v - polls0[k] for k, v in op.polls().items()}
             verbs, detail = audit.since()
             minutes = elapsed / 60
             result["steady"] = {
@@ -448,6 +482,18 @@ def run(
                 "cpu_cores": round(cpu / elapsed, 3),
                 "rss_mb": op.memory_mb()[0],
                 "load_average": round(os.getloadavg()[0], 2),
+                # Flapping: a poll that misses its 2 s timeout, read as "unreachable",
+                # turns an idle stream Pending and back. Each miss not forgiven (the
+                # second in a row) is a real report; forgiven ones wrote nothing.
+                "worker_polls_failed": int(polls["failed"]),
+                "worker_polls_forgiven": int(polls["forgiven"]),
+                "phase_changes": phase_changes(kube, namespace, since),
+                "status_patches": sum(
+                    v for k, v in detail.items() if k.startswith("patch livestreams/status ")
+                ),
+                "events_posted": sum(
+                    v for k, v in detail.items() if k.startswith("create events ")
+                ),
             }
             log(f"N={n}: steady {json.dumps(result['steady']['requests_per_stream_per_minute'])}")
 
@@ -498,7 +544,9 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"\nSteady state, {r['streams']} idle streams, {s['seconds']} s:"
                 f" {s['requests_per_stream_per_minute_total']} requests/stream/min ({verbs});"
                 f" {s['writes_per_minute']} writes/min in all; operator CPU {s['cpu_cores']}"
-                f" cores, RSS {s['rss_mb']} MB"
+                f" cores, RSS {s['rss_mb']} MB; worker polls failed {s['worker_polls_failed']},"
+                f" forgiven {s['worker_polls_forgiven']}; phase changes {s['phase_changes']};"
+                f" {s['status_patches']} status PATCHes, {s['events_posted']} Events"
             )
     return "\n".join(lines)
 

@@ -1,7 +1,7 @@
 """WHIP in, WHEP out: what a WebRTC viewer costs the worker, and how fast sessions turn over.
 
     sudo .venv/bin/python bench/webrtc.py [--viewers 8] [--window 10]
-        [--processes 4] [--rendition 360p] [--no-audio]
+        [--processes 4] [--rendition 360p] [--no-audio] [--publisher whip|rtmp720]
 
 In a network namespace of its own (aioice offers no loopback candidate), as the
 tests do: a worker (tests/e2e SMALL_PROFILE ladder: 360p + 180p, ultrafast, 1 s GOP)
@@ -26,6 +26,11 @@ would cost more than the viewers). It prints one JSON document:
 
 The viewers run on the same machine, so they compete with the worker for the
 cores: read the per-viewer figure as an upper bound on a shared machine.
+
+``--publisher rtmp720``: the viewers' cost at 720p. The ffmpeg CLI publishes a 720p30
+test pattern over RTMP (x264, the tests' publisher), and the ladder is 720p (2.5 Mbit/s)
++ 360p, ultrafast, 1 s GOP: what an OBS publisher and a 720p WebRTC rung look like.
+There is no clock in that picture, so no glass-to-glass figure either.
 """
 
 from __future__ import annotations
@@ -48,12 +53,22 @@ from prometheus_client.parser import text_string_to_metric_families
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 sys.path.insert(0, str(REPO))
-from conftest import SMALL_PROFILE  # noqa: E402
+from conftest import SMALL_PROFILE, publisher_command  # noqa: E402
 
 from tests.integration import netns  # noqa: E402
 
 ADDRESS = "10.214.0.1"
 KEY = "bench-whip-k3y-5d0c"
+#: --publisher rtmp720: a 720p WebRTC rung above the tests' 360p one
+LADDER_720P = {
+    **SMALL_PROFILE,
+    "renditions": [
+        {"name": "720p", "width": 1280, "height": 720, "videoBitrate": 2500, "maxrate": 2800,
+         "bufsize": 5000, "audioBitrate": 96, "fps": 30, "preset": "ultrafast",
+         "profile": "main"},
+        SMALL_PROFILE["renditions"][0],
+    ],
+}  # fmt: skip
 
 
 def cpu_seconds(pid: int) -> float:
@@ -68,6 +83,7 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=4, help="viewer processes")
     parser.add_argument("--rendition", default="360p")
     parser.add_argument("--no-audio", action="store_true", help="viewers receive video only")
+    parser.add_argument("--publisher", choices=("whip", "rtmp720"), default="whip")
     args = parser.parse_args()
     with netns.private_namespace(f"kubecast-whip-bench-{os.getpid()}", ADDRESS) as path:
         return bench(args, path)
@@ -79,11 +95,16 @@ def bench(args: argparse.Namespace, path: str) -> int:
     procs: list[subprocess.Popen[Any]] = []
     try:
         (work / "key").write_text(KEY)
+        rtmp = args.publisher == "rtmp720"
+        ingest = (
+            {"listen": f"{ADDRESS}:1935"}
+            if rtmp
+            else {"listen": f"{ADDRESS}:8889", "protocol": "whip"}
+        )
         config = {
             "stream": "bench",
-            "ingest": {"listen": f"{ADDRESS}:8889", "protocol": "whip",
-                       "streamKeyFile": str(work / "key")},
-            "profile": SMALL_PROFILE, "reconnectWindowSeconds": 0,
+            "ingest": {**ingest, "streamKeyFile": str(work / "key")},
+            "profile": LADDER_720P if rtmp else SMALL_PROFILE, "reconnectWindowSeconds": 0,
             "http": f"{ADDRESS}:8080", "admin": f"{ADDRESS}:9090", "outputDir": str(work / "out"),
         }  # fmt: skip
         (work / "worker.yaml").write_text(yaml.safe_dump(config))
@@ -117,10 +138,14 @@ def bench(args: argparse.Namespace, path: str) -> int:
             return time.monotonic()
 
         wait("idle")
+        if rtmp:
+            url = f"rtmp://{ADDRESS}:1935/live/{KEY}"
+            command = publisher_command(url, seconds=3600, size="1280x720", rate=30)
+        else:
+            command = [sys.executable, str(REPO / "tests/e2e/whip_client.py"),
+                       f"http://{ADDRESS}:8889/whip/live", "--no-delete", "--clock"]  # fmt: skip
         publisher = subprocess.Popen(
-            [*enter, sys.executable, str(REPO / "tests/e2e/whip_client.py"),
-             f"http://{ADDRESS}:8889/whip/live", "--no-delete", "--clock"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [*enter, *command], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env={**os.environ, "WHIP_TOKEN": KEY},
         )  # fmt: skip
         procs.append(publisher)
@@ -149,7 +174,7 @@ def bench(args: argparse.Namespace, path: str) -> int:
         ]
         viewer = [*enter, sys.executable, str(REPO / "tests/e2e/whep_client.py"),
                   f"http://{ADDRESS}:8080/whep/{args.rendition}",
-                  "--seconds", str(args.window + 8), "--clock"]  # fmt: skip
+                  "--seconds", str(args.window + 8)] + ([] if rtmp else ["--clock"])  # fmt: skip
         if args.no_audio:
             viewer.append("--no-audio")
         crowd = [
@@ -184,6 +209,7 @@ def bench(args: argparse.Namespace, path: str) -> int:
         print(json.dumps({
             "viewers": args.viewers,
             "viewer_processes": processes,
+            "publisher": args.publisher,
             "rendition": args.rendition,
             "audio": not args.no_audio,
             "window_seconds": args.window,

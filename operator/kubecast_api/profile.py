@@ -41,6 +41,20 @@ class AudioCodec(StrEnum):
     OPUS = "opus"
 
 
+# A WebRTC viewer decodes what it gets in arrival order, and a new one waits for the next
+# keyframe: so a WHEP rung is encoded here (no B-frames, our GOP), never copied from the
+# source, and its GOP is short.
+WEBRTC_MAX_GOP_SECONDS = 2
+WEBRTC_NEEDS_ENCODE = (
+    "a webrtc rendition must be encoded, not passthrough: a copy of the source keeps its"
+    " B-frames and keyframe interval, which WebRTC viewers cannot take"
+)
+WEBRTC_NEEDS_SHORT_GOP = (
+    f"a profile with a webrtc rendition needs gopSeconds {WEBRTC_MAX_GOP_SECONDS} or less:"
+    " a new WebRTC viewer waits up to one GOP for its first picture"
+)
+
+
 class Rendition(ApiModel):
     """One rung of the ladder, or the source copied as is (passthrough)."""
 
@@ -55,6 +69,7 @@ class Rendition(ApiModel):
             "a passthrough rendition copies the source: do not set width, height,"
             " videoBitrate or fps",
         ),
+        cel("!self.webrtc || !self.passthrough", WEBRTC_NEEDS_ENCODE, ".webrtc"),
         cel(
             "!has(self.width) || self.width % 2 == 0",
             "width must be even (H.264 4:2:0 needs even dimensions)",
@@ -88,6 +103,15 @@ class Rendition(ApiModel):
         default=False,
         description="Copy the source video and audio without re-encoding. Width, height,"
         " bitrates and fps must then be unset.",
+    )
+    webrtc: bool = Field(
+        strict=True,
+        default=False,
+        description="Offer this rendition to WebRTC (WHEP) viewers of streams with"
+        " spec.outputs.webrtc on. It is then encoded without B-frames (WebRTC viewers do"
+        " not reorder frames) and the profile's gopSeconds must be"
+        f" {WEBRTC_MAX_GOP_SECONDS} or less. When no rendition of a profile sets it,"
+        " WHEP offers every encoded rendition, all without B-frames.",
     )
     width: int | None = Field(
         strict=True, default=None, description="Output width in pixels (even).", ge=16, le=7680
@@ -168,6 +192,8 @@ class Rendition(ApiModel):
             )
         if self.bufsize is not None and self.maxrate is None:
             raise ValueError("bufsize needs maxrate (VBV buffer without a rate cap has no effect)")
+        if self.webrtc and self.passthrough:
+            raise ValueError(WEBRTC_NEEDS_ENCODE)
         return self
 
 
@@ -227,6 +253,11 @@ class TranscodeProfileSpec(ApiModel):
             " starts on a keyframe",
             ".segmentSeconds",
         ),
+        cel(
+            f"!self.renditions.exists(r, r.webrtc) || self.gopSeconds <= {WEBRTC_MAX_GOP_SECONDS}",
+            WEBRTC_NEEDS_SHORT_GOP,
+            ".gopSeconds",
+        ),
     )
 
     renditions: list[Rendition] = Field(
@@ -273,7 +304,15 @@ class TranscodeProfileSpec(ApiModel):
                 f"segmentSeconds ({self.segment_seconds}) must be a multiple of gopSeconds"
                 f" ({self.gop_seconds}) so that every segment starts on a keyframe"
             )
+        if self.gop_seconds > WEBRTC_MAX_GOP_SECONDS and any(r.webrtc for r in self.renditions):
+            raise ValueError(WEBRTC_NEEDS_SHORT_GOP + f" (gopSeconds is {self.gop_seconds})")
         return self
+
+    def webrtc_renditions(self) -> list[str]:
+        """The renditions WHEP offers when a stream turns WebRTC on: those marked
+        ``webrtc``, or every encoded one when none is (profiles from before the field)."""
+        encoded = [r for r in self.renditions if not r.passthrough]
+        return [r.name for r in encoded if r.webrtc] or [r.name for r in encoded]
 
 
 class TranscodeProfileStatus(ApiModel):

@@ -292,6 +292,11 @@ async def run_stream(
     last_resync = time.monotonic()  # the first pass applies everything anyway
     last_written = 0.0
     written: dict[str, Any] = {}  # the status this loop wrote last
+    # One missed poll is forgiven (worker_client.LastAnswer), for at most one poll
+    # interval and one timeout past the answer, twice that on a busy event loop.
+    last_answer = worker_client.LastAnswer(
+        max_age=2 * (settings.poll_seconds + worker_client.POLL_TIMEOUT_SECONDS)
+    )
     last_generation = None
     woken = False
     while not stopped:
@@ -325,7 +330,7 @@ async def run_stream(
                 if resync:
                     last_resync = time.monotonic()
             assert seen is not None
-            await _poll_worker(memo, seen)
+            await _poll_worker(memo, seen, last_answer)
             figures_due = time.monotonic() - last_written >= settings.status_figures_seconds
             if await _write_stream_status(
                 memo, snapshot, seen, logger, figures_due=figures_due, written=written
@@ -348,16 +353,25 @@ async def run_stream(
     metrics.count_phases(memo.stream_phases.values())
 
 
-async def _poll_worker(memo: kopf.Memo, seen: streams.Observation) -> None:
+async def _poll_worker(
+    memo: kopf.Memo, seen: streams.Observation, last: worker_client.LastAnswer
+) -> None:
+    """Poll the serving pod's /status into ``seen``; ``last`` judges a missed poll."""
     seen.worker, seen.worker_error = None, None
-    address = worker_client.pod_address(seen.pods)
-    if address is None:
+    pod = worker_client.serving_pod(seen.pods)
+    if pod is None:
+        last.forget()
         return
+    answer: dict[str, Any] | worker_client.WorkerUnreachable
     try:
-        seen.worker = await worker_client.fetch_status(memo.http, address)
+        answer = await worker_client.fetch_status(memo.http, pod["status"]["podIP"])
     except worker_client.WorkerUnreachable as error:
         metrics.WORKER_POLL_ERRORS.labels("LiveStream").inc()
-        seen.worker_error = str(error)
+        answer = error
+    reading = last.judge(worker_client.WorkerRun.of(pod), answer, now=time.monotonic())
+    if reading.forgiven:
+        metrics.WORKER_POLLS_FORGIVEN.labels("LiveStream").inc()
+    seen.worker, seen.worker_error = reading.worker, reading.error
 
 
 async def _write_stream_status(

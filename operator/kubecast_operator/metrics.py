@@ -28,6 +28,11 @@ WORKER_POLL_ERRORS = Counter(
     "Polls of a worker's /status that failed (unreachable, bad answer).",
     ["resource"],
 )
+WORKER_POLLS_FORGIVEN = Counter(
+    "kubecast_operator_worker_polls_forgiven_total",
+    "Missed polls read as the same worker's answer just before (one in a row at most).",
+    ["resource"],
+)
 LEADER = Gauge(
     "kubecast_operator_leader",
     "1 while this replica leads (holds the Lease, or runs without leader election), else 0.",

@@ -48,6 +48,7 @@ class Observation:
     node_address: str | None = None
     worker: dict[str, Any] | None = None  # the worker's /status document
     worker_error: str | None = None
+    webrtc_renditions: list[str] = field(default_factory=list)  # what WHEP may offer
 
 
 def new_stream_key() -> str:
@@ -197,6 +198,7 @@ def _ensure_children(
     else:
         profile, problem = profile_of(watched.profile, namespace, spec.profile_ref.name)
     seen.problem = seen.problem or problem
+    seen.webrtc_renditions = profile.webrtc_renditions() if profile else []
     w = watched or Watched()
     for manifest, current, field_name in (
         (children.ingest_service(body, spec), w.ingest_service, "ingest_service"),
@@ -700,8 +702,9 @@ def compute_status(
             for r in (seen.worker or {}).get("renditions") or []
             if r.get("state") != "Dropped"
         ]
-        if seen.spec and seen.spec.outputs.webrtc.enabled and active:
-            status["whepUrl"] = f"{playback_base}/whep/{active[0]}"
+        offered = [r for r in active if r in seen.webrtc_renditions]
+        if seen.spec and seen.spec.outputs.webrtc.enabled and offered:
+            status["whepUrl"] = f"{playback_base}/whep/{offered[0]}"
         if (seen.worker or {}).get("dashUrl"):
             status["dashUrl"] = f"{playback_base}/manifest.mpd"
 

@@ -6,11 +6,44 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from conftest import WorkerProcess, until
+from conftest import WorkerProcess, launch_configured_worker, until
 
 from tests.integration import netns
+
+
+@contextmanager
+def whep_worker(
+    namespace: str,
+    address: str,
+    directory: Path,
+    *,
+    key: str,
+    protocol: str = "whip",
+    **config: Any,
+) -> Iterator[WorkerProcess]:
+    """A worker that takes WHIP (or RTMP: ``protocol="rtmp"``) publishers and offers
+    WHEP, listening on ``address`` inside the namespace, stopped after the block.
+    ``config``: more launch_configured_worker arguments (``profile=...``)."""
+    ingest = {"listen": f"{address}:0"} | ({"protocol": protocol} if protocol != "rtmp" else {})
+    worker = launch_configured_worker(
+        directory,
+        key=key,
+        ingest=ingest,
+        http=f"{address}:0",
+        admin=f"{address}:0",
+        wrap=["nsenter", f"--net={namespace}", "--"],
+        args=["--whep"],
+        **config,
+    )
+    try:
+        yield worker
+    finally:
+        worker.stop()
 
 
 def status(worker: WorkerProcess, namespace: str) -> dict[str, Any]:

@@ -22,12 +22,11 @@ import pytest
 from conftest import (
     SMALL_PROFILE,
     WorkerProcess,
-    launch_configured_worker,
     needs_ffmpeg,
     timing,
     video_stream,
 )
-from in_namespace import scrape, status, wait_state, whep_viewers
+from in_namespace import scrape, status, wait_state, whep_viewers, whep_worker
 
 from tests.integration import netns
 
@@ -55,19 +54,8 @@ def namespace() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def worker(namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    worker = launch_configured_worker(
-        tmp_path_factory.mktemp("chromium-webrtc"),
-        key=KEY,
-        ingest={"listen": f"{ADDRESS}:0", "protocol": "whip"},
-        http=f"{ADDRESS}:0",
-        admin=f"{ADDRESS}:0",
-        wrap=["nsenter", f"--net={namespace}", "--"],
-        args=["--whep"],
-    )
-    try:
-        yield worker
-    finally:
-        worker.stop()
+    with whep_worker(namespace, ADDRESS, tmp_path_factory.mktemp("chromium-webrtc"), key=KEY) as w:
+        yield w
 
 
 @pytest.fixture(scope="module")

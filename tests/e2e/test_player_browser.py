@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import browsers
 import pytest
 from conftest import (
     SMALL_PROFILE,
@@ -32,14 +33,6 @@ from kubecast_worker.player import routes
 
 pytestmark = [pytest.mark.e2e, needs_ffmpeg, pytest.mark.timeout(180)]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-gpu",
-    "--disable-component-update",
-    "--no-first-run",
-]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 KEY = "sk-4e1d9b7c2a6f3058"
@@ -128,24 +121,8 @@ def origin(live: Live) -> str:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail(
-            "Playwright for Python is missing: .venv/bin/pip install playwright"
-            " (the pip package only; Chromium comes from Debian, not `playwright install`)"
-        )
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(
-            f"Chromium is missing at {CHROMIUM}: install Debian's with"
-            " `apt-get install -y chromium` (the player tests drive a real browser)"
-        )
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with browsers.chromium() as chromium:
+        yield chromium
 
 
 class Recorder:

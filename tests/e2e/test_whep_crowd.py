@@ -24,11 +24,10 @@ import pytest
 from conftest import (
     SMALL_PROFILE,
     WorkerProcess,
-    launch_configured_worker,
     needs_ffmpeg,
     until,
 )
-from in_namespace import scrape, status, wait_state, whep_viewers
+from in_namespace import scrape, status, wait_state, whep_viewers, whep_worker
 
 from tests.integration import netns
 
@@ -51,19 +50,8 @@ def namespace() -> Iterator[str]:
 
 @pytest.fixture
 def worker(namespace: str, tmp_path: Path) -> Iterator[WorkerProcess]:
-    worker = launch_configured_worker(
-        tmp_path,
-        key=KEY,
-        ingest={"listen": f"{ADDRESS}:0", "protocol": "whip"},
-        http=f"{ADDRESS}:0",
-        admin=f"{ADDRESS}:0",
-        wrap=["nsenter", f"--net={namespace}", "--"],
-        args=["--whep"],
-    )
-    try:
-        yield worker
-    finally:
-        worker.stop()
+    with whep_worker(namespace, ADDRESS, tmp_path, key=KEY) as w:
+        yield w
 
 
 def crowd(namespace: str, worker: WorkerProcess, rendition: str) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import browsers
 import m3u8
 import pytest
 from conftest import (
@@ -46,9 +47,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, needs_ffmpeg, pytest.mark.timeo
 
 PLAYER = Path(__file__).resolve().parents[2] / "workers" / "kubecast_worker" / "player"
 HLS_JS = PLAYER / "static" / "hls.min.js"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu",
-                 "--disable-component-update", "--no-first-run"]  # fmt: skip
 KEY = "sk-llhls-5d2a81c7e0"
 OUTPUTS = {"hls": {"segmentType": "fmp4", "lowLatency": True}}
 RENDITIONS = [r["name"] for r in SMALL_PROFILE["renditions"]]
@@ -228,14 +226,8 @@ window.hls = hls;
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with browsers.chromium() as chromium:
+        yield chromium
 
 
 def open_player(browser: Any, worker: WorkerProcess) -> tuple[Any, Any, list[str]]:

@@ -35,11 +35,8 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_media(tmp_path_factory.mktemp("media") / "720p.mp4", seconds=4, size="1280x720")
 
 
-@pytest.mark.parametrize("mode", [[], ["--sequential"]], ids=["threads", "sequential"])
-def test_transcode_makes_aligned_renditions_and_drops_1080p(
-    source: Path, tmp_path: Path, mode: list[str]
-) -> None:
-    summary = transcode(source, tmp_path, *mode)
+def test_transcode_makes_aligned_renditions_and_drops_1080p(source: Path, tmp_path: Path) -> None:
+    summary = transcode(source, tmp_path)
     assert summary["mediaSeconds"] > 3.9
     states = {r["name"]: r["state"] for r in summary["renditions"]}
     assert states == {"720p": "Active", "480p": "Active", "360p": "Active", "1080p": "Dropped"}
@@ -77,3 +74,36 @@ def test_passthrough_rendition_copies_the_source_next_to_encoded_ones(
     assert timing(copied).keyframes == timing(scaled).keyframes  # the source's 2 s GOP
     master = (out / "master.m3u8").read_text()
     assert "RESOLUTION=1280x720" in master and "source/index.m3u8" in master
+
+
+def decoded_audio(playlist: Path) -> bytes:
+    result = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(playlist), "-map", "0:a", "-f", "s16le", "-"],
+        capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    return result.stdout
+
+
+def test_renditions_with_the_same_audio_bitrate_carry_the_same_whole_audio(
+    source: Path, tmp_path: Path
+) -> None:
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(
+        "gopSeconds: 2\nsegmentSeconds: 2\nrenditions:\n"
+        "  - {name: 360p, width: 640, height: 360, videoBitrate: 800, audioBitrate: 96,"
+        " preset: ultrafast}\n"
+        "  - {name: 240p, width: 426, height: 240, videoBitrate: 400, audioBitrate: 96,"
+        " preset: ultrafast}\n"
+        "  - {name: 180p, width: 320, height: 180, videoBitrate: 200, audioBitrate: 48,"
+        " preset: ultrafast}\n"
+    )
+    out = tmp_path / "out"
+    transcode(source, out, "--profile", str(profile))
+    audio = {}
+    for name in ("360p", "240p", "180p"):
+        playlist = out / name / "index.m3u8"
+        assert abs(timing(playlist).audio_seconds - 4.0) < 0.1, name
+        audio[name] = decoded_audio(playlist)
+    # The two 96 kbit/s renditions share one encode's packets; 180p has its own bitrate.
+    assert audio["360p"] == audio["240p"] != audio["180p"]
+    assert len(audio["360p"]) > 3.9 * 48000 * 2 * 2  # 4 s of 48 kHz stereo, 16 bit

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import pytest
 from conftest import (
     SMALL_PROFILE,
     WorkerProcess,
+    ffprobe,
     launch_configured_worker,
     needs_ffmpeg,
     publisher_command,
@@ -36,7 +38,7 @@ from conftest import (
     until,
     video_stream,
 )
-from in_namespace import scrape, status, wait_state, whep_viewers
+from in_namespace import scrape, status, wait_state, whep_viewers, whep_worker
 
 from tests.integration import netns
 
@@ -60,19 +62,8 @@ def namespace() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def worker(namespace: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    worker = launch_configured_worker(
-        tmp_path_factory.mktemp("whip"),
-        key=KEY,
-        ingest={"listen": f"{ADDRESS}:0", "protocol": "whip"},
-        http=f"{ADDRESS}:0",
-        admin=f"{ADDRESS}:0",
-        wrap=["nsenter", f"--net={namespace}", "--"],
-        args=["--whep"],
-    )
-    try:
-        yield worker
-    finally:
-        worker.stop()
+    with whep_worker(namespace, ADDRESS, tmp_path_factory.mktemp("whip"), key=KEY) as w:
+        yield w
 
 
 # -- talking to the worker in its namespace -------------------------------------------------
@@ -348,30 +339,38 @@ def test_a_publisher_back_within_the_reconnect_window_continues_the_playlists(
 
 def test_an_rtmp_publishers_renditions_play_by_whep(namespace: str, tmp_path: Path) -> None:
     """WHEP does not need WHIP: ffmpeg publishes over RTMP, an aiortc viewer watches 180p
-    and hears the audio."""
-    worker = launch_configured_worker(
-        tmp_path,
-        key=KEY,
-        ingest={"listen": f"{ADDRESS}:0"},
-        http=f"{ADDRESS}:0",
-        admin=f"{ADDRESS}:0",
-        wrap=["nsenter", f"--net={namespace}", "--"],
-        args=["--whep"],
-    )
-    url = f"rtmp://{ADDRESS}:{worker.rtmp_port}/live/{KEY}"
-    ffmpeg = subprocess.Popen(
-        ["nsenter", f"--net={namespace}", "--", *publisher_command(url, seconds=20)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        wait_state(worker, namespace, "live")
-        result = watch(namespace, worker, "180p", 6).result()
-        assert result["event"] == "watched", result
-        assert result["sizes"] == [list(SMALL["180p"])], result
-        assert result["frames"] >= 50 and result["first_frame_seconds"] < 4.0, result
-        # The publisher's AAC at 44.1 kHz, decoded once and encoded to Opus once.
-        assert result["audio_rates"] == [48000] and result["audio_frames"] >= 100, result
-    finally:
-        ffmpeg.kill()
-        ffmpeg.wait()
-        worker.stop()
+    and hears the audio. The profile offers only 180p to WebRTC (``webrtc: true``): 360p is
+    refused to WHEP viewers and keeps its B-frames for HLS; 180p is made without."""
+    rungs = [dict(r) for r in SMALL_PROFILE["renditions"]]
+    rungs[0]["preset"] = "veryfast"  # B-frames, where the tests' ultrafast has none
+    rungs[1]["webrtc"] = True
+    profile = {**SMALL_PROFILE, "renditions": rungs}
+    with whep_worker(namespace, ADDRESS, tmp_path, key=KEY, protocol="rtmp", profile=profile) as w:
+        url = f"rtmp://{ADDRESS}:{w.rtmp_port}/live/{KEY}"
+        ffmpeg = subprocess.Popen(
+            ["nsenter", f"--net={namespace}", "--", *publisher_command(url, seconds=20)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            wait_state(w, namespace, "live")
+            refused = watch(namespace, w, "360p", 1).result()
+            assert (refused["event"], refused["status"]) == ("refused", 404), refused
+            result = watch(namespace, w, "180p", 6).result()
+            assert result["event"] == "watched", result
+            assert result["sizes"] == [list(SMALL["180p"])], result
+            assert result["frames"] >= 50 and result["first_frame_seconds"] < 4.0, result
+            # The publisher's AAC at 44.1 kHz, decoded once and encoded to Opus once.
+            assert result["audio_rates"] == [48000] and result["audio_frames"] >= 100, result
+        finally:
+            ffmpeg.kill()
+            ffmpeg.wait()
+    worker = w
+    kinds = {name: picture_types(worker.out / name / "index.m3u8") for name in ("360p", "180p")}
+    assert kinds["360p"]["B"] > 0, kinds  # not offered to WebRTC: the preset's B-frames
+    assert kinds["180p"]["B"] == 0 and kinds["180p"]["P"] > 0, kinds
+
+
+def picture_types(playlist: Path) -> Counter[str]:
+    """How many I, P and B pictures the rendition's segments hold (ffprobe decodes them)."""
+    frames = ffprobe(playlist, "frame=pict_type")["frames"]
+    return Counter(f.get("pict_type", "?") for f in frames)

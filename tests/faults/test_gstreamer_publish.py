@@ -5,8 +5,8 @@ Each run starts its own ``kubecast-worker run`` (the default 4-rung ladder; 1080
 dropped for the 1280x720 source), publishes 6 s with ``rtmp2sink`` (x264enc +
 avenc_aac through flvmux) and checks what a user would see: the worker went live, every
 rendition's playlist has segments, nothing in the log says "failed", and the worker is
-still up. Before the fix (ladder.Fanout's audio timeline) such runs failed under load
-with "rendition 720p failed: Invalid argument": docs/reliability.md, "GStreamer
+still up. Before the fix (one continuous audio timeline, now in ladder.AudioLadder) such runs
+failed under load with "rendition 720p failed: Invalid argument": docs/reliability.md, "GStreamer
 publisher". The outcomes go to test-artifacts/faults/gstreamer-publish.json.
 """
 

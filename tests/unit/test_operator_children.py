@@ -743,10 +743,26 @@ def test_a_whip_stream_listens_on_8889_and_lets_webrtc_media_in_over_udp() -> No
     assert {"port": 8889, "protocol": "TCP"} in open_to_all["ports"]
     assert {"protocol": "UDP"} in open_to_all["ports"], "ICE and media on ephemeral ports"
 
-    status = streams.compute_status(stream, _observed(LIVE_WORKER, stream))
+    offered = profile().webrtc_renditions()  # none marked webrtc: every encoded one
+    status = streams.compute_status(
+        stream, _observed(LIVE_WORKER, stream, webrtc_renditions=offered)
+    )
     assert status["ingestUrl"] == "http://203.0.113.7:31935/whip/live"
     # The top rendition the worker produces (1080p was dropped for a 720p input).
     assert status["whepUrl"] == "http://studio-playback.live.svc.cluster.local:8080/whep/720p"
+
+
+def test_whep_offers_the_renditions_the_profile_marks_webrtc() -> None:
+    stream = body("livestream-push.yaml")
+    stream["spec"]["outputs"] = {"webrtc": {"enabled": True}}
+    spec = profile().model_dump(by_alias=True, exclude_none=True)
+    next(r for r in spec["renditions"] if r["name"] == "360p")["webrtc"] = True
+    offered = TranscodeProfileSpec.model_validate(spec).webrtc_renditions()
+    assert offered == ["360p"]
+    small = {"name": "360p", "state": "Active", "playbackUrl": "360p/index.m3u8"}
+    worker = {**LIVE_WORKER, "renditions": [*LIVE_WORKER["renditions"], small]}
+    status = streams.compute_status(stream, _observed(worker, stream, webrtc_renditions=offered))
+    assert status["whepUrl"] == "http://studio-playback.live.svc.cluster.local:8080/whep/360p"
 
 
 def test_an_rtmp_stream_without_webrtc_opens_no_udp_and_offers_no_whep() -> None:

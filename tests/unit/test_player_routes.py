@@ -63,7 +63,7 @@ def test_page_is_served_at_root_and_at_player() -> None:
 
 def test_the_webrtc_choice_is_offered_only_by_a_worker_that_answers_whep() -> None:
     assert 'data-whep=""' in routes.render_page()
-    assert 'data-whep="on"' in routes.render_page(whep=True)
+    assert 'data-whep="360p 180p"' in routes.render_page(whep=["360p", "180p"])
 
 
 def test_page_refers_to_everything_by_relative_url() -> None:

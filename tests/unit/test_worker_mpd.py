@@ -58,15 +58,16 @@ def test_each_session_is_a_period_that_starts_at_its_wall_clock_start() -> None:
     )
     periods = root.findall("d:Period", NS)
     assert [p.get("id") for p in periods] == [FIRST, SECOND]
+    # Counted from the first session's start: its media starts at 0 in the player.
+    assert root.get("availabilityStartTime") == "2026-12-02T04:39:49.248Z"
+    assert mpd.session_start(FIRST) == 1_796_186_389.248
     starts = [float(p.get("start", "")[2:-1]) for p in periods]
-    assert starts == [mpd.session_start(FIRST), mpd.session_start(SECOND)]
-    assert starts[1] - starts[0] == int(SECOND, 36) / 1000 - int(FIRST, 36) / 1000
+    assert starts == [0.0, (int(SECOND, 36) - int(FIRST, 36)) / 1000]
     for period in periods:
         kinds = [a.get("contentType") for a in period.findall("d:AdaptationSet", NS)]
         assert kinds == ["video", "audio"]
     second = periods[1].find(".//d:SegmentTemplate", NS)
     assert second is not None and second.get("startNumber") == "2"
-    assert root.get("availabilityStartTime") == "1970-01-01T00:00:00Z"
     assert root.get("minimumUpdatePeriod") == "PT2.000S"
     assert root.get("timeShiftBufferDepth") == "PT12.000S"
     utc = root.find("d:UTCTiming", NS)
@@ -109,3 +110,63 @@ def test_ending_drops_the_updates_and_gives_the_last_period_its_duration(tmp_pat
     assert periods[-1].get("duration") == "PT6.000S" and periods[0].get("duration") is None
     assert mpd.end(path)  # again: nothing left to do
     assert not mpd.end(tmp_path / "missing.mpd")
+
+
+def write(tmp_path: Path, *listings: mpd.Listing, now: float) -> ET.Element:
+    """``mpd.write`` of VIDEO's playlist listing ``listings`` (written as the packager
+    would, segment files with their tfdt), over what ``tmp_path`` already holds."""
+    directory = tmp_path / VIDEO.name
+    directory.mkdir(exist_ok=True)
+    lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-TARGETDURATION:2"]
+    for index, each in enumerate(listings):
+        (directory / each.init).write_bytes(INIT)
+        lines += ["#EXT-X-DISCONTINUITY"] if index else []
+        lines.append(f'#EXT-X-MAP:URI="{each.init}"')
+        for s in each.segments:
+            name = f"{each.epoch}-{s.number:05d}.m4s"
+            (directory / name).write_bytes(_segment(s.start))
+            lines += [f"#EXTINF:{s.duration / each.timescale:.6f},", name]
+    (directory / "index.m3u8").write_text("\n".join(lines) + "\n")
+    assert mpd.write(mpd.Reader(tmp_path), [VIDEO], segment_seconds=2, window_seconds=12, now=now)
+    return ET.fromstring((tmp_path / mpd.NAME).read_text())
+
+
+def _box(kind: bytes, payload: bytes) -> bytes:
+    return (8 + len(payload)).to_bytes(4, "big") + kind + payload
+
+
+#: An init section with just what fmp4.timescale reads: moov/trak/mdia/mdhd (12800).
+INIT = _box(
+    b"moov",
+    _box(b"trak", _box(b"mdia", _box(b"mdhd", bytes(12) + (12800).to_bytes(4, "big") + bytes(8)))),
+)
+
+
+def _segment(decode_time: int) -> bytes:
+    tfdt = _box(b"tfdt", b"\x01\x00\x00\x00" + decode_time.to_bytes(8, "big"))
+    return _box(b"moof", _box(b"traf", tfdt))
+
+
+def test_the_presentation_keeps_its_start_while_it_goes_on(tmp_path: Path) -> None:
+    first = write(tmp_path, listing(FIRST, 0, 3), now=1_800_000_000.0)
+    ast = first.get("availabilityStartTime")
+    # The publisher came back; then the first session slid out of every playlist.
+    write(tmp_path, listing(FIRST, 0, 3), listing(SECOND, 3, 2), now=1_800_000_010.0)
+    later = write(tmp_path, listing(SECOND, 3, 6), now=1_800_000_020.0)
+    assert later.get("availabilityStartTime") == ast, "it must not change under a player"
+    (period,) = later.findall("d:Period", NS)
+    assert float(period.get("start", "")[2:-1]) == round(
+        mpd.session_start(SECOND) - mpd.session_start(FIRST), 3
+    )
+
+
+def test_a_new_presentation_starts_at_its_first_session(tmp_path: Path) -> None:
+    write(tmp_path, listing(FIRST, 0, 3), now=1_800_000_000.0)
+    assert mpd.end(tmp_path / mpd.NAME)  # over: the next publish is a new presentation
+    root = write(tmp_path, listing(SECOND, 0, 2), now=1_800_000_100.0)
+    (period,) = root.findall("d:Period", NS)
+    assert period.get("start") == "PT0.000S"
+    assert mpd.availability_start(None, [SECOND]) == mpd.session_start(SECOND)
+    # Nor does a manifest that shares no Period with the playlists carry on.
+    unrelated = ET.tostring(render((VIDEO, [listing(FIRST, 0, 1)])), encoding="unicode")
+    assert mpd.availability_start(unrelated, [SECOND]) == mpd.session_start(SECOND)

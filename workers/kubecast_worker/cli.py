@@ -33,12 +33,6 @@ from kubecast_worker.status import Status
 def _tuning(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("tuning")
     group.add_argument(
-        "--sequential",
-        action="store_true",
-        help="encode renditions one after another in the ingest thread instead of a thread"
-        " per rendition (slower; for comparison)",
-    )
-    group.add_argument(
         "--x264-threads",
         type=int,
         default=0,
@@ -203,7 +197,6 @@ def _run(args: argparse.Namespace) -> int:
             stream_key_file=None
             if args.stream_key
             else args.stream_key_file or config.ingest.stream_key_file,
-            threads=not args.sequential,
             x264_threads=args.x264_threads,
             x264_thread_type=args.x264_thread_type,
             wrong_key_limit=wrong_key_limit,
@@ -238,7 +231,6 @@ def _transcode(args: argparse.Namespace) -> int:
             low_latency=args.low_latency,
         ),
         live=False,
-        threads=not args.sequential,
         x264_threads=args.x264_threads,
         x264_thread_type=args.x264_thread_type,
     )
@@ -252,7 +244,6 @@ def _transcode(args: argparse.Namespace) -> int:
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     summary = {
         "input": args.input,
-        "mode": "sequential" if args.sequential else "thread-per-rendition",
         "x264Threads": args.x264_threads,
         "x264ThreadType": args.x264_thread_type,
         "mediaSeconds": round(outcome.media_seconds, 3),

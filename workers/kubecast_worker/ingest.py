@@ -57,7 +57,7 @@ class SourceError(Exception):
 class Media:
     kind: Literal["video", "audio"]
     frame: VideoFrame | AudioFrame | None = None
-    packet: Packet | None = None  # demuxed packet, only for passthrough
+    packet: Packet | None = None  # to mux as it is: the source's (passthrough), or AAC
     time: float = 0.0  # seconds on the session timeline
 
 

@@ -5,30 +5,35 @@
   ``/status``; likewise no rendition is made faster than the source's frame rate
   (``rung_rate``).
 - ``Fanout`` runs in the ingest thread. It gives every encoded rendition its own
-  reference to each decoded frame (FFmpeg's ``split``/``asplit``, which add
+  reference to each decoded video frame (FFmpeg's ``split``, which adds
   references to the same read-only buffers rather than copying pixels), so no
   PyAV frame object is ever touched by two threads. Handing the *same* frame
   objects to several encoder threads crashed PyAV 18.1 (SIGSEGV, seen here).
+- ``AudioLadder`` runs in the ingest thread too: the audio is converted once and
+  encoded to AAC once per distinct bitrate of the ladder; renditions get
+  packets, never audio frames.
 - ``Encoder`` runs in a rendition's own thread: frame rate (``fps``), scale
   (bicubic, as the ffmpeg CLI's ``scale`` filter) and libx264 with a fixed GOP
   of ``gopSeconds * fps``, no scene-cut keyframes and a forced IDR on every GOP
   boundary of the session timeline, so all renditions have keyframes on the
-  same timestamps and players switch cleanly at segment boundaries. Audio is
-  AAC at the rendition's bitrate (encoded once per distinct bitrate: pipeline.py).
+  same timestamps and players switch cleanly at segment boundaries.
+- ``aac_stream`` is a rendition's audio stream, for AudioLadder's packets.
 - ``Copier`` is the passthrough rendition: the source packets, remuxed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 import av
 import av.container
+from av.audio.codeccontext import AudioCodecContext
 from av.audio.frame import AudioFrame
+from av.audio.stream import AudioStream
 from av.filter import Graph
 from av.packet import Packet
 from av.video.frame import PictureType, VideoFrame
@@ -42,7 +47,7 @@ AAC_LC = "mp4a.40.2"
 #: AAC-LC codes 1024 samples per frame.
 AAC_FRAME_SIZE = 1024
 #: Audio timestamps that jump further than this from the samples' own count are
-#: followed (by filling silence or trimming); smaller jitter is ignored (see Fanout).
+#: followed (by filling silence or trimming); smaller jitter is ignored (see AudioLadder).
 AUDIO_RESYNC_SECONDS = 0.1
 #: How far below a rendition's requested rate an even decimation may land (rung_rate).
 EVEN_DECIMATION_SLACK = Fraction(1, 5)
@@ -278,24 +283,12 @@ def avc1_codec(extradata: bytes | None) -> str | None:
 
 
 class Fanout:
-    """Give each encoded rendition its own reference to every decoded frame.
+    """Give each encoded rendition its own reference to every decoded video frame."""
 
-    Audio is also converted once here (sample rate, layout, planar float) and
-    cut into AAC-sized frames, one copy per AAC encoder (``audio_outputs``: one
-    per distinct audio bitrate), so every encoder gets identical input.
-    """
-
-    def __init__(
-        self, *, video_outputs: int, audio_outputs: int, audio_rate: int, audio_channels: int
-    ) -> None:
-        self.n = video_outputs
-        self.n_audio = audio_outputs
-        self.audio_rate = audio_rate
-        self.audio_layout = "stereo" if audio_channels == 2 else "mono"
+    def __init__(self, *, outputs: int) -> None:
+        self.n = outputs
         self._video: tuple[Graph, Any, list[Any]] | None = None
         self._video_key: tuple[Any, ...] | None = None
-        self._audio: tuple[Graph, Any, list[Any]] | None = None
-        self._audio_key: tuple[Any, ...] | None = None
 
     def video(self, frame: VideoFrame) -> list[VideoFrame]:
         if self.n == 1:
@@ -306,17 +299,6 @@ class Fanout:
         _, source, sinks = self._video
         source.push(frame)
         return [sink.pull() for sink in sinks]
-
-    def audio(self, frame: AudioFrame | None) -> list[list[AudioFrame]]:
-        if frame is not None:
-            key = (frame.sample_rate, frame.format.name, frame.layout.name, frame.time_base)
-            if self._audio is None or key != self._audio_key:
-                self._audio, self._audio_key = self._audio_graph(frame), key
-        if self._audio is None:
-            return [[] for _ in range(self.n_audio)]
-        _, source, sinks = self._audio
-        source.push(frame)
-        return [_drain(sink) for sink in sinks]
 
     def _video_graph(self, frame: VideoFrame) -> tuple[Graph, Any, list[Any]]:
         graph = Graph()
@@ -336,7 +318,62 @@ class Fanout:
         graph.configure()
         return graph, source, sinks
 
-    def _audio_graph(self, frame: AudioFrame) -> tuple[Graph, Any, list[Any]]:
+
+class AudioLadder:
+    """The ladder's audio: converted once, then encoded to AAC once per distinct bitrate.
+
+    The conversion (sample rate, layout, planar float, one continuous timeline)
+    cuts AAC-sized frames, and every encoder gets the same ones: an encoder takes
+    its own reference of a frame, and they all run here, in the ingest thread
+    (AAC costs ~2 % of a core per encoder). The packets of a bitrate go to every
+    rendition with that bitrate (pipeline.py), whatever the order of the ladder.
+    """
+
+    def __init__(self, *, bitrates: Iterable[int], rate: int, channels: int) -> None:
+        self.rate = rate
+        self.layout = "stereo" if channels == 2 else "mono"
+        self.encoders = {kbps: self._encoder(kbps) for kbps in sorted(set(bitrates), reverse=True)}
+        self._graph: tuple[Graph, Any, Any] | None = None
+        self._graph_key: tuple[Any, ...] | None = None
+
+    def encode(self, frame: AudioFrame) -> dict[int, list[Packet]]:
+        """AAC packets per bitrate (none yet, often: a frame is cut and encoders buffer)."""
+        key = (frame.sample_rate, frame.format.name, frame.layout.name, frame.time_base)
+        if self._graph is None or key != self._graph_key:
+            self._graph, self._graph_key = self._convert_graph(frame), key
+        return self._encode(self._convert(frame))
+
+    def finish(self) -> dict[int, list[Packet]]:
+        """The last samples, and the packets the encoders still hold."""
+        packets = self._encode(self._convert(None) if self._graph is not None else [])
+        for kbps, encoder in self.encoders.items():
+            if encoder.is_open:
+                packets[kbps].extend(encoder.encode(None))
+        return packets
+
+    def _encode(self, frames: list[AudioFrame]) -> dict[int, list[Packet]]:
+        return {
+            kbps: [p for frame in frames for p in encoder.encode(frame)]
+            for kbps, encoder in self.encoders.items()
+        }
+
+    def _convert(self, frame: AudioFrame | None) -> list[AudioFrame]:
+        assert self._graph is not None
+        _, source, sink = self._graph
+        source.push(frame)
+        return _drain(sink)
+
+    def _encoder(self, kbps: int) -> AudioCodecContext:
+        ctx = av.CodecContext.create("aac", "w")
+        assert isinstance(ctx, AudioCodecContext)
+        ctx.sample_rate = self.rate
+        ctx.layout = self.layout
+        ctx.format = "fltp"
+        ctx.bit_rate = kbps * 1000
+        ctx.time_base = Fraction(1, self.rate)
+        return ctx
+
+    def _convert_graph(self, frame: AudioFrame) -> tuple[Graph, Any, Any]:
         graph = Graph()
         source = graph.add(
             "abuffer",
@@ -355,28 +392,36 @@ class Fanout:
         # EINVAL ("rendition 720p failed: Invalid argument", docs/reliability.md).
         resample = graph.add(
             "aresample",
-            f"osr={self.audio_rate}:async=1:min_hard_comp={AUDIO_RESYNC_SECONDS}",
+            f"osr={self.rate}:async=1:min_hard_comp={AUDIO_RESYNC_SECONDS}",
         )
         convert = graph.add(
             "aformat",
-            sample_rates=str(self.audio_rate),
+            sample_rates=str(self.rate),
             sample_fmts="fltp",
-            channel_layouts=self.audio_layout,
+            channel_layouts=self.layout,
         )
-        source.link_to(resample)
-        resample.link_to(convert)
-        last = convert
-        if self.n_audio > 1:
-            last = graph.add("asplit", str(self.n_audio))
-            convert.link_to(last)
-        sinks = []
-        for i in range(self.n_audio):
-            sink = graph.add("abuffersink")
-            last.link_to(sink, i if self.n_audio > 1 else 0, 0)
-            sinks.append(sink)
+        sink = graph.add("abuffersink")
+        graph.link_nodes(source, resample, convert, sink)
         graph.configure()
         graph.set_audio_frame_size(AAC_FRAME_SIZE)
-        return graph, source, sinks
+        return graph, source, sink
+
+
+def aac_stream(
+    container: av.container.OutputContainer, *, ladder: Ladder, kbps: int
+) -> AudioStream:
+    """A rendition's AAC stream, for AudioLadder's packets of its bitrate.
+
+    NB: its own encoder is opened when the muxer starts (the muxer takes the
+    AudioSpecificConfig from it) but never fed; it has the same settings as
+    AudioLadder's, hence the same AudioSpecificConfig.
+    """
+    stream = container.add_stream("aac", rate=ladder.audio_rate)
+    ctx = stream.codec_context
+    ctx.layout = "stereo" if ladder.audio_channels == 2 else "mono"
+    ctx.format = "fltp"
+    ctx.bit_rate = kbps * 1000
+    return stream
 
 
 def _drain(sink: Any) -> list[Any]:
@@ -403,7 +448,6 @@ class Encoder:
         rung: Rung,
         ladder: Ladder,
         container: av.container.OutputContainer,
-        with_audio: bool,
         x264_threads: int = 0,
         x264_thread_type: str = "frame",
         b_frames: bool = True,
@@ -428,13 +472,6 @@ class Encoder:
         ctx.width, ctx.height, ctx.pix_fmt = rung.width, rung.height, "yuv420p"
         ctx.time_base = self.time_base
         ctx.bit_rate = (rung.video_kbps or 0) * 1000
-        self.audio_stream = None
-        if with_audio:
-            self.audio_stream = container.add_stream("aac", rate=ladder.audio_rate)
-            actx = self.audio_stream.codec_context
-            actx.layout = "stereo" if ladder.audio_channels == 2 else "mono"
-            actx.format = "fltp"
-            actx.bit_rate = rung.audio_kbps * 1000
         self._graph: tuple[Graph, Any, Any] | None = None
         self._graph_key: tuple[Any, ...] | None = None
         self._next_key: Fraction = Fraction(0)
@@ -508,46 +545,12 @@ class Encoder:
         graph.configure()
         return graph, source, chain[-1]
 
-    # -- audio
-
-    def audio(self, frame: AudioFrame) -> list[Packet]:
-        if self.audio_stream is None:
-            return []
-        return list(self.audio_stream.encode(frame))
-
     def flush(self) -> list[Packet]:
         packets: list[Packet] = []
         if self._graph is not None:
             packets.extend(self._pull_encode(push=None))
         packets.extend(self.video_stream.encode(None))
-        if self.audio_stream is not None and self.audio_stream.codec_context.is_open:
-            packets.extend(self.audio_stream.encode(None))
         return packets
-
-
-class AudioEncoder:
-    """AAC alone into ``container``: an audio-only rendition (the DASH layout).
-
-    Owned by one thread, like ``Encoder``, whose audio half it is.
-    """
-
-    def __init__(self, *, rung: Rung, ladder: Ladder, container: av.container.OutputContainer):
-        self.rung = rung
-        self.audio_stream = container.add_stream("aac", rate=ladder.audio_rate)
-        ctx = self.audio_stream.codec_context
-        ctx.layout = "stereo" if ladder.audio_channels == 2 else "mono"
-        ctx.format = "fltp"
-        ctx.bit_rate = rung.audio_kbps * 1000
-        self.codecs = AAC_LC
-        self.thumbnail: Thumbnailer | None = None
-
-    def audio(self, frame: AudioFrame) -> list[Packet]:
-        return list(self.audio_stream.encode(frame))
-
-    def flush(self) -> list[Packet]:
-        if not self.audio_stream.codec_context.is_open:
-            return []
-        return list(self.audio_stream.encode(None))
 
 
 class Copier:

@@ -10,11 +10,19 @@ and its HLS master would not carry the measured BANDWIDTH of ours.
 
 What players get (ISO/IEC 23009-1, the isoff-live profile):
 
-- ``type="dynamic"``, ``availabilityStartTime`` the Unix epoch, and one Period per
-  publish session still listed (a reconnect within the window is a discontinuity
-  in HLS, a new Period here). A Period starts at its session's wall-clock start,
-  which its segment names carry (``<epoch>-00042.m4s``, packager.new_epoch), so
-  the manifest needs no memory of its own and a restarted worker writes the same;
+- ``type="dynamic"`` and one Period per publish session still listed (a reconnect
+  within the window is a discontinuity in HLS, a new Period here). A Period starts at
+  its session's wall-clock start, which its segment names carry
+  (``<epoch>-00042.m4s``, packager.new_epoch), counted from ``availabilityStartTime``:
+  the presentation's first session, so that its media starts at time 0 in the
+  player's MediaSource. Not the Unix epoch: Chromium 156 reports a live MediaSource's
+  currentTime as the seekable range's start without moving playback there, and dash.js
+  skips a seek to the time currentTime already says; a viewer who joins a session in
+  its first seconds (dash.js then starts at the window's start) saw no picture until
+  dash.js's gap handling seeked 8 s or more later. The presentation goes on as long as
+  the previous manifest (still live) shares a Period with the new one, and keeps its
+  ``availabilityStartTime`` (which must not change under a player): the manifest's
+  only memory is the file itself, so a restarted worker writes the same;
 - a video AdaptationSet (aligned segments: the renditions' keyframes are forced
   on the same timestamps) and an audio one, as DASH players need: dash.js does
   not play audio and video muxed in one representation;
@@ -166,6 +174,35 @@ def _timeline(parent: ET.Element, segments: Sequence[Segment]) -> None:
         end = s.start + s.duration
 
 
+def _epochs(tracks: Sequence[tuple[Track, Sequence[Listing]]]) -> list[str]:
+    """The sessions listed by any track, oldest first."""
+    epochs = {listing.epoch for _, listings in tracks for listing in listings}
+    return sorted(epochs, key=session_start)
+
+
+def _timestamp(seconds: float) -> str:
+    stamp = datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def availability_start(previous: str | None, epochs: Sequence[str]) -> float:
+    """The presentation's start (``availabilityStartTime``): that of the ``previous``
+    manifest while the presentation goes on (it is still live and shares a Period with
+    ``epochs``), else the oldest listed session's start."""
+    oldest = session_start(epochs[0])
+    if previous is None:
+        return oldest
+    try:
+        root = ET.fromstring(previous)
+        start = datetime.fromisoformat(root.get("availabilityStartTime", "")).timestamp()
+    except (ET.ParseError, ValueError):
+        return oldest
+    periods = {p.get("id") for p in root.iterfind(f"{{{NAMESPACE}}}Period")}
+    live = "minimumUpdatePeriod" in root.attrib
+    # NB: never after a Period it has to place (a negative start).
+    return start if live and periods & set(epochs) and start <= oldest else oldest
+
+
 def render(
     *,
     tracks: Sequence[tuple[Track, Sequence[Listing]]],
@@ -173,22 +210,19 @@ def render(
     window_seconds: int | None,
     ended: bool,
     now: float,
+    start: float | None = None,
 ) -> str:
-    """The MPD text. ``tracks``: each track with its sessions, oldest first."""
-    epochs: list[str] = []
-    for _, listings in tracks:
-        for listing in listings:
-            if listing.epoch not in epochs:
-                epochs.append(listing.epoch)
-    epochs.sort(key=session_start)
-    stamp = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
-    stamp = stamp.replace("+00:00", "Z")
+    """The MPD text. ``tracks``: each track with its sessions, oldest first;
+    ``start``: the presentation's (availability_start), by default its oldest session's."""
+    epochs = _epochs(tracks)
+    origin = session_start(epochs[0]) if start is None else start
+    stamp = _timestamp(now)
     mpd = ET.Element(
         "MPD",
         xmlns=NAMESPACE,
         profiles=PROFILE,
         type="dynamic",
-        availabilityStartTime="1970-01-01T00:00:00Z",
+        availabilityStartTime=_timestamp(origin),
         publishTime=stamp,
         minBufferTime=_seconds(segment_seconds),
         suggestedPresentationDelay=_seconds(3 * segment_seconds),
@@ -200,7 +234,7 @@ def render(
     last_end = 0.0
     period, start = None, 0.0
     for epoch in epochs:
-        start = session_start(epoch)
+        start = round(session_start(epoch) - origin, 3)
         period = ET.SubElement(mpd, "Period", id=epoch, start=_seconds(start))
         for kind in ("video", "audio"):
             present = [
@@ -288,14 +322,20 @@ def write(
         ended = ended and track_ended
     if not any(listings for _, listings in listed):
         return False
+    path = reader.out_dir / NAME
+    try:
+        previous: str | None = path.read_text()
+    except FileNotFoundError:
+        previous = None
     text = render(
         tracks=listed,
         segment_seconds=segment_seconds,
         window_seconds=window_seconds,
         ended=ended,
         now=time.time() if now is None else now,
+        start=availability_start(previous, _epochs(listed)),
     )
-    files.write_atomically(reader.out_dir / NAME, text)
+    files.write_atomically(path, text)
     return True
 
 

@@ -270,7 +270,7 @@ def make_app(
         status=status,
         ingest_url=ingest_url,
         stream_key_secret=stream_key_secret,
-        whep=whep is not None,
+        whep=whep.offered if whep is not None else (),
     )
     if whep is not None:
         whep.add_routes(app)  # before the catch-all, which would take /whep/...

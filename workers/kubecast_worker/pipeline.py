@@ -3,9 +3,11 @@
 ::
 
     ingest thread     Source: demux, decode once, rebase the timeline
-                      Fanout: one reference of each frame per rendition
-                        │ a queue per rendition (bounded; see "Falling behind")
-    rendition threads Encoder: fps → scale → libx264 + AAC   (or Copier: passthrough)
+                      Fanout: one reference of each video frame per rendition
+                      AudioLadder: AAC, once per distinct bitrate
+                        │ a queue per rendition (bounded; see "Falling behind"):
+                        │ video frames, and the AAC packets of its bitrate
+    rendition threads Encoder: fps → scale → libx264   (or Copier: passthrough)
      (one each)       HlsWriter: FFmpeg's hls muxer → segments + media playlist
                       (or llhls.LowLatencyWriter: parts too, for LL-HLS)
                         │
@@ -15,18 +17,20 @@
 
 The ingest thread is the caller's (worker.py runs ``run()`` through
 ``asyncio.to_thread``). Every PyAV object is owned by one thread: sources,
-fanout graphs and decoders by the ingest thread; encoders, their filter graphs
-and muxers by their rendition's thread. Frames cross over through the queues
-and are never touched by the sender again.
+fanout graphs, decoders and AAC encoders by the ingest thread; video encoders,
+their filter graphs and muxers by their rendition's thread. Frames and packets
+cross over through the queues and are never touched by the sender again.
 
-Audio is encoded once per distinct bitrate: the first rendition with a bitrate
-encodes it and hands copies of its AAC packets to the others with the same one
-(the default ladder has two 128 kbit/s renditions: three AAC encoders, not four).
+Audio is encoded once per distinct bitrate, in the ingest thread, and every
+rendition with that bitrate gets a copy of each packet (the default ladder has
+two 128 kbit/s renditions: three AAC encoders, not four). AAC is light (~2 % of
+a core per encoder); encoding it where it is decoded means that no rendition
+depends on another one for its audio.
 
 Why a thread per rendition: PyAV drops the GIL in decode, filtering, encode and
 mux calls, and x264's own threads never hold it, so a rendition's thread
 overlaps with the others and with decoding. ``docs/benchmarks.md`` has the
-measurements against a single sequential loop (``threads=False``).
+measurements against one sequential loop (a mode the worker no longer has).
 
 Falling behind: a live session never lets a rendition lag more than
 ``LIVE_BACKLOG_SECONDS`` behind the input. When its queue is that deep, that
@@ -50,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from av.audio.frame import AudioFrame
+from av.audio.stream import AudioStream
 from av.packet import Packet
 from av.video.frame import VideoFrame
 
@@ -82,8 +87,6 @@ class Settings:
     packaging: packager.Packaging
     #: live: bounded latency (drop when behind); not live: never drop, go as fast as possible
     live: bool = True
-    #: one thread per rendition (False: everything in the ingest thread, sequentially)
-    threads: bool = True
     #: libx264 threads per encoder (0: x264 decides from the core count)
     x264_threads: int = 0
     #: "frame" (overlapping frames, as the ffmpeg CLI) or "slice" (PyAV's default)
@@ -133,53 +136,52 @@ class Rendition:
             session_start=started_at,
         )
         container = self.writer.container
-        self.encoder: ladder.Encoder | ladder.AudioEncoder | None = None
+        self.encoder: ladder.Encoder | None = None
         self.copier: ladder.Copier | None = None
+        #: where the AAC packets of our bitrate go (AudioLadder, in the ingest thread)
+        self.aac: AudioStream | None = None
         # The DASH layout: video renditions without audio, which has renditions of its own.
         muxed_audio = source.has_audio and not settings.packaging.dash
-        if rung.audio_only:
-            self.encoder = ladder.AudioEncoder(rung=rung, ladder=plan, container=container)
-        elif rung.passthrough:
+        # A rung offered to WHEP viewers hands them its packets: no B-frames (see whep.py).
+        offered = (
+            settings.video_tap is not None and rung.name in settings.profile.webrtc_renditions()
+        )
+        if rung.passthrough:
             self.copier = ladder.Copier(
                 container=container, video=source.video, audio=source.audio if muxed_audio else None
             )
             state.codecs = self.copier.codecs
         else:
-            self.encoder = ladder.Encoder(
-                rung=rung,
-                ladder=plan,
-                container=container,
-                with_audio=muxed_audio,
-                x264_threads=settings.x264_threads,
-                x264_thread_type=settings.x264_thread_type,
-                # WHEP viewers share these packets: no B-frames (see whep.py).
-                b_frames=settings.video_tap is None,
-            )
-        self.threaded = settings.threads
-        self.video_tap = settings.video_tap
+            if not rung.audio_only:
+                self.encoder = ladder.Encoder(
+                    rung=rung,
+                    ladder=plan,
+                    container=container,
+                    x264_threads=settings.x264_threads,
+                    x264_thread_type=settings.x264_thread_type,
+                    b_frames=not offered,
+                )
+            if rung.audio_only or muxed_audio:
+                self.aac = ladder.aac_stream(container, ladder=plan, kbps=rung.audio_kbps)
+            if rung.audio_only:
+                state.codecs = ladder.AAC_LC
+        self.video_tap = settings.video_tap if offered else None
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=0 if settings.live else TRANSCODE_QUEUE)
         self.thread: threading.Thread | None = None
         # Video frames queued and taken; each has one writer thread, so their
         # difference is an exact backlog (audio is not counted: it is light).
         self.video_in = 0
         self.video_out = 0
-        #: renditions with the same audio bitrate, which get copies of our AAC packets
-        self.audio_followers: list[Rendition] = []
 
     # -- the ingest thread's side
 
     def start(self) -> None:
-        if self.threaded:
-            self.thread = threading.Thread(
-                target=self._run, name=f"rendition-{self.rung.name}", daemon=True
-            )
-            self.thread.start()
+        self.thread = threading.Thread(
+            target=self._run, name=f"rendition-{self.rung.name}", daemon=True
+        )
+        self.thread.start()
 
     def submit(self, media: Media) -> None:
-        if not self.threaded:
-            if self.error is None:
-                self._guarded(media)
-            return
         if media.kind == "video":
             self.video_in += 1
         self.queue.put(media)
@@ -189,11 +191,9 @@ class Rendition:
         return self.video_in - self.video_out
 
     def finish(self) -> None:
-        if self.threaded and self.thread is not None:
+        if self.thread is not None:
             self.queue.put(_DONE)
             self.thread.join()
-        else:
-            self._guarded(_DONE)
 
     # -- the rendition thread's side
 
@@ -216,54 +216,34 @@ class Rendition:
         except BaseException as e:  # reported by the ingest thread, which stops the session
             self.error = e
             self.stop.set()
-            if item is _DONE or not self.threaded:
+            if item is _DONE:
                 self._close_quietly()
 
     def _handle(self, media: Media) -> None:
-        if media.packet is not None:
+        if media.packet is not None:  # the source's (passthrough) or AudioLadder's
             packet = self._adopt(media.packet)
             if packet is not None:
-                self.writer.write([packet], media_time=media.time if self.copier else None)
+                # Without video frames of our own, packets are what tell our media time.
+                self.writer.write([packet], media_time=None if self.encoder else media.time)
             return
-        assert self.encoder is not None and media.frame is not None
-        if isinstance(self.encoder, ladder.AudioEncoder):
-            self.writer.write(self.encoder.audio(media.frame), media_time=media.time)  # type: ignore[arg-type]
-        elif media.kind == "video":
-            packets = self.encoder.video(media.frame)  # type: ignore[arg-type]
-            if self.video_tap is not None and packets:
-                ctx = self.encoder.video_stream.codec_context
-                self.video_tap(self.rung.name, packets, ctx.extradata)
-            self.writer.write(packets, media_time=media.time)
-        else:
-            self.writer.write(self._share(self.encoder.audio(media.frame)))  # type: ignore[arg-type]
+        assert self.encoder is not None and isinstance(media.frame, VideoFrame)
+        packets = self.encoder.video(media.frame)
+        if self.video_tap is not None and packets:
+            ctx = self.encoder.video_stream.codec_context
+            self.video_tap(self.rung.name, packets, ctx.extradata)
+        self.writer.write(packets, media_time=media.time)
         if self.encoder.codecs and not self.state.codecs:
             self.state.codecs = self.encoder.codecs
 
     def _adopt(self, packet: Packet) -> Packet | None:
-        """A packet made elsewhere: the source's (passthrough) or a leader's AAC."""
         if self.copier is not None:
             return self.copier.copy(packet)
-        assert self.encoder is not None and self.encoder.audio_stream is not None
-        packet.stream = self.encoder.audio_stream
+        packet.stream = self.aac
         return packet
-
-    def _share(self, packets: list[Packet]) -> list[Packet]:
-        """Send copies of our AAC packets to the renditions with the same audio bitrate.
-
-        NB: copies, made before muxing, because muxing rewrites a packet's timestamps
-        into its stream's time base, and each follower is its own thread.
-        """
-        for follower in self.audio_followers:
-            for packet in packets:
-                follower.submit(Media("audio", packet=_copy(packet)))
-        return packets
 
     def _close(self) -> None:
         if self.encoder is not None:
-            packets = self.encoder.flush()
-            audio = [p for p in packets if p.stream.type == "audio"]
-            self._share(audio)
-            self.writer.write(packets)
+            self.writer.write(self.encoder.flush())
             if self.encoder.codecs and not self.state.codecs:
                 self.state.codecs = self.encoder.codecs
         self.writer.close()
@@ -467,22 +447,19 @@ def _transcode(
     encoded = [r for r in renditions if isinstance(r.encoder, ladder.Encoder)]
     copied = [r for r in renditions if r.copier is not None]
     stills = [r.encoder.thumbnail for r in encoded if r.encoder and r.encoder.thumbnail]
-    audio_only = [r for r in renditions if r.rung.audio_only]
-    leaders: dict[int, Rendition] = {}  # audio bitrate -> the rendition that encodes it
-    for r in audio_only or encoded:
-        leader = leaders.setdefault(r.rung.audio_kbps, r)
-        if leader is not r:
-            leader.audio_followers.append(r)
-    # NB: renditions finish in ladder order, so a leader has handed its last AAC
-    # packets to its followers before they are told that the session is over.
-    audio_encoders = list(leaders.values())
-    manifest = mpd.Reader(settings.packaging.out_dir) if settings.packaging.dash else None
-    fanout = ladder.Fanout(
-        video_outputs=len(encoded),
-        audio_outputs=len(audio_encoders),
-        audio_rate=plan.audio_rate,
-        audio_channels=plan.audio_channels,
+    # Every rendition with audio of its own (not the copier's) muxes AAC packets of its
+    # bitrate: the default ladder's two 128 kbit/s renditions share one encoder.
+    aac: dict[int, list[Rendition]] = {}
+    for r in renditions:
+        if r.aac is not None:
+            aac.setdefault(r.rung.audio_kbps, []).append(r)
+    audio_ladder = (
+        ladder.AudioLadder(bitrates=aac, rate=plan.audio_rate, channels=plan.audio_channels)
+        if aac
+        else None
     )
+    manifest = mpd.Reader(settings.packaging.out_dir) if settings.packaging.dash else None
+    fanout = ladder.Fanout(outputs=len(encoded))
     fps = max((float(r.rung.fps) for r in encoded if r.rung.fps), default=30.0)
     backlog_limit = max(2, int(LIVE_BACKLOG_SECONDS * fps))
     master_written = False
@@ -530,10 +507,15 @@ def _transcode(
         status.frames_dropped += dropped
         status.sample_speed(wall=now, media=min(r.state.media_time for r in renditions))
 
-    def audio(frame: AudioFrame | None, at: float) -> None:
-        for r, chunks in zip(audio_encoders, fanout.audio(frame), strict=True):
-            for chunk in chunks:
-                r.submit(Media("audio", frame=chunk, time=at))
+    def audio(packets: dict[int, list[Packet]], at: float) -> None:
+        """Hand each rendition its own copy of the AAC packets of its bitrate.
+
+        NB: copies, because muxing rewrites a packet's timestamps into its stream's
+        time base, and each rendition muxes in its own thread."""
+        for kbps, mine in packets.items():
+            for packet in mine:
+                for r in aac[kbps]:
+                    r.submit(Media("audio", packet=_copy(packet), time=at))
 
     for r in renditions:
         r.start()
@@ -561,11 +543,11 @@ def _transcode(
                         has_audio=source.has_audio,
                         manifest=manifest,
                     )
-            elif audio_encoders:
+            elif audio_ladder is not None:
                 assert isinstance(media.frame, AudioFrame)
                 if settings.audio_tap is not None:
-                    settings.audio_tap(media.frame)  # before the fanout takes the frame
-                audio(media.frame, media.time)
+                    settings.audio_tap(media.frame)
+                audio(audio_ladder.encode(media.frame), media.time)
             if stop.is_set():
                 break
         reason = "stopped" if stop.is_set() else "eof"
@@ -573,8 +555,8 @@ def _transcode(
         # that its fps filter fills up to the end of the input like the others.
         for r, item in skipped.items():
             r.submit(item)
-        if reason == "eof" and audio_encoders and source.has_audio:
-            audio(None, media_time)  # the last audio samples, in AAC-sized frames
+        if audio_ladder is not None:
+            audio(audio_ladder.finish(), media_time)  # the last samples, before finish()
     finally:
         for r in renditions:
             r.finish()

@@ -135,10 +135,13 @@ class WhepHub:
         self,
         *,
         host: str,
+        offered: list[str],
         renditions: Callable[[], list[str]],
         max_viewers: int = DEFAULT_MAX_VIEWERS,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> None:
+        #: the renditions the profile offers to WebRTC; ``renditions()``: those live now
+        self.offered = offered
         self._renditions = renditions
         self.max_viewers = max_viewers
         self._log = log or logging.getLogger("kubecast.whep")

@@ -74,7 +74,6 @@ class Worker:
         *,
         stream_key: str | None = None,
         stream_key_file: str | None = None,
-        threads: bool = True,
         x264_threads: int = 0,
         x264_thread_type: str = "frame",
         wrong_key_limit: WrongKeyLimit | None = None,  # None: its defaults
@@ -101,7 +100,12 @@ class Worker:
             from kubecast_worker.whep import WhepHub
 
             http_host, _ = config_mod.parse_host_port(config.http, what="http")
-            self.whep = WhepHub(host=http_host, renditions=self._playing, log=self.log)
+            self.whep = WhepHub(
+                host=http_host,
+                offered=config.profile.webrtc_renditions(),
+                renditions=self._playing,
+                log=self.log,
+            )
         self.registry = metrics.registry_for(self.status, self.whep)
         self.settings = pipeline.Settings(
             profile=config.profile,
@@ -115,7 +119,6 @@ class Worker:
                 low_latency=config.outputs.hls.low_latency,
             ),
             live=True,
-            threads=threads,
             x264_threads=x264_threads,
             x264_thread_type=x264_thread_type,
             video_tap=self.whep.tap if self.whep else None,
@@ -178,10 +181,11 @@ class Worker:
             self.log.info("stopped")
 
     def _playing(self) -> list[str]:
-        """The renditions a WHEP viewer may join now: encoded, and live."""
+        """The renditions a WHEP viewer may join now: offered to WebRTC, and live."""
         if self.status.state != "live":
             return []
-        return [r.name for r in self.status.renditions if r.state == "Active" and not r.passthrough]
+        offered = self.whep.offered if self.whep else []
+        return [r.name for r in self.status.renditions if r.state == "Active" and r.name in offered]
 
     def _restream(self, host: str) -> restream.Supervisor | None:
         """Start following the restream targets, if the stream has any."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,13 +111,16 @@ def viewer_status(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def render_page(
-    *, ingest_url: str | None = None, stream_key_secret: str | None = None, whep: bool = False
+    *,
+    ingest_url: str | None = None,
+    stream_key_secret: str | None = None,
+    whep: Sequence[str] = (),
 ) -> str:
     template = PAGE_TEMPLATE.read_text(encoding="utf-8")
     values = {
         "ingest_url": ingest_url_without_key(ingest_url),
         "key_secret": stream_key_secret or "",
-        "whep": "on" if whep else "",
+        "whep": " ".join(whep),  # the renditions offered to WebRTC; none: HLS only
     }
     for name, value in values.items():
         template = template.replace("{{" + name + "}}", html.escape(value, quote=True))
@@ -133,7 +137,7 @@ def add_player_routes(
     status: Status,
     ingest_url: str | None = None,
     stream_key_secret: str | None = None,
-    whep: bool = False,
+    whep: Sequence[str] = (),
 ) -> None:
     """Serve the preview page at ``/`` and ``/player``, its assets at ``/player/static/``
     and what it shows at ``/player/status`` (``viewer_status``).
@@ -142,7 +146,8 @@ def add_player_routes(
     the application name is dropped. ``stream_key_secret`` names the Secret that
     holds the key, for the "key: in Secret …" hint; the key itself is never passed.
     ``ingest_url`` wins over the worker's own listen address from ``player/status``.
-    ``whep``: the origin answers WHEP offers, so the page offers WebRTC playback.
+    ``whep``: the renditions the origin offers WHEP viewers; the page then offers WebRTC
+    playback of those.
     """
     page = render_page(ingest_url=ingest_url, stream_key_secret=stream_key_secret, whep=whep)
     static_dir = STATIC_DIR

@@ -24,7 +24,9 @@
   const picker = $('rendition');
   const stateBox = $('state');
   const modePicker = $('mode');
-  const whepOffered = root.dataset.whep === 'on' && 'RTCPeerConnection' in window;
+  // The renditions the worker offers to WebRTC viewers (the profile's `webrtc` rungs).
+  const whepNames = (root.dataset.whep || '').split(' ').filter(Boolean);
+  const whepOffered = whepNames.length > 0 && 'RTCPeerConnection' in window;
 
   // What the page did, for people debugging in the console (and for the browser tests).
   const debug = (window.kubecastPlayer = {
@@ -360,10 +362,14 @@
 
   // ---- WebRTC (WHEP) ------------------------------------------------------------
 
-  // The renditions a WHEP viewer may ask for: the encoded ones (the status lists them
-  // highest first); "Auto" is the highest, since WebRTC has no adaptive switching here.
+  // The renditions a WHEP viewer may ask for: the offered ones that run (the status lists
+  // them highest first); "Auto" is the highest, since WebRTC has no adaptive switching here.
+  function whepCandidates(renditions) {
+    return renditions.filter((r) => !dropped(r) && whepNames.includes(r.name));
+  }
+
   function fillWhepPicker(renditions) {
-    const names = renditions.filter((r) => !dropped(r) && r.name).map((r) => r.name);
+    const names = whepCandidates(renditions).map((r) => r.name);
     const chosen = picker.value;
     const options = [new Option('Auto', '-1'), ...names.map((n) => new Option(n, n))];
     if ([...picker.options].map((o) => o.value).join() === options.map((o) => o.value).join()) {
@@ -376,8 +382,7 @@
 
   function whepRendition() {
     if (picker.value !== '-1' && mode === 'whep') return picker.value;
-    const renditions = (statusDoc && statusDoc.renditions) || [];
-    const first = renditions.find((r) => !dropped(r) && r.name);
+    const first = whepCandidates((statusDoc && statusDoc.renditions) || [])[0];
     return first ? first.name : null;
   }
 

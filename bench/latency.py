@@ -55,8 +55,8 @@ E2E = REPO / "tests" / "e2e"
 sys.path.insert(0, str(E2E))
 sys.path.insert(0, str(REPO))
 import clock_pattern  # noqa: E402
+from browsers import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from conftest import SMALL_PROFILE, WorkerProcess, launch_configured_worker, until  # noqa: E402
-from test_player_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from test_worker_srt import free_udp_port  # noqa: E402
 
 from kubecast_api import WorkerConfig  # noqa: E402

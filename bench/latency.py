@@ -11,13 +11,15 @@ ultrafast, 1 s GOP, 2 s segments), one publisher and its players, warms up for
 
 Publishers (640x360, 30 fps):
 - rtmp, srt: tests/e2e/clock_publisher.py, the ffmpeg CLI's x264 (veryfast,
-  ``--tune zerolatency`` unless ``--publisher-tune none``) fed raw pictures;
+  ``--tune zerolatency`` unless ``--publisher-tune none``) fed raw pictures, and AAC
+  fed the PCM of a tone written with every picture (``--publisher-lavfi-audio``:
+  ffmpeg's own tone at ``-re``, the bench's publisher before);
 - whip: tests/e2e/whip_client.py --clock, aiortc's VP8, as a browser sends.
 
 Players:
-- hls.js in headless Chromium (bench/clock_reader.html, hls.js configured as the
-  worker's player page configures it, ``lowLatencyMode`` for LL-HLS), reading the
-  <video> every 100 ms;
+- hls.js in headless Chromium (bench/clock_reader.html: hls.js made by the worker's
+  player/static/hls-live.js, as the worker's player page makes it), reading the
+  <video> every 100 ms and counting stalls (``waiting``);
 - pyav (HLS legs): FFmpeg's HLS demuxer (its default start, 3 segments from the
   live end), each picture "shown" at its arrival or one frame after the previous
   one, whichever is later: a player that plays out at 1x and stalls when starved;
@@ -53,8 +55,8 @@ E2E = REPO / "tests" / "e2e"
 sys.path.insert(0, str(E2E))
 sys.path.insert(0, str(REPO))
 import clock_pattern  # noqa: E402
+from browsers import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from conftest import SMALL_PROFILE, WorkerProcess, launch_configured_worker, until  # noqa: E402
-from test_player_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from test_worker_srt import free_udp_port  # noqa: E402
 
 from kubecast_api import WorkerConfig  # noqa: E402
@@ -118,7 +120,7 @@ def start_worker(leg: Leg, directory: Path) -> WorkerProcess:
 
 
 def start_publisher(
-    leg: Leg, worker: WorkerProcess, log: Path, tune: str
+    leg: Leg, worker: WorkerProcess, log: Path, args: argparse.Namespace
 ) -> subprocess.Popen[bytes]:
     port = worker.rtmp_port
     if leg.ingest == "whip":
@@ -134,7 +136,11 @@ def start_publisher(
             if leg.ingest == "srt"
             else f"rtmp://{ADDRESS}:{port}/live/{KEY}"
         )
-        command = [str(E2E / "clock_publisher.py"), url, "--tune", tune]
+        command = [str(E2E / "clock_publisher.py"), url, "--tune", args.publisher_tune]
+        if args.publisher_muxdelay is not None:
+            command += ["--muxdelay", str(args.publisher_muxdelay)]
+        if args.publisher_lavfi_audio:
+            command += ["--lavfi-audio"]
     with open(log, "wb") as errors:  # NB: the URL holds the key; it is not logged
         return subprocess.Popen(
             [sys.executable, *command], stdout=subprocess.DEVNULL, stderr=errors,
@@ -156,9 +162,7 @@ def wait_for_segments(worker: WorkerProcess, segments: int = 3) -> None:
 # -- the players -----------------------------------------------------------------------
 
 
-def hlsjs(
-    browser: Any, origin: str, *, low_latency: bool, warmup: float, seconds: float
-) -> dict[str, Any]:
+def hlsjs(browser: Any, origin: str, *, warmup: float, seconds: float) -> dict[str, Any]:
     """hls.js in a Chromium page of the worker's origin (so the canvas may read the
     video), playing the master playlist."""
     source = f"{origin}/master.m3u8"
@@ -173,7 +177,7 @@ def hlsjs(
         # makes to this private address): any of the origin's URLs, then the reader.
         page.goto(f"{origin}/player/static/player.css")
         page.set_content(READER)
-        page.evaluate(f"start({json.dumps(source)}, {json.dumps(low_latency)})")
+        page.evaluate(f"start({json.dumps(source)})")
         deadline = time.monotonic() + 60
         while not page.evaluate("window.clock.delays.length"):
             if time.monotonic() > deadline:
@@ -185,7 +189,8 @@ def hlsjs(
             page.wait_for_timeout(200)
         page.wait_for_timeout(warmup * 1000)
         page.evaluate(
-            "window.clock.delays = []; window.clock.hlsLatency = []; window.clock.heights = {}"
+            "window.clock.delays = []; window.clock.hlsLatency = []; window.clock.heights = {};"
+            " window.clock.stalls = 0"
         )
         page.wait_for_timeout(seconds * 1000)
         clock = page.evaluate("window.clock")
@@ -196,8 +201,10 @@ def hlsjs(
         **clock_pattern.summary(clock["delays"]),
         "rejected": clock["rejected"],
         "errors": clock["errors"],
+        "stalls": clock["stalls"],  # waiting events while sampling
         # hls.js's own figure: its distance behind the playlist's live edge, in s
         "hlsjs_latency_estimate_s": round(estimates[len(estimates) // 2], 2) if estimates else None,
+        "hlsjs_target_latency_s": clock["targetLatency"],
         "heights": clock["heights"],
     }
 
@@ -273,7 +280,7 @@ def run_leg(
 ) -> dict[str, Any]:
     directory = work / name
     worker = start_worker(leg, directory)
-    publisher = start_publisher(leg, worker, directory / "publisher.log", args.publisher_tune)
+    publisher = start_publisher(leg, worker, directory / "publisher.log", args)
     load = os.getloadavg()[0]
     try:
         worker.wait_state("live", timeout=60)
@@ -289,9 +296,8 @@ def run_leg(
             if leg.output == "hls":
                 pyav.start()
             players["hls.js"] = hlsjs(
-                browser, worker.http, low_latency=leg.output == "llhls",
-                warmup=args.warmup, seconds=args.seconds,
-            )  # fmt: skip
+                browser, worker.http, warmup=args.warmup, seconds=args.seconds
+            )
             if leg.output == "hls":
                 players["pyav"] = pyav.result()
         status = worker.status()
@@ -340,7 +346,12 @@ def inside(args: argparse.Namespace) -> int:
         "profile": "tests/e2e SMALL_PROFILE: 360p + 180p, x264 ultrafast, 1 s GOP, 2 s segments",
         "publisher": {
             "rtmp/srt": f"ffmpeg libx264 veryfast, tune {args.publisher_tune}, 2 s GOP,"
-            " 1.5 Mbit/s CBR, 640x360 at 30 fps",
+            " 1.5 Mbit/s CBR, 640x360 at 30 fps; AAC of a 1 kHz tone "
+            + ("from ffmpeg's lavfi at -re" if args.publisher_lavfi_audio
+               else "written with each picture")
+            + "; SRT: -muxdelay "
+            + ("0.7 (ffmpeg's default)" if args.publisher_muxdelay is None
+               else str(args.publisher_muxdelay)),
             "whip": "aiortc VP8, 640x360 at 30 fps",
         },
         "warmup_seconds": args.warmup,
@@ -360,6 +371,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=45, help="samples per leg, after warm-up")
     parser.add_argument("--warmup", type=float, default=10, help="seconds of play before sampling")
     parser.add_argument("--publisher-tune", choices=("zerolatency", "none"), default="zerolatency")
+    parser.add_argument(
+        "--publisher-muxdelay", type=float, metavar="SECONDS",
+        help="SRT legs: the publisher's ffmpeg -muxdelay (MPEG-TS); ffmpeg's default 0.7",
+    )  # fmt: skip
+    parser.add_argument(
+        "--publisher-lavfi-audio", action="store_true",
+        help="RTMP/SRT legs: ffmpeg makes the tone at -re, instead of the publisher's own"
+        " PCM written with every picture",
+    )  # fmt: skip
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inside:

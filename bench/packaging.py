@@ -4,15 +4,17 @@
     .venv/bin/python bench/packaging.py [--runs 3] [--json results.json]
 
 The input and ladder of bench/ladder.py (20 s of 1080p30 H.264/AAC, the default
-4-rung ladder) go through ``kubecast-worker transcode`` three ways per round:
+4-rung ladder) go through ``kubecast-worker transcode`` four ways per round:
 
 - ``ts``: MPEG-TS segments, audio muxed into every rendition (the default);
 - ``fmp4``: CMAF segments, audio muxed into every rendition;
 - ``fmp4 + dash``: CMAF segments, video-only renditions plus one audio-only
   rendition per distinct audio bitrate, the HLS master with audio groups, and
-  ``manifest.mpd`` rewritten after every new segment.
+  ``manifest.mpd`` rewritten after every new segment;
+- ``fmp4 + ll-hls`` (``--low-latency``): CMAF segments cut into parts, the
+  playlists rewritten with every new part (EXT-X-PART, preload hints).
 
-The encodes are the same in all three (x264 and AAC with the same settings, and
+The encodes are the same in all four (x264 and AAC with the same settings, and
 AAC once per distinct bitrate either way), so the difference is packaging. The
 ways run interleaved, round after round, so that load from other processes hits
 them alike; reported are each way's median CPU seconds (user + sys of the worker
@@ -39,6 +41,7 @@ WAYS: dict[str, list[str]] = {
     "ts": ["--segment-type", "ts"],
     "fmp4": ["--segment-type", "fmp4"],
     "fmp4 + dash": ["--segment-type", "fmp4", "--dash"],
+    "fmp4 + ll-hls": ["--segment-type", "fmp4", "--low-latency"],
 }
 
 

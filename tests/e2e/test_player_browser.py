@@ -11,6 +11,7 @@ last test that uses the shared page.
 from __future__ import annotations
 
 import re
+import statistics
 import subprocess
 import time
 from collections.abc import Iterator
@@ -150,9 +151,11 @@ def network() -> Recorder:
 
 
 # NB: media events do not bubble; a capturing listener on document sees them all.
+# A stall is a `waiting` event after playback began (the video ran out of buffer).
 PLAYED = (
-    "window.__played = false;"
+    "window.__played = false; window.__stalls = 0;"
     "document.addEventListener('playing', () => { window.__played = true; }, true);"
+    "document.addEventListener('waiting', () => { if (window.__played) window.__stalls++; }, true);"
 )
 
 
@@ -217,6 +220,26 @@ def test_live_stream_plays_and_keeps_playing_for_ten_seconds(page: Any, network:
     assert page.evaluate("document.getElementById('video').paused") is False
     # Polled every 2 s: about five reads in ten seconds.
     assert status_reads(network) - polls_before >= 4
+
+
+def test_plays_within_two_segments_of_the_live_edge_for_30_s_without_a_stall(page: Any) -> None:
+    """hls-live.js keeps hls.js 1.5 target durations behind a plain playlist's live edge
+    (hls.js on its own: 3), so a viewer sees the picture seconds sooner; it must not
+    cost stalls."""
+    segment = SMALL_PROFILE["segmentSeconds"]
+    stalls = page.evaluate("window.__stalls")
+    behind = []  # hls.js's distance behind the playlist's live edge, once a second
+    start = previous = current_time(page)
+    for _ in range(30):
+        page.wait_for_timeout(1000)
+        now = current_time(page)
+        assert now > previous + 0.3, f"playback stalled: currentTime {previous:.2f} → {now:.2f}"
+        previous = now
+        behind.append(page.evaluate("window.kubecastPlayer.hls.latency"))
+    assert previous - start >= 28.0, f"currentTime advanced only {previous - start:.2f} s"
+    assert page.evaluate("window.__stalls") - stalls == 0, "the video stalled (waiting)"
+    typical = statistics.median(behind)
+    assert 0 < typical <= 2 * segment, f"{typical:.2f} s behind the live edge: {behind}"
 
 
 def test_state_and_figures_from_the_workers_status_are_shown(page: Any, live: Live) -> None:

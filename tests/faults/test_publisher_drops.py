@@ -90,16 +90,17 @@ STALL_S = 0.75
 RESUME_S = 10.0
 ARTIFACT = REPO / "test-artifacts" / "faults" / "publisher-drops.json"
 
-#: The viewer: hls.js as the origin serves it (/player/static/hls.min.js), with the
-#: preview page's options, but no recovery of our own: every error is recorded.
+#: The viewer: hls.js as the origin serves it (/player/static/hls.min.js), made as the
+#: preview page makes it (hls-live.js), but no recovery of our own: every error is recorded.
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>drops</title></head><body>
 <video id="video" muted playsinline></video>
 <script src="/player/static/hls.min.js"></script>
+<script src="/player/static/hls-live.js"></script>
 <script>
   const video = document.getElementById('video');
   window.__errors = []; window.__samples = []; window.__events = [];
-  const hls = new Hls({ backBufferLength: 30, liveDurationInfinity: true });
+  const hls = window.kubecastHls();
   window.__hls = hls;
   hls.on(Hls.Events.ERROR, (_e, d) => window.__errors.push(
     { t: Date.now() / 1000, fatal: d.fatal, type: d.type, details: d.details }));

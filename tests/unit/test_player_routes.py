@@ -38,7 +38,7 @@ def run(scenario: Scenario, *, status: Status | None = None, **options: str | No
 @pytest.fixture
 def static_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the checked-in assets, without a built hls.js."""
-    for name in ("player.js", "player.css"):
+    for name in ("player.js", "hls-live.js", "player.css"):
         shutil.copy(routes.STATIC_DIR / name, tmp_path / name)
     monkeypatch.setattr(routes, "STATIC_DIR", tmp_path)
     return tmp_path
@@ -72,6 +72,7 @@ def test_page_refers_to_everything_by_relative_url() -> None:
     page = routes.render_page()
     references = re.findall(r'(?:src|href)="([^"]*)"', page)
     assert "player/static/hls.min.js" in references
+    assert "player/static/hls-live.js" in references
     assert "player/static/player.js" in references
     assert [r for r in references if r.startswith("/") or "//" in r] == []
 

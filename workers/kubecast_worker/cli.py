@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     transcode.add_argument(
         "--dash", action="store_true", help="also a DASH manifest (needs --segment-type fmp4)"
     )
+    transcode.add_argument(
+        "--low-latency",
+        action="store_true",
+        help="low-latency HLS: parts and preload hints (needs --segment-type fmp4)",
+    )
     _tuning(transcode)
     _logging(transcode)
 
@@ -213,6 +218,8 @@ def _transcode(args: argparse.Namespace) -> int:
     stop = threading.Event()
     if args.dash and args.segment_type != "fmp4":
         raise config_mod.ConfigError("--dash needs --segment-type fmp4 (DASH describes CMAF)")
+    if args.low_latency and args.segment_type != "fmp4":
+        raise config_mod.ConfigError("--low-latency needs --segment-type fmp4 (parts are CMAF)")
     settings = pipeline.Settings(
         profile=profile,
         packaging=packager.Packaging(
@@ -221,6 +228,7 @@ def _transcode(args: argparse.Namespace) -> int:
             segment_type=args.segment_type,
             event=True,
             dash=args.dash,
+            low_latency=args.low_latency,
         ),
         live=False,
         x264_threads=args.x264_threads,

@@ -72,12 +72,30 @@ def check_passphrase(key: str) -> None:
         )
 
 
+class ArrivingBytes:
+    """The child's stdout as a demuxer should read a live pipe: ``read(n)`` returns the
+    bytes that have arrived (at most ``n``) and blocks only while there are none.
+
+    NB: a ``BufferedReader``'s ``read(n)`` waits until it has all ``n``. PyAV reads 32 KB
+    at a time, a fifth of a second of a 1.5 Mbit/s stream, which it would hold back
+    (the RTMP front's ``FlvPipe`` reads the same way as this). No ``seek``: a live stream.
+    """
+
+    name = "srt-ingest.ts"
+
+    def __init__(self, stdout: IO[bytes]) -> None:
+        self._stdout = stdout
+
+    def read(self, n: int = -1) -> bytes:
+        return self._stdout.read1(n)  # type: ignore[attr-defined]
+
+
 @dataclass
 class SrtSession:
     """One accepted caller: the MPEG-TS it sends, readable (blocking) from ``stream``."""
 
     peer: str
-    stream: IO[bytes]
+    stream: ArrivingBytes
     _process: subprocess.Popen[bytes] = field(repr=False)
 
     def close(self) -> None:
@@ -177,7 +195,7 @@ class SrtListener:
         self.counters.accepted += 1
         who = peer[-1] if peer else "unknown"
         self._log.info("srt publisher accepted", extra={"peer": who})
-        return SrtSession(peer=who, stream=stdout, _process=process)
+        return SrtSession(peer=who, stream=ArrivingBytes(stdout), _process=process)
 
     def _read_log(self, stderr: IO[bytes], accepted: threading.Event, peer: list[str]) -> None:
         """libsrt's log lines, read for what they mean; never copied out whole."""

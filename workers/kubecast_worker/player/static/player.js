@@ -331,7 +331,7 @@
 
   function attachHls() {
     destroyHls();
-    hls = new window.Hls({ backBufferLength: 30, liveDurationInfinity: true });
+    hls = window.kubecastHls();  // hls-live.js: how close to the live edge it plays
     debug.hls = hls;
     debug.engine = 'hls.js';
     const Events = window.Hls.Events;

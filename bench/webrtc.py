@@ -71,9 +71,15 @@ LADDER_720P = {
 }  # fmt: skip
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid``."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_times(pid))
 
 
 def main() -> int:
@@ -151,9 +157,11 @@ def bench(args: argparse.Namespace, path: str) -> int:
         procs.append(publisher)
         wait("live")
         time.sleep(3)
-        c0, t0 = cpu_seconds(worker.pid), time.monotonic()
+        s0, t0 = cpu_times(worker.pid)[1], time.monotonic()
+        c0 = cpu_seconds(worker.pid)
         time.sleep(args.window)
         idle = (cpu_seconds(worker.pid) - c0) / (time.monotonic() - t0)
+        idle_sys = (cpu_times(worker.pid)[1] - s0) / (time.monotonic() - t0)
 
         def keyframe_skips() -> float:
             def get() -> float:
@@ -189,10 +197,11 @@ def bench(args: argparse.Namespace, path: str) -> int:
         procs.extend(crowd)
         skips0 = keyframe_skips()
         time.sleep(6)  # every viewer connected and past its first keyframe
-        c1, t1 = cpu_seconds(worker.pid), time.monotonic()
+        c1, s1, t1 = cpu_seconds(worker.pid), cpu_times(worker.pid)[1], time.monotonic()
         v1 = sum(cpu_seconds(v.pid) for v in crowd)  # NB: nsenter execs: the same pid
         time.sleep(args.window)
         watching = (cpu_seconds(worker.pid) - c1) / (time.monotonic() - t1)
+        watching_sys = (cpu_times(worker.pid)[1] - s1) / (time.monotonic() - t1)
         viewers_cpu = (sum(cpu_seconds(v.pid) for v in crowd) - v1) / (time.monotonic() - t1)
         viewers = [
             json.loads(line)
@@ -217,6 +226,11 @@ def bench(args: argparse.Namespace, path: str) -> int:
             "worker_cpu_idle_viewers": round(idle, 3),
             "worker_cpu_with_viewers": round(watching, 3),
             "per_viewer_cpu_percent": round(100 * (watching - idle) / args.viewers, 2),
+            # NB: the kernel's part: sendto() of every RTP packet; with the viewers on this
+            # machine it also delivers each datagram to the viewer's socket (loopback).
+            "per_viewer_system_cpu_percent": round(
+                100 * (watching_sys - idle_sys) / args.viewers, 2
+            ),
             "viewers_cpu": round(viewers_cpu, 3),
             "watched": len(viewers),
             "viewer_frames": [v["frames"] for v in viewers],

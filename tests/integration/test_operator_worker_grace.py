@@ -123,11 +123,18 @@ class WorkerEndpoint:
                            timeout=30)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def operator(
-    control_plane: ControlPlane, kubecast_crds: list[str], tmp_path_factory: pytest.TempPathFactory
+    control_plane: ControlPlane,
+    kubecast_crds: list[str],
+    namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[harness.Process, int]]:
-    proc, metrics_port = harness.operator(control_plane.env, tmp_path_factory.mktemp("grace"))
+    # Only the test's own namespace: the poll counters are per resource kind, and
+    # streams other tests left behind (their namespaces still going) would add to them.
+    proc, metrics_port = harness.operator(
+        control_plane.env, tmp_path_factory.mktemp("grace"), args=("--namespace", namespace)
+    )
     yield proc, metrics_port
     proc.stop()
 

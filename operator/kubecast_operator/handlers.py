@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import copy
 import functools
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -289,7 +290,11 @@ async def run_stream(
     memo.wakeups.setdefault(key, asyncio.Event()).set()  # first pass: reconcile at once
     seen: streams.Observation | None = None
     applied = streams.Applied()  # this process's memory: nothing applied yet
-    last_resync = time.monotonic()  # the first pass applies everything anyway
+    # The first pass applies everything anyway. The first resync comes one to two
+    # periods later, at a point of the period fixed by the stream's uid: a thousand
+    # streams created by one `kubectl apply` would otherwise all resync in the same
+    # minute, and their 5,000 writes would keep the polls of every worker waiting.
+    last_resync = time.monotonic() + settings.resync_seconds * resync_phase(meta.get("uid"))
     last_written = 0.0
     written: dict[str, Any] = {}  # the status this loop wrote last
     # One missed poll is forgiven (worker_client.LastAnswer), for at most one poll
@@ -351,6 +356,12 @@ async def run_stream(
     memo.wakeups.pop(key, None)
     memo.stream_phases.pop(key, None)
     metrics.count_phases(memo.stream_phases.values())
+
+
+def resync_phase(uid: str | None) -> float:
+    """Where in the resync period a stream's resyncs fall: a stable fraction in [0, 1)."""
+    digest = hashlib.blake2b((uid or "").encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 async def _poll_worker(

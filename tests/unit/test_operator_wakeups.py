@@ -9,6 +9,7 @@ back at the next resync (30 s), not at once. Real asyncio events, no kopf runtim
 from __future__ import annotations
 
 import asyncio
+import uuid
 from types import SimpleNamespace
 
 from kubecast_operator import handlers
@@ -42,3 +43,14 @@ def test_a_wake_during_a_pass_is_not_lost() -> None:
 
     woken, took = asyncio.run(go())
     assert woken and took < 1
+
+
+def test_streams_created_together_resync_spread_over_the_period() -> None:
+    """1000 streams from one `kubectl apply` must not all resync in the same minute
+    (their 5,000 writes starved the worker polls in bench/operator.py)."""
+    phases = [handlers.resync_phase(str(uuid.uuid4())) for _ in range(1000)]
+    assert all(0 <= p < 1 for p in phases)
+    per_tenth = [sum(1 for p in phases if i / 10 <= p < (i + 1) / 10) for i in range(10)]
+    assert max(per_tenth) < 160, per_tenth  # about 100 in each tenth of the period
+    uid = "0d9c5a4e-5f2e-4c1d-9d5e-7c1f7e2b8a11"
+    assert handlers.resync_phase(uid) == handlers.resync_phase(uid)  # a restart keeps it

@@ -56,7 +56,13 @@ sys.path.insert(0, str(E2E))
 sys.path.insert(0, str(REPO))
 import clock_pattern  # noqa: E402
 from browsers import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
-from conftest import SMALL_PROFILE, WorkerProcess, launch_configured_worker, until  # noqa: E402
+from conftest import (  # noqa: E402
+    SMALL_PROFILE,
+    WorkerProcess,
+    launch_configured_worker,
+    stop_process,
+    until,
+)
 from test_worker_srt import free_udp_port  # noqa: E402
 
 from kubecast_api import WorkerConfig  # noqa: E402
@@ -309,11 +315,7 @@ def run_leg(
             "load_average": [round(load, 2), round(os.getloadavg()[0], 2)],
         }
     finally:
-        publisher.terminate()
-        try:
-            publisher.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            publisher.kill()
+        stop_process(publisher, timeout=15)
         worker.stop()
 
 

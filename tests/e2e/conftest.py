@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -168,14 +167,20 @@ class WorkerProcess:
         )
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout=20)
+
+
+def stop_process(process: subprocess.Popen[Any], *, timeout: float = 5) -> int:
+    """SIGTERM, then SIGKILL after ``timeout`` s: a publisher's or a worker's own end
+    first (it flushes what it holds), and never a test that hangs on one."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
 
 
 def _read_stdout(worker: WorkerProcess) -> None:

@@ -26,6 +26,7 @@ from conftest import (
     launch_configured_worker,
     needs_ffmpeg,
     publish,
+    stop_process,
     until,
 )
 
@@ -61,15 +62,6 @@ def start_publisher(worker: WorkerProcess) -> subprocess.Popen[bytes]:
     return publish(worker.rtmp(key=KEY), seconds=600, wait=False)
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def wait_for_segments(worker: WorkerProcess, *, segments: int = 3) -> None:
     """Every rendition has ``segments`` segments listed: enough for hls.js to start."""
 
@@ -95,7 +87,7 @@ class Live:
         return self.worker.http
 
     def restart_publisher(self) -> None:
-        stop(self.publisher)
+        stop_process(self.publisher)
         self.publisher = start_publisher(self.worker)
 
 
@@ -110,7 +102,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         wait_for_segments(worker)
         yield live
     finally:
-        stop(live.publisher)
+        stop_process(live.publisher)
         worker.stop()
 
 
@@ -438,7 +430,7 @@ def test_a_dropped_publisher_shows_reconnecting_and_its_return_plays_on(
     page: Any, live: Live
 ) -> None:
     """Last on the shared page: the publisher drops inside the reconnect window."""
-    stop(live.publisher)
+    stop_process(live.publisher)
     wait_until(
         page, "document.getElementById('state').dataset.state === 'reconnecting'", timeout=15
     )
@@ -456,7 +448,7 @@ def test_page_opened_before_the_publisher_starts_playing_once_it_is_live(
     browser: Any, tmp_path: Path, live: Live
 ) -> None:
     """The usual first visit: the stream was just created and nobody publishes yet."""
-    stop(live.publisher)  # one publisher and one worker at a time on two cores
+    stop_process(live.publisher)  # one publisher and one worker at a time on two cores
     worker = start_worker(tmp_path / "idle-worker")
     context = browser.new_context(viewport={"width": 375, "height": 812})
     publisher: subprocess.Popen[bytes] | None = None
@@ -479,5 +471,5 @@ def test_page_opened_before_the_publisher_starts_playing_once_it_is_live(
     finally:
         context.close()
         if publisher is not None:
-            stop(publisher)
+            stop_process(publisher)
         worker.stop()

@@ -31,6 +31,7 @@ from conftest import (
     launch_configured_worker,
     needs_ffmpeg,
     publish,
+    stop_process,
     until,
 )
 
@@ -53,15 +54,6 @@ VIDEO = {"360p": (640, 360), "180p": (320, 180)}
 AUDIO = ("audio-96k", "audio-64k")
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     worker = launch_configured_worker(
@@ -82,7 +74,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
         until(listed, timeout=60, what="3 segments of every rendition", every=0.2)
         yield worker
     finally:
-        stop(publisher)
+        stop_process(publisher)
         worker.stop()
 
 

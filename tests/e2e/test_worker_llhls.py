@@ -40,6 +40,7 @@ from conftest import (
     launch_configured_worker,
     needs_ffmpeg,
     publish,
+    stop_process,
     until,
 )
 
@@ -51,15 +52,6 @@ KEY = "sk-llhls-5d2a81c7e0"
 OUTPUTS = {"hls": {"segmentType": "fmp4", "lowLatency": True}}
 RENDITIONS = [r["name"] for r in SMALL_PROFILE["renditions"]]
 PART = re.compile(r"^(?P<epoch>[0-9a-z]+)-(?P<msn>\d{5})\.(?P<part>\d+)\.m4s$")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +69,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
         until(lambda: (worker.out / "master.m3u8").is_file(), timeout=30, what="the master")
         yield worker
     finally:
-        stop(publisher)
+        stop_process(publisher)
         worker.stop()
 
 
@@ -315,7 +307,7 @@ def test_hls_js_plays_an_event_playlist_by_delta_updates(tmp_path: Path, browser
     finally:
         if context is not None:
             context.close()
-        stop(publisher)
+        stop_process(publisher)
         worker.stop()
 
 
@@ -335,7 +327,7 @@ def test_a_publisher_back_within_the_window_is_a_discontinuity_hls_js_plays_thro
         context, page, _ = open_player(browser, worker)
         wait_playing(page)
         page.wait_for_timeout(4000)
-        stop(first)  # the drop
+        stop_process(first)  # the drop
         worker.wait_logged("publish ended", timeout=30)
         before_return = current_time(page)
         second = publish(worker.rtmp(key=KEY), seconds=600, wait=False)
@@ -366,7 +358,7 @@ def test_a_publisher_back_within_the_window_is_a_discontinuity_hls_js_plays_thro
     finally:
         if context is not None:
             context.close()
-        stop(first)
+        stop_process(first)
         if second is not None:
-            stop(second)
+            stop_process(second)
         worker.stop()

@@ -38,6 +38,7 @@ import m3u8
 import pytest
 
 from kubecast_worker.player import routes
+from tests.e2e import browsers
 from tests.e2e.conftest import (
     REPO,
     WorkerProcess,
@@ -81,9 +82,6 @@ SCHEDULE = [
     ("ffmpeg", "kill"), ("pyav", "kill"), ("ffmpeg", "term"), ("gstreamer", "int"),
     ("ffmpeg", "kill"), ("pyav", "kill"), ("ffmpeg", "kill"), ("gstreamer", "kill"),
 ] * 3  # fmt: skip
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu",
-                 "--disable-component-update", "--no-first-run"]  # fmt: skip
 #: currentTime not moving for longer than this (wall time) counts as a stall.
 STALL_S = 0.75
 #: A return must make the picture move again this soon after the worker is live.
@@ -339,15 +337,8 @@ def wait_playing(page: Any, *, seconds: float, timeout: float = 30) -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).is_file(), f"Chromium is missing at {CHROMIUM} (apt-get install chromium)"
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with browsers.chromium() as chromium:
+        yield chromium
 
 
 @pytest.fixture(scope="module")

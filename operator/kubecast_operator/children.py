@@ -42,6 +42,7 @@ PULL_URL_DIR = "/etc/kubecast/pull-url"
 PULL_URL_VOLUME = "pull-url"
 MEDIA_DIR = "/var/lib/kubecast/media"
 RECORDING_DIR = "/var/lib/kubecast/recording"
+RECORDER_CONTAINER = "recorder"  # the recorder pod's one container
 
 
 # --- names -----------------------------------------------------------------
@@ -639,7 +640,7 @@ def recorder_pod(
             },
             "containers": [
                 {
-                    "name": "recorder",
+                    "name": RECORDER_CONTAINER,
                     "image": settings.worker_image,
                     "imagePullPolicy": settings.worker_image_pull_policy,
                     "command": ["kubecast-worker"],

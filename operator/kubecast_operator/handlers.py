@@ -546,8 +546,13 @@ async def run_recording(
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
+    settings: Settings = memo.settings
+    last_answer = worker_client.LastAnswer(
+        max_age=2 * (settings.poll_seconds + worker_client.POLL_TIMEOUT_SECONDS)
+    )
+
     async def step() -> None:
-        await recordings.step(memo, copy.deepcopy(dict(body)), logger)
+        await recordings.step(memo, copy.deepcopy(dict(body)), logger, last_answer)
 
     await _reconcile_loop(
         "Recording", meta, stopped, memo, logger, step, every=memo.settings.poll_seconds

@@ -23,6 +23,7 @@ import pydantic
 from kubecast_api import RecordingSpec, RecordingStatus, describe_error
 from kubecast_api.worker_status import RecorderStatus
 from kubecast_operator import children, conditions, metrics, tokens, worker_client
+from kubecast_operator.children import RECORDER_CONTAINER
 from kubecast_operator.kube import Kube
 from kubecast_operator.settings import WORKER_ADMIN_PORT, WORKER_HTTP_PORT, Settings
 
@@ -207,21 +208,50 @@ def ensure_children(
     return None, pod
 
 
-async def step(memo: kopf.Memo, body: dict[str, Any], logger: kopf.Logger) -> None:
+async def poll_recorder(
+    http: aiohttp.ClientSession,
+    pod: dict[str, Any] | None,
+    last: worker_client.LastAnswer,
+    logger: kopf.Logger | None = None,
+) -> dict[str, Any] | None:
+    """The recorder's /status, or None when it does not answer (``last`` forgives
+    one late poll of the same run, as for a stream's worker)."""
+    address = worker_client.pod_address([pod]) if pod is not None else None
+    if pod is None or address is None:
+        last.forget()
+        return None
+    answer: dict[str, Any] | worker_client.WorkerUnreachable
+    try:
+        answer = await worker_client.fetch_status(
+            http, address, port=worker_client.admin_port(pod), model=RecorderStatus
+        )
+    except worker_client.WorkerUnreachable as error:
+        metrics.WORKER_POLL_ERRORS.labels("Recording").inc()
+        answer = error
+    run = worker_client.WorkerRun.of(pod, container=RECORDER_CONTAINER)
+    reading = last.judge(run, answer, now=time.monotonic())
+    if reading.forgiven:
+        metrics.WORKER_POLLS_FORGIVEN.labels("Recording").inc()
+    elif reading.error and logger is not None:
+        logger.debug("recorder not answering: %s", reading.error)
+    return reading.worker
+
+
+async def step(
+    memo: kopf.Memo,
+    body: dict[str, Any],
+    logger: kopf.Logger,
+    last: worker_client.LastAnswer,
+) -> None:
+    """One pass: children, a poll of the recorder, status. ``last``: the recorder's
+    last answer, kept by the Recording's loop, so that one late poll is forgiven as a
+    stream's is (worker_client.LastAnswer) instead of clearing the figures and back."""
     kube: Kube = memo.kube
     meta = body["metadata"]
     if meta.get("deletionTimestamp"):
         return
     problem, pod = await asyncio.to_thread(ensure_children, kube, body, memo.settings, signer(memo))
-    recorder = None
-    if pod is not None and (address := worker_client.pod_address([pod])):
-        try:
-            recorder = await worker_client.fetch_status(
-                memo.http, address, port=worker_client.admin_port(pod), model=RecorderStatus
-            )
-        except worker_client.WorkerUnreachable as error:
-            metrics.WORKER_POLL_ERRORS.labels("Recording").inc()
-            logger.debug("recorder not answering: %s", error)
+    recorder = await poll_recorder(memo.http, pod, last, logger)
     status = compute_status(
         body,
         recorder=recorder,

@@ -8,12 +8,18 @@ is gone altogether leaves a finished recording's facts, and a condition that say
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from kubecast_operator import recordings
+import aiohttp
+
+from kubecast_operator import recordings, worker_client
 from kubecast_worker.recorder import cli
 
 RECORDING = {
@@ -144,3 +150,60 @@ def test_a_finished_recording_whose_pod_is_gone_keeps_its_facts_and_says_so() ->
     )
     assert waiting["phase"] == "Waiting"
     assert not waiting.get("files") and "durationSeconds" not in waiting
+
+
+def test_one_late_poll_of_a_recorder_leaves_the_recording_as_it_was() -> None:
+    """Real HTTP on loopback: a recorder that answers, holds one poll past the
+    operator's timeout, answers, then holds every poll. A miss after an answer reads
+    as that answer (nothing to write, no phase Event); the second in a row is reported."""
+    answering = {"state": "recording", "duration_seconds": 4.0, "bytes": 800_000, "segments": 2}
+    plan = ["answer", "miss", "answer", "miss", "miss"]
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # http.server's name
+            if plan.pop(0) == "miss":
+                time.sleep(worker_client.POLL_TIMEOUT_SECONDS + 0.5)  # the poll times out
+                return
+            body = json.dumps(answering).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    running = {
+        "metadata": {"name": "show-recorder", "uid": "p1"},
+        "spec": {"containers": [{"name": "recorder", "ports": [
+            {"name": "admin", "containerPort": server.server_address[1]}]}]},
+        "status": {"phase": "Running", "podIP": "127.0.0.1", "containerStatuses": [
+            {"name": "recorder", "restartCount": 0, "state": {"running": {}}}]},
+    }  # fmt: skip
+    body: dict[str, Any] = json.loads(json.dumps(RECORDING))
+    last = worker_client.LastAnswer(max_age=2 * (1 + worker_client.POLL_TIMEOUT_SECONDS))
+
+    async def polls() -> list[dict[str, Any]]:
+        seen = []
+        async with aiohttp.ClientSession() as session:
+            for _ in range(len(plan)):
+                recorder = await recordings.poll_recorder(session, running, last)
+                body["status"] = recordings.compute_status(
+                    body, recorder=recorder, problem=None, pod_phase="Running",
+                    exited=recordings.recorder_exit(running) if recorder is None else None,
+                )  # fmt: skip
+                seen.append(body["status"])
+        return seen
+
+    try:
+        answered, forgiven, answered_again, forgiven_again, reported = asyncio.run(polls())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert answered["phase"] == "Recording" and answered["durationSeconds"] == 4.0
+    assert forgiven == answered_again == forgiven_again == answered
+    assert reported["phase"] == "Waiting" and "durationSeconds" not in reported
+    assert conditions(reported)["Ready"][:2] == ("False", "RecorderStarting")

@@ -84,6 +84,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.stream_phases = {}  # (kind, namespace, stream) -> phase last written
     memo.stream_generations = {}  # (namespace, stream) -> (generation, deleting) last seen
     memo.profile_generations = {}  # (namespace, profile) -> (generation, deleting) last seen
+    memo.child_versions = {}  # uid of a watched child -> resourceVersion last seen
 
 
 def _quiet_event_handlers(record: logging.LogRecord) -> bool:
@@ -264,7 +265,19 @@ async def stream_changed(
 @kopf.on.event("apps", "v1", "deployments", labels=OWNED)
 @kopf.on.event("v1", "services", labels=OWNED)
 @kopf.on.event("v1", "pods", labels=OWNED)
-def child_changed(meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+def child_changed(type: str | None, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> None:
+    # NB: when a watch must start over (its resource version expired: 410 Gone),
+    # kopf lists every child again and replays each as an event. At a thousand
+    # streams that woke every stream for a full pass at once, and the reconciles'
+    # threads held the GIL long enough for the worker polls to time out together.
+    # A version already seen is no change.
+    uid, version = meta.get("uid"), meta.get("resourceVersion")
+    if type == "DELETED":
+        memo.child_versions.pop(uid, None)
+    elif version is not None and memo.child_versions.get(uid) == version:
+        return
+    else:
+        memo.child_versions[uid] = version
     for owner in meta.get("ownerReferences") or []:
         _wake(memo, owner.get("kind"), meta["namespace"], owner.get("name"))
     # NB: a worker pod is owned by its ReplicaSet, not by the stream: without

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from types import SimpleNamespace
+from typing import Any
 
 from kubecast_operator import handlers
 
@@ -54,3 +55,25 @@ def test_streams_created_together_resync_spread_over_the_period() -> None:
     assert max(per_tenth) < 160, per_tenth  # about 100 in each tenth of the period
     uid = "0d9c5a4e-5f2e-4c1d-9d5e-7c1f7e2b8a11"
     assert handlers.resync_phase(uid) == handlers.resync_phase(uid)  # a restart keeps it
+
+
+def test_a_relisted_child_that_did_not_change_wakes_nothing() -> None:
+    """kopf replays every child as an event when a watch starts over (410 Gone);
+    only a version not seen before, or a deletion, wakes the owning stream."""
+    memo = SimpleNamespace(wakeups={KEY: asyncio.Event()}, child_versions={})
+    service = {
+        "namespace": "ns", "name": "cam-ingest", "uid": "u-1", "resourceVersion": "41",
+        "ownerReferences": [{"kind": "LiveStream", "name": "cam"}],
+    }  # fmt: skip
+
+    def woke(type: str | None, **meta: Any) -> bool:
+        memo.wakeups[KEY].clear()
+        handlers.child_changed(type=type, meta={**service, **meta}, memo=memo)
+        return memo.wakeups[KEY].is_set()
+
+    assert woke(None)  # first seen (the operator's first listing)
+    assert not woke(None)  # the same version, replayed by a relist
+    assert woke("MODIFIED", resourceVersion="42")  # someone edited it
+    assert not woke(None, resourceVersion="42")
+    assert woke("DELETED", resourceVersion="43")
+    assert woke("ADDED", uid="u-2", resourceVersion="44")  # made again: a new object

@@ -36,6 +36,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import IO
 
+from kubecast_worker.front_counters import IngestCounters
+
 BINARY = "srt-live-transmit"
 #: libsrt's default receive latency.
 DEFAULT_LATENCY_MS = 120
@@ -50,17 +52,6 @@ _KEY_REJECTIONS = ("1010", "1011")
 
 class SrtError(Exception):
     """SRT ingest cannot start; the message says what to fix."""
-
-
-@dataclass
-class SrtCounters:
-    """The same names as the RTMP front's counters, so /status and /metrics match."""
-
-    accepted: int = 0
-    refused_wrong_key: int = 0
-    refused_unknown_app: int = 0
-    refused_busy: int = 0
-    protocol_errors: int = 0
 
 
 def check_passphrase(key: str) -> None:
@@ -123,7 +114,7 @@ class SrtListener:
             raise SrtError(f"SRT ingest needs {binary} (Debian package srt-tools) on PATH")
         self.host, self.port = host, port
         self.latency_ms = latency_ms or DEFAULT_LATENCY_MS
-        self.counters = SrtCounters()
+        self.counters = IngestCounters()
         self._binary = found
         self._passphrase = passphrase
         self._log = log or logging.getLogger("kubecast.srt")

@@ -50,6 +50,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from kubecast_worker import webrtc_ice
+from kubecast_worker.front_counters import IngestCounters
 from kubecast_worker.rtmp.throttle import WrongKeyLimit, WrongKeyThrottle
 
 #: Seconds without a decoded frame after which a publisher is taken as gone.
@@ -70,18 +71,6 @@ CORS = {
 Kind = Literal["video", "audio"]
 #: What the queue carries: a decoded frame with its kind and arrival time, or END.
 END = None
-
-
-@dataclass
-class WhipCounters:
-    """The same names as the RTMP front's counters, so /status and /metrics match."""
-
-    accepted: int = 0
-    refused_wrong_key: int = 0
-    refused_unknown_app: int = 0
-    refused_busy: int = 0
-    refused_rate_limited: int = 0
-    protocol_errors: int = 0
 
 
 class FrameQueue:
@@ -178,7 +167,7 @@ class WhipIngest:
             raise ValueError("stream_key is empty; an empty key would let anyone publish")
         self.host, self.port, self.app = host, port, app.strip("/")
         self.media_timeout = media_timeout
-        self.counters = WhipCounters()
+        self.counters = IngestCounters()
         self.throttle = WrongKeyThrottle(wrong_key_limit or WrongKeyLimit())
         self.current: WhipSession | None = None
         self._key = stream_key.encode("utf-8")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import logging
 import threading
@@ -48,6 +49,7 @@ from kubecast_worker import (
     restream,
 )
 from kubecast_worker import config as config_mod
+from kubecast_worker.front_counters import IngestCounters
 from kubecast_worker.logs import for_stream
 from kubecast_worker.logs import redact as redact_secret
 from kubecast_worker.status import Status
@@ -58,14 +60,6 @@ if TYPE_CHECKING:
 
 #: Pull retries wait 1, 2, 4 … seconds, at most this long.
 MAX_BACKOFF = 30.0
-COUNTER_FIELDS = (
-    "accepted",
-    "refused_wrong_key",
-    "refused_unknown_app",
-    "refused_busy",
-    "refused_rate_limited",
-    "protocol_errors",
-)
 
 
 def safe_url(url: str) -> str:
@@ -591,8 +585,8 @@ class Worker:
             self._session_close()
 
 
-def _counters(counters: Any) -> dict[str, int]:
-    return {name: int(getattr(counters, name, 0)) for name in COUNTER_FIELDS}
+def _counters(counters: IngestCounters) -> dict[str, int]:
+    return dataclasses.asdict(counters)
 
 
 async def serve(config: WorkerConfig, *, stream_key: str | None, **options: Any) -> None:

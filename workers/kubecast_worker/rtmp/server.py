@@ -15,9 +15,9 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
+from kubecast_worker.front_counters import IngestCounters
 from kubecast_worker.rtmp.connection import (
     Limits,
     Refused,
@@ -30,18 +30,6 @@ from kubecast_worker.rtmp.session import PublishSession
 from kubecast_worker.rtmp.throttle import WrongKeyLimit, WrongKeyThrottle
 
 OnPublish = Callable[[PublishSession], Awaitable[None] | None]
-
-
-@dataclass
-class IngestCounters:
-    """Plain ints, read by /status and /metrics; only the event loop writes them."""
-
-    accepted: int = 0
-    refused_wrong_key: int = 0
-    refused_unknown_app: int = 0
-    refused_busy: int = 0
-    refused_rate_limited: int = 0  # connections refused at accept: too many wrong keys
-    protocol_errors: int = 0
 
 
 class RtmpIngestServer:

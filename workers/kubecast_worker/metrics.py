@@ -240,6 +240,14 @@ class WhepCollector(Collector):
         for rendition, n in sorted(counts.keyframe_skips.items()):
             skips.add_metric([stream, rendition], n)
         yield skips
+        retransmits = CounterMetricFamily(
+            "kubecast_whep_retransmitted_packets",
+            "Video RTP packets sent again because a viewer reported them lost (RTCP NACK).",
+            labels=["stream", "rendition"],
+        )
+        for rendition, n in sorted(counts.retransmits.items()):
+            retransmits.add_metric([stream, rendition], n)
+        yield retransmits
 
 
 def _gauge(name: str, doc: str, stream: str, value: float) -> GaugeMetricFamily:

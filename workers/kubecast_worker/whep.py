@@ -84,6 +84,11 @@ class Feed(Protocol):
     skipped: int
     sent: int
 
+    @property
+    def retransmitted(self) -> int:
+        """Packets sent again for the viewer's NACKs (0 on aiortc's path: it does not say)."""
+        ...
+
     def offer(self, frame: Encoded, *, key: bool) -> None: ...
     def end(self) -> None: ...
 
@@ -113,6 +118,10 @@ class FastFeed:
             return
         self.stream.send(frame.payloads, frame.timestamp, frame.send_time)
         self.sent += 1
+
+    @property
+    def retransmitted(self) -> int:
+        return self.stream.retransmitted
 
     def end(self) -> None:
         self.track.end()
@@ -145,6 +154,7 @@ class PacketTrack(MediaStreamTrack):
         self.keyed = False
         self.skipped = 0
         self.sent = 0
+        self.retransmitted = 0
         self._queue: asyncio.Queue[Packet | None] = asyncio.Queue(VIEWER_QUEUE)
 
     def offer(self, frame: Encoded, *, key: bool) -> None:
@@ -189,6 +199,8 @@ class WhepCounts:
     refused: dict[str, int]
     #: rendition -> times a viewer's queue overflowed and it waited for a keyframe again
     keyframe_skips: dict[str, int]
+    #: rendition -> video packets sent again because a viewer reported them lost (NACK)
+    retransmits: dict[str, int]
 
 
 @dataclass
@@ -228,6 +240,7 @@ class WhepHub:
         self._refused = dict.fromkeys(REFUSALS, 0)
         #: skips of viewers that have left; live viewers' are added in counts()
         self._skips: dict[str, int] = {}
+        self._retransmits: dict[str, int] = {}
         #: the one Opus encoder (and its resampler), while anyone listens; ingest thread
         self._opus: tuple[AudioResampler, Any] | None = None
         #: rendition -> its RTP packetiser (aiortc's H264Encoder; pack() only)
@@ -247,18 +260,20 @@ class WhepHub:
         dashboard shows the rendition before anyone watches it.
         """
         viewers = dict.fromkeys(self._renditions(), 0)
-        skips = dict(self._skips)
+        skips, retransmits = dict(self._skips), dict(self._retransmits)
         for rendition, those in self._viewers.items():
             if those or rendition in viewers:
                 viewers[rendition] = len(those)
             for viewer in those.values():
                 skips[rendition] = skips.get(rendition, 0) + viewer.track.skipped
+                retransmits[rendition] = retransmits.get(rendition, 0) + viewer.track.retransmitted
         return WhepCounts(
             viewers=viewers,
             started=dict(self._started),
             ended=dict(self._ended),
             refused=dict(self._refused),
             keyframe_skips=skips,
+            retransmits=retransmits,
         )
 
     def add_routes(self, app: web.Application) -> None:
@@ -459,6 +474,9 @@ class WhepHub:
         ended = (viewer.rendition, reason)
         self._ended[ended] = self._ended.get(ended, 0) + 1
         self._skips[viewer.rendition] = self._skips.get(viewer.rendition, 0) + viewer.track.skipped
+        self._retransmits[viewer.rendition] = (
+            self._retransmits.get(viewer.rendition, 0) + viewer.track.retransmitted
+        )
         viewer.track.end()
         if viewer.audio is not None:
             viewer.audio.end()

@@ -216,7 +216,7 @@ class WhepCollector(Collector):
         ended = CounterMetricFamily(
             "kubecast_whep_sessions_ended",
             "WHEP viewer sessions ended, by rendition and reason (viewer_left: a DELETE;"
-            " connection_failed, connection_closed: ICE or DTLS; server_stopping).",
+            " connection_failed, connection_closed: ICE or DTLS; send_failed; server_stopping).",
             labels=["stream", "rendition", "reason"],
         )
         for (rendition, reason), n in sorted(counts.ended.items()):

@@ -31,6 +31,9 @@ aiortc's plain path, see whep.PacketTrack):
 - ``RTCIceTransport._connection._nominated``: aioice's selected candidate pair, whose
   ``StunProtocol.transport`` is the asyncio datagram transport aiortc sends on.
 
+Not kept up to date: the DTLS transport's own byte and packet counts (its part of
+``getStats()``), which nothing in the worker reads.
+
 Written against aiortc 1.16 / aioice 0.13 (pyproject pins aiortc <2); the tests
 check ``supported()`` so that an upgrade that moves these shows up as a failure,
 not as a silent return to the slow path.
@@ -39,7 +42,6 @@ not as a silent return to the slow path.
 from __future__ import annotations
 
 import asyncio
-import logging
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -56,8 +58,6 @@ from aiortc.rtcrtpsender import random_sequence_number
 from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket, wrap_rtx
 from aiortc.utils import random32
 from av.packet import Packet
-
-log = logging.getLogger("kubecast.whep")
 
 #: The sender's private counters its RTCP sender reports read.
 _COUNTERS = ("packet_count", "octet_count", "ntp_timestamp", "rtp_timestamp")

@@ -3,9 +3,9 @@
 Each frame is packetised once for the rendition and sent to each viewer in one loop,
 past aiortc's per-packet coroutines, while aiortc still runs each viewer's RTCP. So:
 two viewers at once and a third that joins late all decode the rendition at its size
-and rate, the late one from a keyframe within a GOP, the others without a hitch when
-it joins; and a viewer that loses packets gets them again (its NACKs are answered
-from the stream's history) and keeps its picture rate.
+and rate (the first two its audio too), the late one from a keyframe within a GOP,
+the others without a hitch when it joins; and a viewer that loses packets gets them
+again (its NACKs are answered from the stream's history) and keeps its picture rate.
 
 ffmpeg publishes over RTMP (TCP: the lossy test's loss falls on WebRTC alone); the
 viewers are aiortc (whep_client.py), in the worker's network namespace.
@@ -62,13 +62,17 @@ def worker(namespace: str, tmp_path: Path) -> Iterator[WorkerProcess]:
             ffmpeg.wait()
 
 
-def watch(namespace: str, worker: WorkerProcess, rendition: str, seconds: float) -> Future[Any]:
-    """whep_client.py (video only) in the namespace, started now; its one JSON line."""
+def watch(
+    namespace: str, worker: WorkerProcess, rendition: str, seconds: float, *, audio: bool = False
+) -> Future[Any]:
+    """whep_client.py in the namespace (video, and Opus if ``audio``), started now; its one
+    JSON line."""
 
     def run() -> dict[str, Any]:
         done = subprocess.run(
             ["nsenter", f"--net={namespace}", "--", sys.executable, str(VIEWER),
-             f"{worker.http}/whep/{rendition}", "--seconds", str(seconds), "--no-audio"],
+             f"{worker.http}/whep/{rendition}", "--seconds", str(seconds),
+             *([] if audio else ["--no-audio"])],
             capture_output=True, text=True, timeout=seconds + 60, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
@@ -87,7 +91,7 @@ def assert_watched(result: dict[str, Any], rendition: str) -> None:
 def test_viewers_of_one_rendition_and_a_late_one_decode_it_at_its_size_and_rate(
     worker: WorkerProcess, namespace: str
 ) -> None:
-    first = [watch(namespace, worker, "360p", 10) for _ in range(2)]
+    first = [watch(namespace, worker, "360p", WATCH, audio=True) for _ in range(2)]
     time.sleep(4)  # the first two are watching
     late = watch(namespace, worker, "360p", 5).result()
     results = [f.result() for f in first]
@@ -98,6 +102,9 @@ def test_viewers_of_one_rendition_and_a_late_one_decode_it_at_its_size_and_rate(
     # and its joining costs the others no picture: no gap longer than a few frames
     for result in results:
         assert result["max_gap_seconds"] <= 0.2, result
+        # and the audio, Opus encoded once, decoded: 20 ms frames for most of the time
+        assert result["audio_rates"] == [48000], result
+        assert result["audio_frames"] >= 0.6 * 50 * WATCH, result
 
 
 def test_a_viewer_that_loses_packets_gets_them_again_and_keeps_its_picture_rate(

@@ -119,7 +119,6 @@ class RtpStream:
         self._rtx_type: int | None = None
         #: sequence number % RTP_HISTORY_SIZE -> the plain RTP packet, for NACKs
         self._history: list[bytes | None] = [None] * RTP_HISTORY_SIZE
-        self._ice: Any = sender.transport.transport._connection
         self._started = sender.send
         # NB: on the instance: RTCPeerConnection calls these through the sender it made.
         setattr(sender, "send", self._send_parameters)  # noqa: B010
@@ -139,6 +138,12 @@ class RtpStream:
                     self._rtx_type = rtx.payloadType
             self.parameters = parameters
         await self._started(parameters)
+
+    @property
+    def _ice(self) -> Any:
+        """aioice's connection. NB: looked up each time: with BUNDLE, aiortc moves every
+        sender after the first onto the first one's transports once the offer is applied."""
+        return self.sender.transport.transport._connection
 
     @property
     def ready(self) -> bool:

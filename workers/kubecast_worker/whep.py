@@ -18,9 +18,10 @@ If this aiortc lacks the internals ``whep_send`` relies on, a viewer gets aiortc
 own path instead (``PacketTrack``: ``recv()`` returns the ``av.Packet`` and
 ``RTCRtpSender`` packs it per viewer), which works the same at about twice the CPU.
 
-A new viewer starts at the next keyframe (within one GOP: the ladder forces one
-every ``gopSeconds``); a viewer whose queue overflows (a slow link, a stalled
-loop) drops to the next keyframe again rather than send a broken picture.
+A new viewer starts at the next keyframe once it is connected (within one GOP: the
+ladder forces one every ``gopSeconds``); a viewer whose queue overflows (on the fast
+path: its socket's buffer, a stalled link) drops to the next keyframe again rather
+than send a broken picture.
 Keyframe requests (PLI, FIR) are not forwarded: the encoder's GOP is fixed.
 
 ``/metrics`` reads ``WhepHub.counts()``: viewers per rendition now, sessions

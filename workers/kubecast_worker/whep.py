@@ -16,7 +16,8 @@ headers, SRTP and the datagrams, never an x264 encode nor a packetisation. aiort
 
 If this aiortc lacks the internals ``whep_send`` relies on, a viewer gets aiortc's
 own path instead (``PacketTrack``: ``recv()`` returns the ``av.Packet`` and
-``RTCRtpSender`` packs it per viewer), which works the same at about twice the CPU.
+``RTCRtpSender`` packs it per viewer), which works the same for more CPU (about 1.5 times
+the event loop's per viewer: docs/benchmarks.md).
 
 A new viewer starts at the next keyframe once it is connected (within one GOP: the
 ladder forces one every ``gopSeconds``); a viewer whose queue overflows (on the fast

@@ -109,7 +109,6 @@ class RtpStream:
     def __init__(self, sender: RTCRtpSender) -> None:
         self.sender = sender
         self.parameters: RTCRtpSendParameters | None = None
-        self.sent_frames = 0
         self.retransmitted = 0
         self._sequence = random_sequence_number()
         self._origin = random32()
@@ -193,7 +192,6 @@ class RtpStream:
             octets += len(payload)
             sequence = (sequence + 1) & 0xFFFF
         self._sequence = sequence
-        self.sent_frames += 1
         # what aiortc's _run_rtp would have counted, for its sender reports
         sender._RTCRtpSender__packet_count += len(payloads)  # type: ignore[attr-defined]
         sender._RTCRtpSender__octet_count += octets  # type: ignore[attr-defined]
@@ -238,6 +236,7 @@ def _ntp_now() -> int:
     return int((time.time() + _NTP_OFFSET) * (1 << 32))
 
 
+#: sends in flight on a non-UDP pair: held, for asyncio keeps only weak references to tasks
 _pending: set[asyncio.Future[None]] = set()
 
 

@@ -14,6 +14,9 @@ would cost more than the viewers). It prints one JSON document:
 - ``worker_cpu_idle_viewers``: the worker's CPU (cores) over ``--window`` s with no viewer;
 - ``worker_cpu_with_viewers``: the same with the viewers watching;
 - ``per_viewer_cpu_percent``: the difference per viewer, in % of one core;
+- ``per_viewer_loop_cpu_percent``: the same of the worker's event-loop thread alone,
+  where every viewer's RTP, SRTP and RTCP run (the encoder threads' CPU, which a
+  busy machine moves most, left out);
 - ``first_frame_seconds``: each viewer, from its answer to its first decoded picture;
 - ``glass_to_glass_ms``: each viewer's median, p95 and max of the wall clock at its
   decoded picture minus the clock the picture shows (WHIP → ladder → WHEP; one clock);
@@ -71,15 +74,21 @@ LADDER_720P = {
 }  # fmt: skip
 
 
-def cpu_times(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of ``pid``."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_times(pid: int, thread: int | None = None) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` (of its ``thread`` alone, if given)."""
+    stat = Path(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     tick = os.sysconf("SC_CLK_TCK")
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
+
+
+def loop_seconds(pid: int) -> float:
+    """CPU seconds of the worker's main thread: its asyncio loop, where viewers are sent to."""
+    return sum(cpu_times(pid, pid))
 
 
 def main() -> int:
@@ -158,9 +167,10 @@ def bench(args: argparse.Namespace, path: str) -> int:
         wait("live")
         time.sleep(3)
         s0, t0 = cpu_times(worker.pid)[1], time.monotonic()
-        c0 = cpu_seconds(worker.pid)
+        c0, l0 = cpu_seconds(worker.pid), loop_seconds(worker.pid)
         time.sleep(args.window)
         idle = (cpu_seconds(worker.pid) - c0) / (time.monotonic() - t0)
+        idle_loop = (loop_seconds(worker.pid) - l0) / (time.monotonic() - t0)
         idle_sys = (cpu_times(worker.pid)[1] - s0) / (time.monotonic() - t0)
 
         def keyframe_skips() -> float:
@@ -198,10 +208,12 @@ def bench(args: argparse.Namespace, path: str) -> int:
         skips0 = keyframe_skips()
         time.sleep(6)  # every viewer connected and past its first keyframe
         c1, s1, t1 = cpu_seconds(worker.pid), cpu_times(worker.pid)[1], time.monotonic()
+        l1 = loop_seconds(worker.pid)
         v1 = sum(cpu_seconds(v.pid) for v in crowd)  # NB: nsenter execs: the same pid
         time.sleep(args.window)
         watching = (cpu_seconds(worker.pid) - c1) / (time.monotonic() - t1)
         watching_sys = (cpu_times(worker.pid)[1] - s1) / (time.monotonic() - t1)
+        watching_loop = (loop_seconds(worker.pid) - l1) / (time.monotonic() - t1)
         viewers_cpu = (sum(cpu_seconds(v.pid) for v in crowd) - v1) / (time.monotonic() - t1)
         viewers = [
             json.loads(line)
@@ -230,6 +242,13 @@ def bench(args: argparse.Namespace, path: str) -> int:
             # machine it also delivers each datagram to the viewer's socket (loopback).
             "per_viewer_system_cpu_percent": round(
                 100 * (watching_sys - idle_sys) / args.viewers, 2
+            ),
+            # NB: the event loop's thread alone (every viewer's RTP, SRTP, sendto and RTCP;
+            # not the decode and encode threads, whose CPU a busy machine moves most)
+            "worker_loop_cpu_idle_viewers": round(idle_loop, 3),
+            "worker_loop_cpu_with_viewers": round(watching_loop, 3),
+            "per_viewer_loop_cpu_percent": round(
+                100 * (watching_loop - idle_loop) / args.viewers, 2
             ),
             "viewers_cpu": round(viewers_cpu, 3),
             "watched": len(viewers),

@@ -216,7 +216,7 @@ class WhepCollector(Collector):
         ended = CounterMetricFamily(
             "kubecast_whep_sessions_ended",
             "WHEP viewer sessions ended, by rendition and reason (viewer_left: a DELETE;"
-            " connection_failed, connection_closed: ICE or DTLS; server_stopping).",
+            " connection_failed, connection_closed: ICE or DTLS; send_failed; server_stopping).",
             labels=["stream", "rendition", "reason"],
         )
         for (rendition, reason), n in sorted(counts.ended.items()):
@@ -240,6 +240,14 @@ class WhepCollector(Collector):
         for rendition, n in sorted(counts.keyframe_skips.items()):
             skips.add_metric([stream, rendition], n)
         yield skips
+        retransmits = CounterMetricFamily(
+            "kubecast_whep_retransmitted_packets",
+            "Video RTP packets sent again because a viewer reported them lost (RTCP NACK).",
+            labels=["stream", "rendition"],
+        )
+        for rendition, n in sorted(counts.retransmits.items()):
+            retransmits.add_metric([stream, rendition], n)
+        yield retransmits
 
 
 def _gauge(name: str, doc: str, stream: str, value: float) -> GaugeMetricFamily:

@@ -7,16 +7,22 @@
     OPTIONS                         CORS preflight (origin.WHEP_CORS)
 
 Viewers share their rendition's one encode: the rendition thread hands each
-H.264 packet it encoded to ``WhepHub.tap`` (before the HLS muxer sees it), and
-the hub gives the same packet to every viewer of that rendition. aiortc sends a
-pre-encoded frame as it is: when a track's ``recv()`` returns an ``av.Packet``
-instead of a frame, ``RTCRtpSender`` calls its codec's ``pack()`` (RTP
-packetisation only) and never its encoder. So a viewer costs RTP packetisation
-and SRTP, never an x264 encode.
+H.264 packet it encoded to ``WhepHub.tap`` (before the HLS muxer sees it), the hub
+packetises it for RTP once (aiortc's ``H264Encoder.pack``: packetisation only, never
+an encode), and ``whep_send.RtpStream`` sends those payloads to each viewer in one
+synchronous loop: a header per packet, SRTP, ``sendto``. So a viewer costs its
+headers, SRTP and the datagrams, never an x264 encode nor a packetisation. aiortc's
+``RTCRtpSender`` still runs each viewer's RTCP (sender reports, NACK, PLI).
 
-A new viewer starts at the next keyframe (within one GOP: the ladder forces one
-every ``gopSeconds``); a viewer whose queue overflows (a slow link, a stalled
-loop) drops to the next keyframe again rather than send a broken picture.
+If this aiortc lacks the internals ``whep_send`` relies on, a viewer gets aiortc's
+own path instead (``PacketTrack``: ``recv()`` returns the ``av.Packet`` and
+``RTCRtpSender`` packs it per viewer), which works the same for more CPU (about 1.5 times
+the event loop's per viewer: docs/benchmarks.md).
+
+A new viewer starts at the next keyframe once it is connected (within one GOP: the
+ladder forces one every ``gopSeconds``); a viewer whose queue overflows (on the fast
+path: its socket's buffer, a stalled link) drops to the next keyframe again rather
+than send a broken picture.
 Keyframe requests (PLI, FIR) are not forwarded: the encoder's GOP is fixed.
 
 ``/metrics`` reads ``WhepHub.counts()``: viewers per rendition now, sessions
@@ -41,8 +47,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any
+from typing import Any, Protocol
 
+import aiortc
 from aiohttp import web
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -51,7 +58,7 @@ from av.audio.resampler import AudioResampler
 from av.codec.context import CodecContext
 from av.packet import Packet
 
-from kubecast_worker import webrtc_ice
+from kubecast_worker import webrtc_ice, whep_send
 
 #: Opus as WebRTC has it: 48 kHz stereo, 20 ms frames.
 OPUS_RATE, OPUS_FRAME, OPUS_BITRATE = 48000, 960, 96000
@@ -61,9 +68,87 @@ VIEWER_QUEUE = 60
 DEFAULT_MAX_VIEWERS = 200
 
 
+@dataclass
+class Encoded:
+    """One encoded frame of a rendition (or Opus packet), for all its viewers."""
+
+    packet: Packet
+    #: its RTP payloads and timestamp (codec clock): packetised once (whep_send.packetise)
+    payloads: list[bytes]
+    timestamp: int
+    #: abs-send-time for this delivery's packets
+    send_time: int
+
+
+class Feed(Protocol):
+    """A viewer's video or audio: what the hub offers frames to."""
+
+    skipped: int
+    sent: int
+
+    @property
+    def retransmitted(self) -> int:
+        """Packets sent again for the viewer's NACKs (0 on aiortc's path: it does not say)."""
+        ...
+
+    def offer(self, frame: Encoded, *, key: bool) -> None: ...
+    def end(self) -> None: ...
+
+
+class FastFeed:
+    """The fast path: ``frame``'s shared payloads, straight to SRTP and the ICE pair."""
+
+    def __init__(self, track: IdleTrack, stream: whep_send.RtpStream) -> None:
+        self.track, self.stream = track, stream
+        self.keyed = False
+        self.skipped = 0
+        self.sent = 0
+
+    def offer(self, frame: Encoded, *, key: bool) -> None:
+        """On the loop: send ``frame`` now, once this viewer is connected and has had a
+        keyframe."""
+        if not self.stream.ready:
+            self.keyed = False  # not yet (or no longer) connected: start at a keyframe
+            return
+        if not self.keyed:
+            if not key:
+                return
+            self.keyed = True
+        if self.stream.backlog() > whep_send.MAX_BUFFERED:
+            self.skipped += 1
+            self.keyed = False  # the socket has stalled: start again at the next keyframe
+            return
+        self.stream.send(frame.payloads, frame.timestamp, frame.send_time)
+        self.sent += 1
+
+    @property
+    def retransmitted(self) -> int:
+        return self.stream.retransmitted
+
+    def end(self) -> None:
+        self.track.end()
+
+
+class IdleTrack(MediaStreamTrack):
+    """The fast path's track: aiortc's RTP task waits on it, for ``RtpStream`` sends the
+    packets; it ends with the viewer, so that aiortc's task ends too."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._ended = asyncio.Event()
+
+    def end(self) -> None:
+        self._ended.set()
+
+    async def recv(self) -> Packet:
+        await self._ended.wait()
+        raise MediaStreamError
+
+
 class PacketTrack(MediaStreamTrack):
-    """A track whose ``recv()`` gives encoded packets (H.264 or Opus): aiortc packs them,
-    it does not encode."""
+    """aiortc's own path: a track whose ``recv()`` gives encoded packets (H.264 or Opus),
+    which aiortc packs, per viewer, and does not encode."""
 
     def __init__(self, kind: str = "video") -> None:
         super().__init__()
@@ -71,16 +156,17 @@ class PacketTrack(MediaStreamTrack):
         self.keyed = False
         self.skipped = 0
         self.sent = 0
+        self.retransmitted = 0
         self._queue: asyncio.Queue[Packet | None] = asyncio.Queue(VIEWER_QUEUE)
 
-    def offer(self, packet: Packet, *, key: bool) -> None:
-        """On the loop: queue ``packet`` once this viewer has had a keyframe."""
+    def offer(self, frame: Encoded, *, key: bool) -> None:
+        """On the loop: queue ``frame`` once this viewer has had a keyframe."""
         if not self.keyed:
             if not key:
                 return
             self.keyed = True
         try:
-            self._queue.put_nowait(packet)
+            self._queue.put_nowait(frame.packet)
         except asyncio.QueueFull:
             self.skipped += 1
             self.keyed = False  # start again at the next keyframe
@@ -115,6 +201,8 @@ class WhepCounts:
     refused: dict[str, int]
     #: rendition -> times a viewer's queue overflowed and it waited for a keyframe again
     keyframe_skips: dict[str, int]
+    #: rendition -> video packets sent again because a viewer reported them lost (NACK)
+    retransmits: dict[str, int]
 
 
 @dataclass
@@ -123,8 +211,8 @@ class Viewer:
     peer: str
     rendition: str
     pc: RTCPeerConnection
-    track: PacketTrack
-    audio: PacketTrack | None = None
+    track: Feed
+    audio: Feed | None = None
     started_at: float = field(default_factory=time.time)
 
 
@@ -154,8 +242,13 @@ class WhepHub:
         self._refused = dict.fromkeys(REFUSALS, 0)
         #: skips of viewers that have left; live viewers' are added in counts()
         self._skips: dict[str, int] = {}
+        self._retransmits: dict[str, int] = {}
         #: the one Opus encoder (and its resampler), while anyone listens; ingest thread
         self._opus: tuple[AudioResampler, Any] | None = None
+        #: rendition -> its RTP packetiser (aiortc's H264Encoder; pack() only)
+        self._packetisers: dict[str, Any] = {}
+        self._warned_plain = False
+        self._closing: set[asyncio.Future[None]] = set()
         webrtc_ice.only_addresses(host)
 
     @property
@@ -169,18 +262,20 @@ class WhepHub:
         dashboard shows the rendition before anyone watches it.
         """
         viewers = dict.fromkeys(self._renditions(), 0)
-        skips = dict(self._skips)
+        skips, retransmits = dict(self._skips), dict(self._retransmits)
         for rendition, those in self._viewers.items():
             if those or rendition in viewers:
                 viewers[rendition] = len(those)
             for viewer in those.values():
                 skips[rendition] = skips.get(rendition, 0) + viewer.track.skipped
+                retransmits[rendition] = retransmits.get(rendition, 0) + viewer.track.retransmitted
         return WhepCounts(
             viewers=viewers,
             started=dict(self._started),
             ended=dict(self._ended),
             refused=dict(self._refused),
             keyframe_skips=skips,
+            retransmits=retransmits,
         )
 
     def add_routes(self, app: web.Application) -> None:
@@ -243,22 +338,40 @@ class WhepHub:
             self._loop.call_soon_threadsafe(self._deliver_audio, items)
 
     def _deliver_audio(self, items: list[tuple[bytes, Any, Any]]) -> None:
-        listeners = [
-            v.audio for viewers in self._viewers.values() for v in viewers.values() if v.audio
-        ]
+        listeners = [v for viewers in self._viewers.values() for v in viewers.values() if v.audio]
+        send_time = whep_send.abs_send_time(time.time())
         for data, pts, time_base in items:
-            packet = Packet(data)
-            packet.pts, packet.time_base = pts, time_base
-            for track in listeners:
-                track.offer(packet, key=True)
+            frame = _encoded(data, pts, time_base, None, send_time)
+            for viewer in listeners:
+                self._offer(viewer, viewer.audio, frame, key=True)
 
     def _deliver(self, rendition: str, items: list[tuple[bytes, Any, Any, bool]]) -> None:
         viewers = list(self._viewers.get(rendition, {}).values())
+        if not viewers:
+            return
+        packetiser = self._packetisers.get(rendition)
+        if packetiser is None:
+            packetiser = self._packetisers[rendition] = whep_send.h264_packetiser()
+        send_time = whep_send.abs_send_time(time.time())
         for data, pts, time_base, key in items:
-            packet = Packet(data)  # one packet for every viewer: pack() only reads it
-            packet.pts, packet.time_base = pts, time_base
+            # one frame for every viewer: packetised once; aiortc's pack() only reads it
+            frame = _encoded(data, pts, time_base, packetiser, send_time)
             for viewer in viewers:
-                viewer.track.offer(packet, key=key)
+                self._offer(viewer, viewer.track, frame, key=key)
+
+    def _offer(self, viewer: Viewer, feed: Feed | None, frame: Encoded, *, key: bool) -> None:
+        """One viewer's part of a delivery: a viewer the send fails for is ended, not the
+        others' deliveries."""
+        if feed is None:
+            return
+        try:
+            feed.offer(frame, key=key)
+        except Exception:
+            self._log.warning("whep send failed", exc_info=True, extra={"peer": viewer.peer})
+            if viewer.id in self._viewers.get(viewer.rendition, {}):
+                closing = asyncio.ensure_future(self._close(viewer, "send_failed"))
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -275,15 +388,13 @@ class WhepHub:
             return self._refuse("bad_offer", 400, "the offer must receive H.264 video\n")
         peer = request.remote or "unknown"
         pc = RTCPeerConnection(webrtc_ice.configuration())
-        track = PacketTrack()
         # NB: the transceiver before the offer, so that the offer's video section takes it
         # with its H.264-only preference: codecs are negotiated as the offer is applied,
         # and a preference set afterwards would leave the sender labelling H.264 as VP8.
-        transceiver = pc.addTransceiver(track, direction="sendonly")
+        track, transceiver = self._feed(pc, "video")
         audio = None
         if "m=audio" in offer and "opus/48000" in offer.lower():
-            audio = PacketTrack("audio")
-            pc.addTransceiver(audio, direction="sendonly")
+            audio, _ = self._feed(pc, "audio")
         transceiver.setCodecPreferences(
             [
                 c
@@ -334,6 +445,23 @@ class WhepHub:
         await self._close(viewer, "viewer_left")
         return web.Response(status=200)
 
+    def _feed(self, pc: RTCPeerConnection, kind: str) -> tuple[Feed, Any]:
+        """A sendonly transceiver of ``kind``, and the feed that sends on it: the fast path
+        (whep_send) when this aiortc has what it needs, else aiortc's own."""
+        idle = IdleTrack(kind)
+        transceiver = pc.addTransceiver(idle, direction="sendonly")
+        if whep_send.supported(transceiver.sender):
+            return FastFeed(idle, whep_send.RtpStream(transceiver.sender)), transceiver
+        if not self._warned_plain:
+            self._warned_plain = True
+            self._log.warning(
+                "whep: this aiortc lacks what the fast send path uses; viewers cost more",
+                extra={"aiortc": aiortc.__version__},
+            )
+        plain = PacketTrack(kind)
+        transceiver.sender.replaceTrack(plain)
+        return plain, transceiver
+
     def _refuse(self, reason: str, status: int, text: str) -> web.Response:
         self._refused[reason] += 1
         return _text(status, text)
@@ -348,6 +476,9 @@ class WhepHub:
         ended = (viewer.rendition, reason)
         self._ended[ended] = self._ended.get(ended, 0) + 1
         self._skips[viewer.rendition] = self._skips.get(viewer.rendition, 0) + viewer.track.skipped
+        self._retransmits[viewer.rendition] = (
+            self._retransmits.get(viewer.rendition, 0) + viewer.track.retransmitted
+        )
         viewer.track.end()
         if viewer.audio is not None:
             viewer.audio.end()
@@ -363,6 +494,13 @@ class WhepHub:
             },
         )
         await viewer.pc.close()
+
+
+def _encoded(data: bytes, pts: Any, time_base: Any, packetiser: Any, send_time: int) -> Encoded:
+    packet = Packet(data)
+    packet.pts, packet.time_base = pts, time_base
+    payloads, timestamp = whep_send.packetise(packet, packetiser)
+    return Encoded(packet, payloads, timestamp, send_time)
 
 
 def _has_sps(data: bytes) -> bool:

@@ -5,7 +5,8 @@
 #   hack/system-packages.sh          the demo's: media tools and the real node
 #   hack/system-packages.sh --tests  also what the tests need (a browser, npm, and
 #                                    GStreamer and SRT tools for more real publishers,
-#                                    wrk and nginx for the viewer load test)
+#                                    wrk and nginx for the viewer load test, nft for
+#                                    packet loss in a test's own namespace)
 #
 # The real node: containerd and runc run the pods, the CNI plugins wire them,
 # iptables carries kube-proxy's rules, ipset holds kube-router's NetworkPolicy
@@ -50,6 +51,8 @@ if [[ "${1:-}" == --tests ]]; then
   # from a config of its own on a loopback port; the package's service is not used).
   want wrk wrk
   want /usr/sbin/nginx nginx
+  # tests/e2e/test_whep_send.py drops a share of UDP inside its namespace (nft)
+  want nft nftables
 fi
 ((${#need[@]})) || exit 0
 if [[ $EUID -ne 0 ]] || ! command -v apt-get > /dev/null; then

@@ -83,6 +83,15 @@ def scrape(worker: WorkerProcess, namespace: str) -> Metrics:
     }
 
 
+def audio_packets(metrics: Metrics, since: dict[str, float] | None = None) -> dict[str, float]:
+    """kubecast_whep_audio_packets_total by origin (publisher, encoded), less ``since``."""
+    counted = {"publisher": 0.0, "encoded": 0.0}
+    for (name, labels), value in metrics.items():
+        if name == "kubecast_whep_audio_packets_total":
+            counted[dict(labels)["origin"]] = value
+    return {origin: n - (since or {}).get(origin, 0.0) for origin, n in counted.items()}
+
+
 def whep_viewers(metrics: Metrics) -> dict[str, float]:
     return {
         dict(labels)["rendition"]: value

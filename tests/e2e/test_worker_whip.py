@@ -38,7 +38,7 @@ from conftest import (
     until,
     video_stream,
 )
-from in_namespace import scrape, status, wait_state, whep_viewers, whep_worker
+from in_namespace import audio_packets, scrape, status, wait_state, whep_viewers, whep_worker
 
 from tests.integration import netns
 
@@ -232,6 +232,7 @@ def test_whep_viewers_share_each_renditions_encode_at_its_size(
 ) -> None:
     """Three viewers (two of 360p, one of 180p) of one WHIP publisher, each decoding
     the H.264 of its rendition's one encoder: at that rendition's size, from a keyframe."""
+    heard = audio_packets(scrape(worker, namespace))
     refused = watch(namespace, worker, "360p", 1).result()
     assert (refused["event"], refused["status"]) == ("refused", 404)  # nothing is live yet
     publisher = Publisher(namespace, worker, "--seconds", "25")
@@ -257,6 +258,10 @@ def test_whep_viewers_share_each_renditions_encode_at_its_size(
         assert result["deleted"] == 200, result
     left = [e for e in worker.logs if e.get("msg", "").startswith("whep viewer left")]
     assert len(left) >= 3 and left[-1]["viewers"] == 0, left
+    # What they heard was the publisher's own Opus, passed on: never decoded and encoded
+    # (the counter counts a packet once, however many listen to it).
+    audio = audio_packets(scrape(worker, namespace), since=heard)
+    assert audio["publisher"] >= 150 and audio["encoded"] == 0, audio
     publisher.wait("deleted", timeout=40)
     wait_state(worker, namespace, "idle")
     publisher.finish()
@@ -361,6 +366,8 @@ def test_an_rtmp_publishers_renditions_play_by_whep(namespace: str, tmp_path: Pa
             assert result["frames"] >= 50 and result["first_frame_seconds"] < 4.0, result
             # The publisher's AAC at 44.1 kHz, decoded once and encoded to Opus once.
             assert result["audio_rates"] == [48000] and result["audio_frames"] >= 100, result
+            audio = audio_packets(scrape(w, namespace))
+            assert audio["encoded"] >= 100 and audio["publisher"] == 0, audio
         finally:
             ffmpeg.kill()
             ffmpeg.wait()

@@ -15,8 +15,8 @@ change, so it needs no lock.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -196,58 +196,75 @@ class WhepCollector(Collector):
         self.hub = hub
 
     def collect(self) -> Iterator[Metric]:
-        stream, counts = self.stream, self.hub.counts()
-        viewers = GaugeMetricFamily(
+        counts = self.hub.counts()
+        yield self._family(
+            GaugeMetricFamily,
             "kubecast_whep_viewers",
             "WebRTC (WHEP) viewers watching a rendition now.",
-            labels=["stream", "rendition"],
+            ["rendition"],
+            counts.viewers,
         )
-        for rendition, n in sorted(counts.viewers.items()):
-            viewers.add_metric([stream, rendition], n)
-        yield viewers
-        started = CounterMetricFamily(
+        yield self._family(
+            CounterMetricFamily,
             "kubecast_whep_sessions_started",
             "WHEP viewer sessions answered (201), by rendition.",
-            labels=["stream", "rendition"],
+            ["rendition"],
+            counts.started,
         )
-        for rendition, n in sorted(counts.started.items()):
-            started.add_metric([stream, rendition], n)
-        yield started
-        ended = CounterMetricFamily(
+        yield self._family(
+            CounterMetricFamily,
             "kubecast_whep_sessions_ended",
             "WHEP viewer sessions ended, by rendition and reason (viewer_left: a DELETE;"
             " connection_failed, connection_closed: ICE or DTLS; send_failed; server_stopping).",
-            labels=["stream", "rendition", "reason"],
+            ["rendition", "reason"],
+            counts.ended,
         )
-        for (rendition, reason), n in sorted(counts.ended.items()):
-            ended.add_metric([stream, rendition, reason], n)
-        yield ended
-        refused = CounterMetricFamily(
+        yield self._family(
+            CounterMetricFamily,
             "kubecast_whep_sessions_refused",
             "WHEP offers refused, by reason (not_playing: 404, no such rendition or not live;"
             " full: 503, the worker's viewer limit; bad_offer: 400/415).",
-            labels=["stream", "reason"],
+            ["reason"],
+            counts.refused,
         )
-        for reason, n in sorted(counts.refused.items()):
-            refused.add_metric([stream, reason], n)
-        yield refused
-        skips = CounterMetricFamily(
+        yield self._family(
+            CounterMetricFamily,
             "kubecast_whep_keyframe_skips",
             "Times a viewer fell a queue behind and waited for the next keyframe (a picture"
             " frozen for up to a GOP).",
-            labels=["stream", "rendition"],
+            ["rendition"],
+            counts.keyframe_skips,
         )
-        for rendition, n in sorted(counts.keyframe_skips.items()):
-            skips.add_metric([stream, rendition], n)
-        yield skips
-        retransmits = CounterMetricFamily(
+        yield self._family(
+            CounterMetricFamily,
             "kubecast_whep_retransmitted_packets",
             "Video RTP packets sent again because a viewer reported them lost (RTCP NACK).",
-            labels=["stream", "rendition"],
+            ["rendition"],
+            counts.retransmits,
         )
-        for rendition, n in sorted(counts.retransmits.items()):
-            retransmits.add_metric([stream, rendition], n)
-        yield retransmits
+        yield self._family(
+            CounterMetricFamily,
+            "kubecast_whep_audio_packets",
+            "Opus packets sent to WHEP listeners, by origin (publisher: a WHIP publisher's"
+            " own Opus, passed on; encoded: the decoded audio encoded to Opus once).",
+            ["origin"],
+            counts.audio_packets,
+        )
+
+    def _family(
+        self,
+        kind: type[GaugeMetricFamily] | type[CounterMetricFamily],
+        name: str,
+        doc: str,
+        labels: list[str],
+        values: Mapping[Any, int],
+    ) -> Metric:
+        """One family, a sample per key of ``values`` (a label value, or a tuple of them),
+        each labelled with the stream too."""
+        family = kind(name, doc, labels=["stream", *labels])
+        for key, n in sorted(values.items()):
+            family.add_metric([self.stream, *(key if isinstance(key, tuple) else (key,))], n)
+        return family
 
 
 def _gauge(name: str, doc: str, stream: str, value: float) -> GaugeMetricFamily:

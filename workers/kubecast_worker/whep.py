@@ -28,10 +28,12 @@ Keyframe requests (PLI, FIR) are not forwarded: the encoder's GOP is fixed.
 ``/metrics`` reads ``WhepHub.counts()``: viewers per rendition now, sessions
 started and ended (by reason), offers refused (by reason), and skips to a keyframe.
 
-Audio: a viewer whose offer receives Opus gets the session's audio, encoded to
-Opus once (``audio_tap``, in the ingest thread, only while someone listens) and
-shared the same way. For a WHIP publisher that is a second encode of what arrived
-as Opus: aiortc hands out decoded frames only.
+Audio: a viewer whose offer receives Opus gets the session's audio as Opus packets
+shared like the video's. A WHIP publisher's Opus is passed on as it arrived
+(``opus_packet``, from whip.OpusTap): no decode, no encode. Any other publisher's
+audio (RTMP's AAC, SRT's, WHIP's G.711) is encoded to Opus once (``audio_tap``, in
+the ingest thread, only while someone listens). ``/metrics`` counts the packets by
+where they came from (``kubecast_whep_audio_packets_total{origin}``).
 A rendition with B-frames would send frames out of presentation order, which
 WebRTC receivers do not expect: WHEP wants a rendition without them (the
 ``ultrafast`` preset, or one made for WebRTC; docs/webrtc.md).
@@ -62,10 +64,14 @@ from kubecast_worker import webrtc_ice, whep_send
 
 #: Opus as WebRTC has it: 48 kHz stereo, 20 ms frames.
 OPUS_RATE, OPUS_FRAME, OPUS_BITRATE = 48000, 960, 96000
+OPUS_TIME_BASE = Fraction(1, OPUS_RATE)
 #: Packets a viewer may have waiting (about 2 s at 30 fps) before it skips to a keyframe.
 VIEWER_QUEUE = 60
 #: Viewers per worker at most; more get 503 (each costs RTP and SRTP on the event loop).
 DEFAULT_MAX_VIEWERS = 200
+#: Seconds after a publisher's last Opus packet that its audio counts as passed on:
+#: until then the decoded audio is not encoded again, so no viewer hears it twice.
+PASSTHROUGH_HOLD = 1.0
 
 
 @dataclass
@@ -203,6 +209,9 @@ class WhepCounts:
     keyframe_skips: dict[str, int]
     #: rendition -> video packets sent again because a viewer reported them lost (NACK)
     retransmits: dict[str, int]
+    #: origin -> Opus packets handed to listeners: "publisher" (a WHIP publisher's own,
+    #: passed on) or "encoded" (the decoded audio encoded once for WHEP)
+    audio_packets: dict[str, int]
 
 
 @dataclass
@@ -245,6 +254,11 @@ class WhepHub:
         self._retransmits: dict[str, int] = {}
         #: the one Opus encoder (and its resampler), while anyone listens; ingest thread
         self._opus: tuple[AudioResampler, Any] | None = None
+        #: monotonic time until which a publisher's own Opus is arriving (opus_packet)
+        self._passthrough_until = 0.0
+        self._audio_packets = {"publisher": 0, "encoded": 0}
+        #: viewers who receive audio; kept on the loop, read by the ingest thread
+        self.listening = 0
         #: rendition -> its RTP packetiser (aiortc's H264Encoder; pack() only)
         self._packetisers: dict[str, Any] = {}
         self._warned_plain = False
@@ -276,6 +290,7 @@ class WhepHub:
             refused=dict(self._refused),
             keyframe_skips=skips,
             retransmits=retransmits,
+            audio_packets=dict(self._audio_packets),
         )
 
     def add_routes(self, app: web.Application) -> None:
@@ -313,18 +328,17 @@ class WhepHub:
     def audio_tap(self, frame: AudioFrame) -> None:
         """From the ingest thread: encode the session's audio to Opus once, for every viewer.
 
-        Only while a viewer listens; a new encoder starts when the first one joins.
+        Only while a viewer listens and the publisher's own Opus is not being passed on
+        (``opus_packet``); a new encoder starts when the first one joins.
         """
-        if self._loop is None or not any(
-            v.audio is not None for viewers in self._viewers.values() for v in viewers.values()
-        ):
+        if self._loop is None or time.monotonic() < self._passthrough_until or not self.listening:
             self._opus = None
             return
         if self._opus is None:
             codec = CodecContext.create("libopus", "w")
             codec.sample_rate, codec.layout, codec.format = OPUS_RATE, "stereo", "s16"
             codec.bit_rate = OPUS_BITRATE
-            codec.time_base = Fraction(1, OPUS_RATE)
+            codec.time_base = OPUS_TIME_BASE
             resampler = AudioResampler(
                 format="s16", layout="stereo", rate=OPUS_RATE, frame_size=OPUS_FRAME
             )
@@ -335,15 +349,27 @@ class WhepHub:
             for packet in codec.encode(chunk):
                 items.append((bytes(packet), packet.pts, packet.time_base))
         if items:
-            self._loop.call_soon_threadsafe(self._deliver_audio, items)
+            self._loop.call_soon_threadsafe(self._deliver_audio, items, "encoded")
 
-    def _deliver_audio(self, items: list[tuple[bytes, Any, Any]]) -> None:
-        listeners = [v for viewers in self._viewers.values() for v in viewers.values() if v.audio]
+    def opus_packet(self, data: bytes, timestamp: int) -> None:
+        """On the loop (whip.OpusTap): one Opus packet of a WHIP publisher, as it arrived,
+        for every listener; ``timestamp`` at 48 kHz, from the session's first packet."""
+        self._passthrough_until = time.monotonic() + PASSTHROUGH_HOLD
+        if self._listeners():
+            self._deliver_audio([(data, timestamp, OPUS_TIME_BASE)], "publisher")
+
+    def _listeners(self) -> list[Viewer]:
+        return [v for viewers in self._viewers.values() for v in viewers.values() if v.audio]
+
+    def _deliver_audio(self, items: list[tuple[bytes, Any, Any]], origin: str) -> None:
+        listeners = self._listeners()
         send_time = whep_send.abs_send_time(time.time())
         for data, pts, time_base in items:
             frame = _encoded(data, pts, time_base, None, send_time)
             for viewer in listeners:
                 self._offer(viewer, viewer.audio, frame, key=True)
+        if listeners:
+            self._audio_packets[origin] += len(items)
 
     def _deliver(self, rendition: str, items: list[tuple[bytes, Any, Any, bool]]) -> None:
         viewers = list(self._viewers.get(rendition, {}).values())
@@ -424,6 +450,7 @@ class WhepHub:
                 await self._close(viewer, f"connection_{pc.connectionState}")
 
         self._viewers.setdefault(rendition, {})[viewer.id] = viewer
+        self.listening += viewer.audio is not None
         self.served += 1
         self._started[rendition] = self._started.get(rendition, 0) + 1
         self._log.info(
@@ -473,6 +500,7 @@ class WhepHub:
         viewers = self._viewers.get(viewer.rendition, {})
         if viewers.pop(viewer.id, None) is None:
             return
+        self.listening -= viewer.audio is not None
         ended = (viewer.rendition, reason)
         self._ended[ended] = self._ended.get(ended, 0) + 1
         self._skips[viewer.rendition] = self._skips.get(viewer.rendition, 0) + viewer.track.skipped

@@ -24,6 +24,14 @@ decoded frames are handed to the session's ingest thread through a queue
 (``FrameQueue``, read by ``ingest_frames.FrameSource``), and from there they take
 the same path as an RTMP publisher's: the ladder, the packager. Nothing is re-muxed.
 
+Opus audio is also kept as it arrived, for WHEP viewers (``opus_sink``): aiortc
+hands its tracks' readers decoded frames only, so ``OpusTap`` takes the place of
+the audio receiver's decoder queue and passes on each Opus packet the jitter buffer
+releases (in order, without duplicates, RTX unwrapped, its timestamp counted from
+0) before the decoder thread sees it. Viewers then hear the publisher's own Opus,
+not a second encode of its decoded audio; the cost is aiortc's audio prefetch
+(4 packets, 80 ms), the same delay the decoded path has.
+
 A publisher that leaves without DELETE ends its session when its peer connection
 fails or closes (ICE consent, a DTLS close), or when no media arrives for
 ``media_timeout`` seconds (a killed browser sends nothing at all: ICE consent
@@ -42,6 +50,7 @@ import logging
 import queue
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,6 +78,9 @@ CORS = {
 }
 
 Kind = Literal["video", "audio"]
+#: Where a WHIP publisher's Opus packets go as they arrive: (packet, RTP timestamp at
+#: 48 kHz, counted from the session's first); called on the event loop.
+OpusSink = Callable[[bytes, int], None]
 #: What the queue carries: a decoded frame with its kind and arrival time, or END.
 END = None
 
@@ -113,6 +125,41 @@ class FrameQueue:
     def get(self, timeout: float) -> tuple[Kind, Any, float] | None:
         """The next item, ``END`` at the end; raises ``queue.Empty`` after ``timeout``."""
         return self._queue.get(timeout=timeout)
+
+
+class OpusTap(queue.Queue[Any]):
+    """An aiortc audio receiver's decoder queue that also gives ``sink`` each Opus packet.
+
+    aiortc's receiver puts ``(codec, JitterFrame)`` here on the event loop, and its
+    decoder thread gets them; ``None`` ends the thread. An Opus frame from the jitter
+    buffer is exactly one RTP payload, which is one Opus packet (RFC 7587).
+    """
+
+    def __init__(self, sink: OpusSink) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is not None:
+            codec, frame = item
+            if codec.name.lower() == "opus" and frame.data:
+                self.sink(frame.data, frame.timestamp)
+        super().put(item, block, timeout)
+
+    @staticmethod
+    def install(pc: RTCPeerConnection, sink: OpusSink) -> bool:
+        """Put a tap in place of ``pc``'s audio decoder queue, before its media starts.
+
+        NB: aiortc's private attribute (the receiver hands it to its decoder thread when
+        the connection is up, so swapping it now is safe). Without it, False: the
+        viewers get the decoded audio encoded again, as for an RTMP publisher.
+        """
+        receiver = next((t.receiver for t in pc.getTransceivers() if t.kind == "audio"), None)
+        name = "_RTCRtpReceiver__decoder_queue"
+        if receiver is None or not isinstance(getattr(receiver, name, None), queue.Queue):
+            return False
+        setattr(receiver, name, OpusTap(sink))
+        return True
 
 
 @dataclass
@@ -161,12 +208,15 @@ class WhipIngest:
         stream_key: str,
         wrong_key_limit: WrongKeyLimit | None = None,
         media_timeout: float = DEFAULT_MEDIA_TIMEOUT,
+        opus_sink: OpusSink | None = None,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
     ) -> None:
         if not stream_key:
             raise ValueError("stream_key is empty; an empty key would let anyone publish")
         self.host, self.port, self.app = host, port, app.strip("/")
         self.media_timeout = media_timeout
+        self.opus_sink = opus_sink
+        self._warned_no_tap = False
         self.counters = IngestCounters()
         self.throttle = WrongKeyThrottle(wrong_key_limit or WrongKeyLimit())
         self.current: WhipSession | None = None
@@ -308,6 +358,16 @@ class WhipIngest:
 
     # -- WebRTC ----------------------------------------------------------------------
 
+    def _tap_opus(self, pc: RTCPeerConnection, sink: OpusSink) -> None:
+        """Hand the publisher's Opus packets to WHEP as they arrive; warn once if we can't."""
+        if OpusTap.install(pc, sink) or self._warned_no_tap:
+            return
+        self._warned_no_tap = True
+        self._log.warning(
+            "this aiortc has no audio decoder queue to tap: WHEP viewers get the"
+            " publisher's audio decoded and encoded to Opus again"
+        )
+
     async def _answer(self, offer: str, *, peer: str) -> tuple[WhipSession, str]:
         pc = RTCPeerConnection(webrtc_ice.configuration())
         self._pending.add(pc)
@@ -338,6 +398,8 @@ class WhipIngest:
             _on_end=self._ended,
         )
         assert video is not None, "no video transceiver"
+        if self.opus_sink is not None and frames.audio_codec == "opus":
+            self._tap_opus(pc, self.opus_sink)
         for track in tracks:
             session._readers.append(asyncio.create_task(_read(track, session)))
 

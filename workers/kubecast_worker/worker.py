@@ -296,6 +296,8 @@ class Worker:
             app=self.listen.app,
             stream_key=self.stream_key,
             wrong_key_limit=self.wrong_key_limit,
+            # WHEP viewers hear the publisher's own Opus, not a second encode of it
+            opus_sink=self.whep.opus_packet if self.whep else None,
             log=self.log,
         )
         await front.start()

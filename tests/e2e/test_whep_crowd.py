@@ -122,8 +122,11 @@ def test_fifty_whep_viewers_each_get_every_keyframe_and_the_encoder_keeps_up(
     # The worker gave every viewer every packet: no queue overflowed into a keyframe wait.
     skips = "kubecast_whep_keyframe_skips_total", frozenset({("rendition", "180p")})
     assert metrics_after.get(skips, 0) == metrics_before.get(skips, 0), report
-    # Real time: every input frame decoded and encoded, none dropped or late.
-    assert after["framesDecoded"] > before["framesDecoded"] + 20 * WATCH_SECONDS * 0.8, report
+    # Real time: every input frame decoded and encoded, none dropped. Late (decoded over a
+    # second after its time) at most 1 %: a CI run once saw 1 of 562, the machine busy
+    # with more than this test; a worker that cannot keep up is late on most frames.
+    decoded = after["framesDecoded"] - before["framesDecoded"]
+    assert decoded > 20 * WATCH_SECONDS * 0.8, report
     assert after["droppedFrames"] == before["droppedFrames"], report
-    assert after["lateFrames"] == before["lateFrames"], report
+    assert after["lateFrames"] - before["lateFrames"] <= 0.01 * decoded, report
     assert whep_viewers(scrape(worker, namespace)) == {"360p": 0, "180p": 0}

@@ -128,7 +128,7 @@ def test_a_viewer_that_loses_packets_gets_them_again_and_keeps_its_picture_rate(
     assert_watched(result, "360p")
     # Most of the 10 s, every picture: unanswered, the NACKs leave aiortc's receiver
     # waiting on frames it cannot complete (here: a quarter of the pictures, then none).
-    assert result["distinct"] >= 0.75 * FPS * WATCH, result
+    assert result["distinct"] >= 0.75 * FPS * WATCH, json.dumps(result)
     metrics = scrape(worker, namespace)
     retransmitted = metrics[
         ("kubecast_whep_retransmitted_packets_total", frozenset({("rendition", "360p")}))

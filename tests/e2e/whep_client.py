@@ -37,8 +37,39 @@ from urllib.parse import urljoin
 
 import aiohttp
 import clock_pattern  # beside this file
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, rtcrtpreceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtpPacket
+
+
+class AskingAgainNackGenerator(rtcrtpreceiver.NackGenerator):
+    """NACKs as a browser sends them: a packet still missing is asked for again.
+
+    aiortc's receiver NACKs a missing packet when the gap shows, and again only when a
+    new gap shows; libwebrtc asks again every round trip until the packet comes or is
+    too old. With aiortc's rule one lost NACK or lost retransmission can leave the
+    jitter buffer waiting on that frame for 512 packets (seconds of video, then a PLI),
+    which is aiortc's receiver, not what a browser viewing the worker sees. So this
+    viewer asks again, at most every ``AGAIN`` seconds, while anything is missing.
+    """
+
+    AGAIN = 0.04
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._asked = 0.0
+
+    def add(self, packet: RtpPacket) -> bool:
+        missed = super().add(packet)
+        now = time.monotonic()
+        if missed or (self.missing and now - self._asked >= self.AGAIN):
+            self._asked = now
+            return True
+        return False
+
+
+# NB: the receiver looks the class up when it is made, once per track
+rtcrtpreceiver.NackGenerator = AskingAgainNackGenerator  # type: ignore[misc]
 
 
 def say(event: str, **fields: object) -> None:

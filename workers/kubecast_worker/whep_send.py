@@ -55,7 +55,7 @@ from aiortc.codecs.h264 import H264Encoder
 from aiortc.mediastreams import convert_timebase
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
 from aiortc.rtcrtpsender import random_sequence_number
-from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket, wrap_rtx
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket, wrap_rtx
 from aiortc.utils import random32
 from av.packet import Packet
 
@@ -65,6 +65,12 @@ _COUNTERS = ("packet_count", "octet_count", "ntp_timestamp", "rtp_timestamp")
 #: drops to the next keyframe: about a second of 720p. UDP seldom blocks; a stalled
 #: viewer's packets are dropped by the network, not queued here.
 MAX_BUFFERED = 384 * 1024
+#: Packets each viewer's stream keeps for NACKs: about 4 s of 720p, 10 s of 360p. A
+#: browser asks for a lost packet again every round trip until it comes (aiortc's
+#: sender keeps 128, under half a second of 720p: a far viewer's second NACK came too
+#: late). Cheap, for the payloads are the rendition's, shared by all its viewers: a
+#: viewer's history holds its own headers only.
+HISTORY_SIZE = 1024
 #: NTP seconds between 1900 and the Unix epoch
 _NTP_OFFSET = 2208988800
 
@@ -116,8 +122,8 @@ class RtpStream:
         self._extensions = HeaderExtensionsMap()
         self._payload_type = 0
         self._rtx_type: int | None = None
-        #: sequence number % RTP_HISTORY_SIZE -> the plain RTP packet, for NACKs
-        self._history: list[bytes | None] = [None] * RTP_HISTORY_SIZE
+        #: sequence number % HISTORY_SIZE -> (sequence number, RTP header, payload)
+        self._history: list[tuple[int, bytes, bytes] | None] = [None] * HISTORY_SIZE
         self._started = sender.send
         # NB: on the instance: RTCPeerConnection calls these through the sender it made.
         setattr(sender, "send", self._send_parameters)  # noqa: B010
@@ -186,9 +192,9 @@ class RtpStream:
         for i, payload in enumerate(payloads):
             header[1] = payload_type | 0x80 if i == last else payload_type  # marker: frame end
             struct.pack_into("!H", header, 2, sequence)
-            plain = bytes(header) + payload
-            history[sequence % RTP_HISTORY_SIZE] = plain
-            sendto(protect(plain), address)
+            head = bytes(header)
+            history[sequence % HISTORY_SIZE] = sequence, head, payload
+            sendto(protect(head + payload), address)
             octets += len(payload)
             sequence = (sequence + 1) & 0xFFFF
         self._sequence = sequence
@@ -212,11 +218,12 @@ class RtpStream:
 
     async def _retransmit(self, sequence_number: int) -> None:
         """A NACK from the viewer: the packet again, from history, as RTX if negotiated."""
-        plain = self._history[sequence_number % RTP_HISTORY_SIZE]
-        if plain is None or struct.unpack_from("!H", plain, 2)[0] != sequence_number:
+        kept = self._history[sequence_number % HISTORY_SIZE]
+        if kept is None or kept[0] != sequence_number:
             return  # older than the history: the viewer waits for the next keyframe
         if not self.ready:
             return
+        plain = kept[1] + kept[2]
         if self._rtx_type is not None:
             rtx = wrap_rtx(
                 RtpPacket.parse(plain, self._extensions),

@@ -2,6 +2,7 @@
 
     sudo .venv/bin/python bench/webrtc.py [--viewers 8] [--window 10]
         [--processes 4] [--rendition 360p] [--no-audio] [--publisher whip|rtmp720]
+        [--count-only]
 
 In a network namespace of its own (aioice offers no loopback candidate), as the
 tests do: a worker (tests/e2e SMALL_PROFILE ladder: 360p + 180p, ultrafast, 1 s GOP)
@@ -29,6 +30,12 @@ would cost more than the viewers). It prints one JSON document:
 
 The viewers run on the same machine, so they compete with the worker for the
 cores: read the per-viewer figure as an upper bound on a shared machine.
+
+``--count-only``: viewers that do ICE, DTLS and SRTP but count the video's RTP instead
+of decoding it (whep_client.py ``RtpCounter``), so that 100-200 of them leave the cores
+to the worker: how many viewers one worker holds. Each viewer then reports its packets,
+the packets missing from its sequence numbers (``viewer_lost_packets``) and the
+keyframes it got; its fps is pictures (distinct RTP timestamps) over their span.
 
 ``--publisher rtmp720``: the viewers' cost at 720p. The ffmpeg CLI publishes a 720p30
 test pattern over RTMP (x264, the tests' publisher), and the ladder is 720p (2.5 Mbit/s)
@@ -99,6 +106,9 @@ def main() -> int:
     parser.add_argument("--rendition", default="360p")
     parser.add_argument("--no-audio", action="store_true", help="viewers receive video only")
     parser.add_argument("--publisher", choices=("whip", "rtmp720"), default="whip")
+    parser.add_argument(
+        "--count-only", action="store_true", help="viewers count RTP instead of decoding"
+    )
     args = parser.parse_args()
     with netns.private_namespace(f"kubecast-whip-bench-{os.getpid()}", ADDRESS) as path:
         return bench(args, path)
@@ -195,6 +205,8 @@ def bench(args: argparse.Namespace, path: str) -> int:
                   "--seconds", str(args.window + 8)] + ([] if rtmp else ["--clock"])  # fmt: skip
         if args.no_audio:
             viewer.append("--no-audio")
+        if args.count_only:
+            viewer.append("--count-only")
         crowd = [
             subprocess.Popen(
                 [*viewer, "--viewers", str(n)],
@@ -233,6 +245,7 @@ def bench(args: argparse.Namespace, path: str) -> int:
             "publisher": args.publisher,
             "rendition": args.rendition,
             "audio": not args.no_audio,
+            "count_only": args.count_only,
             "window_seconds": args.window,
             "load_average": os.getloadavg()[0],
             "worker_cpu_idle_viewers": round(idle, 3),
@@ -256,6 +269,8 @@ def bench(args: argparse.Namespace, path: str) -> int:
             "viewer_distinct_frames": [v["distinct"] for v in viewers],
             "viewer_fps": [round(v["distinct"] / v["video_seconds"], 2) for v in viewers],
             "viewer_sizes": sorted({tuple(s) for v in viewers for s in v["sizes"]}),
+            "viewer_lost_packets": sorted(v["lost"] for v in viewers if "lost" in v),
+            "viewer_keyframes": sorted(v["keyframes"] for v in viewers if "keyframes" in v),
             "first_frame_seconds": [v["first_frame_seconds"] for v in viewers],
             "connected_to_first_frame_seconds": [
                 v["connected_to_first_frame_seconds"] for v in viewers

@@ -63,16 +63,22 @@ def worker(namespace: str, tmp_path: Path) -> Iterator[WorkerProcess]:
 
 
 def watch(
-    namespace: str, worker: WorkerProcess, rendition: str, seconds: float, *, audio: bool = False
+    namespace: str,
+    worker: WorkerProcess,
+    rendition: str,
+    seconds: float,
+    *,
+    audio: bool = False,
+    count_only: bool = False,
 ) -> Future[Any]:
-    """whep_client.py in the namespace (video, and Opus if ``audio``), started now; its one
-    JSON line."""
+    """whep_client.py in the namespace (video, and Opus if ``audio``; counting the RTP, not
+    decoding it, if ``count_only``), started now; its one JSON line."""
 
     def run() -> dict[str, Any]:
         done = subprocess.run(
             ["nsenter", f"--net={namespace}", "--", sys.executable, str(VIEWER),
              f"{worker.http}/whep/{rendition}", "--seconds", str(seconds),
-             *([] if audio else ["--no-audio"])],
+             *([] if audio else ["--no-audio"]), *(["--count-only"] if count_only else [])],
             capture_output=True, text=True, timeout=seconds + 60, check=False,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
@@ -134,3 +140,20 @@ def test_a_viewer_that_loses_packets_gets_them_again_and_keeps_its_picture_rate(
         ("kubecast_whep_retransmitted_packets_total", frozenset({("rendition", "360p")}))
     ]
     assert retransmitted > 0, metrics
+
+
+def test_a_counting_viewer_sees_every_packet_and_a_keyframe_each_gop(
+    worker: WorkerProcess, namespace: str
+) -> None:
+    """The benchmark's light viewer (whep_client --count-only, how many viewers one worker
+    holds) counts what a decoding viewer would see: every packet, every picture at the
+    rendition's rate, one keyframe per GOP, the first within a GOP of connecting."""
+    counted = watch(namespace, worker, "360p", WATCH, count_only=True)
+    decoded = watch(namespace, worker, "360p", WATCH).result()
+    result = counted.result()
+    assert result["event"] == "watched" and result["lost"] == 0, result
+    assert FPS - 2 <= result["distinct"] / result["video_seconds"] <= FPS + 2, result
+    assert abs(result["distinct"] - decoded["distinct"]) <= FPS, (result, decoded)
+    assert result["packets"] > result["distinct"], result  # a keyframe takes several
+    assert abs(result["keyframes"] - result["video_seconds"] / GOP) <= 1.5, result
+    assert result["connected_to_first_frame_seconds"] <= GOP + 0.5, result

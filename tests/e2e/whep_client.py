@@ -21,7 +21,11 @@ lost keyframe shows as a gap, a busy viewer process does not).
 ``--viewers N``: N viewers in this one process (one event loop), joining together,
 one "watched" line each: how the crowd tests spread viewers over a few processes.
 ``--no-audio``: video only (a crowd's Opus decodes would cost the cores the worker
-needs). Run it in the worker's network namespace.
+needs). ``--count-only``: ICE, DTLS and SRTP as usual, but the video's RTP is counted
+(``RtpCounter``) instead of depacketised and decoded: a viewer light enough that a
+hundred of them on this machine leave the cores to the worker (how many viewers one
+worker holds); ``sizes`` is then empty and ``packets``, ``lost`` and ``keyframes``
+are added. Run it in the worker's network namespace.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import struct
 import sys
 import time
 from urllib.parse import urljoin
@@ -70,6 +75,60 @@ class AskingAgainNackGenerator(rtcrtpreceiver.NackGenerator):
 
 # NB: the receiver looks the class up when it is made, once per track
 rtcrtpreceiver.NackGenerator = AskingAgainNackGenerator  # type: ignore[misc]
+
+
+class RtpCounter:
+    """What ``--count-only`` keeps of the video's RTP: packets, pictures, gaps, keyframes.
+
+    Installed as the DTLS transport's ``_handle_rtp_data`` (aiortc 1.16): it gets each
+    packet after SRTP ``unprotect`` (so only authentic packets count) and before aiortc
+    parses and routes it, which is the part of a viewer's cost this leaves out.
+    """
+
+    def __init__(self, payload_types: set[int]) -> None:
+        self.payload_types = payload_types
+        self.packets = self.lost = 0
+        self.stamps: set[int] = set()  # each picture's RTP timestamp (90 kHz), unwrapped
+        self.keyframes: set[int] = set()  # those of the IDR pictures
+        self.first_key: float | None = None
+        self._origin: int | None = None
+        self._sequence: int | None = None
+
+    async def __call__(self, data: bytes, arrival_time_ms: int) -> None:
+        if len(data) < 12 or data[1] & 0x7F not in self.payload_types:
+            return  # audio, or RTX (none on this path: nothing is lost in the namespace)
+        sequence, timestamp = struct.unpack_from("!HI", data, 2)
+        if self._sequence is not None:
+            self.lost += (sequence - self._sequence - 1) & 0xFFFF
+        self._sequence = sequence
+        self.packets += 1
+        if self._origin is None:
+            self._origin = timestamp
+        stamp = (timestamp - self._origin) & 0xFFFFFFFF
+        self.stamps.add(stamp)
+        if _starts_keyframe(data):
+            self.keyframes.add(stamp)
+            if self.first_key is None:
+                self.first_key = time.monotonic()
+
+    def seconds(self) -> list[float]:
+        return sorted(stamp / 90000 for stamp in self.stamps)
+
+
+def _starts_keyframe(data: bytes) -> bool:
+    """Whether this H.264 RTP packet (RFC 6184) begins an IDR picture or its SPS."""
+    start = 12 + 4 * (data[0] & 0x0F)
+    if data[0] & 0x10:  # header extensions: 4 bytes, then their length in words
+        start += 4 + 4 * struct.unpack_from("!H", data, start + 2)[0]
+    payload = data[start:]
+    if len(payload) < 2:
+        return False
+    nal = payload[0] & 0x1F
+    if nal == 24 and len(payload) > 3:  # STAP-A: the first aggregated unit's type
+        return payload[3] & 0x1F in (5, 7)
+    if nal == 28:  # FU-A: the first fragment of an IDR slice
+        return bool(payload[1] & 0x80) and payload[1] & 0x1F == 5
+    return nal in (5, 7)
 
 
 def say(event: str, **fields: object) -> None:
@@ -122,6 +181,32 @@ async def view(args: argparse.Namespace) -> dict[str, object]:
             location = urljoin(args.url, reply.headers["Location"])
         answered = time.monotonic()
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        if args.count_only:
+            counter = await count(pc, answered + args.seconds)
+            async with http.delete(location) as reply:
+                deleted = reply.status
+            await pc.close()
+            stamps = counter.seconds()
+            first_key = counter.first_key
+            return dict(
+                event="watched",
+                frames=len(stamps),
+                sizes=[],
+                first_frame_seconds=None if first_key is None else round(first_key - answered, 3),
+                connected_to_first_frame_seconds=(
+                    round(first_key - connected[0], 3) if first_key and connected else None
+                ),
+                max_gap_seconds=_largest_step(stamps),
+                video_seconds=round(stamps[-1] - stamps[0], 3) if stamps else 0.0,
+                distinct=len(stamps),
+                latency_ms=None,
+                audio_frames=0,
+                audio_rates=[],
+                packets=counter.packets,
+                lost=counter.lost,
+                keyframes=len(counter.keyframes),
+                deleted=deleted,
+            )
         track = await asyncio.wait_for(tracks.get(), 10)
         frames, sizes, first, stamps, delays = 0, set(), None, [], []
         first_at = None
@@ -165,6 +250,23 @@ async def view(args: argparse.Namespace) -> dict[str, object]:
     )
 
 
+async def count(pc: RTCPeerConnection, until: float) -> RtpCounter:
+    """--count-only: the video's RTP counted until ``until`` (time.monotonic())."""
+    video = next(t for t in pc.getTransceivers() if t.kind == "video")
+    counter = RtpCounter(
+        {
+            c.payloadType
+            for c in video._codecs
+            if c.payloadType is not None and not c.mimeType.lower().endswith("/rtx")
+        }
+    )
+    # NB: on the instance, before DTLS is up (setRemoteDescription only starts connecting);
+    # with BUNDLE the audio shares this transport, and RtpCounter skips its packets.
+    video.receiver.transport._handle_rtp_data = counter  # type: ignore[method-assign]
+    await asyncio.sleep(max(0.0, until - time.monotonic()))
+    return counter
+
+
 def _largest_step(ordered: list[float]) -> float | None:
     steps = [b - a for a, b in itertools.pairwise(ordered)]
     return round(max(steps), 3) if steps else None
@@ -180,6 +282,9 @@ def main() -> int:
     )
     parser.add_argument("--viewers", type=int, default=1, help="viewers in this process")
     parser.add_argument("--no-audio", action="store_true", help="receive video only")
+    parser.add_argument(
+        "--count-only", action="store_true", help="count the video's RTP instead of decoding it"
+    )
     return asyncio.run(watch(parser.parse_args()))
 
 

@@ -181,49 +181,17 @@ async def view(args: argparse.Namespace) -> dict[str, object]:
             location = urljoin(args.url, reply.headers["Location"])
         answered = time.monotonic()
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        counted: dict[str, int] = {}  # --count-only's own figures
         if args.count_only:
             counter = await count(pc, answered + args.seconds)
-            async with http.delete(location) as reply:
-                deleted = reply.status
-            await pc.close()
-            stamps = counter.seconds()
-            first_key = counter.first_key
-            return dict(
-                event="watched",
-                frames=len(stamps),
-                sizes=[],
-                first_frame_seconds=None if first_key is None else round(first_key - answered, 3),
-                connected_to_first_frame_seconds=(
-                    round(first_key - connected[0], 3) if first_key and connected else None
-                ),
-                max_gap_seconds=_largest_step(stamps),
-                video_seconds=round(stamps[-1] - stamps[0], 3) if stamps else 0.0,
-                distinct=len(stamps),
-                latency_ms=None,
-                audio_frames=0,
-                audio_rates=[],
-                packets=counter.packets,
-                lost=counter.lost,
-                keyframes=len(counter.keyframes),
-                deleted=deleted,
+            stamps, first_at = counter.seconds(), counter.first_key
+            frames, sizes, delays = len(stamps), set[tuple[int, int]](), list[float]()
+            counted = dict(
+                packets=counter.packets, lost=counter.lost, keyframes=len(counter.keyframes)
             )
-        track = await asyncio.wait_for(tracks.get(), 10)
-        frames, sizes, first, stamps, delays = 0, set(), None, [], []
-        first_at = None
-        deadline = answered + args.seconds
-        while time.monotonic() < deadline:
-            try:
-                frame = await asyncio.wait_for(track.recv(), max(0.1, deadline - time.monotonic()))
-            except (TimeoutError, MediaStreamError):
-                break
-            if first is None:
-                first_at = time.monotonic()
-                first = first_at - answered
-            frames += 1
-            sizes.add((frame.width, frame.height))
-            stamps.append(float(frame.pts * frame.time_base))
-            if args.clock and time.monotonic() - answered >= args.warmup:
-                delays.append(clock_pattern.latency_ms(frame))
+        else:
+            track = await asyncio.wait_for(tracks.get(), 10)
+            frames, sizes, first_at, stamps, delays = await decode(track, args, answered)
         async with http.delete(location) as reply:
             deleted = reply.status
     for listener in listeners:
@@ -234,7 +202,7 @@ async def view(args: argparse.Namespace) -> dict[str, object]:
         event="watched",
         frames=frames,
         sizes=sorted(sizes),
-        first_frame_seconds=None if first is None else round(first, 3),
+        first_frame_seconds=None if first_at is None else round(first_at - answered, 3),
         connected_to_first_frame_seconds=(
             round(first_at - connected[0], 3) if first_at is not None and connected else None
         ),
@@ -246,8 +214,33 @@ async def view(args: argparse.Namespace) -> dict[str, object]:
         latency_ms=clock_pattern.summary(delays) if delays else None,
         audio_frames=len(heard),
         audio_rates=sorted(set(heard)),
+        **counted,
         deleted=deleted,
     )
+
+
+async def decode(
+    track: MediaStreamTrack, args: argparse.Namespace, answered: float
+) -> tuple[int, set[tuple[int, int]], float | None, list[float], list[float]]:
+    """The video decoded until ``--seconds`` after the answer: the pictures, their sizes,
+    when the first came (time.monotonic()), their timestamps and (--clock) their delays."""
+    frames, first_at, deadline = 0, None, answered + args.seconds
+    sizes: set[tuple[int, int]] = set()
+    stamps: list[float] = []
+    delays: list[float] = []
+    while time.monotonic() < deadline:
+        try:
+            frame = await asyncio.wait_for(track.recv(), max(0.1, deadline - time.monotonic()))
+        except (TimeoutError, MediaStreamError):
+            break
+        if first_at is None:
+            first_at = time.monotonic()
+        frames += 1
+        sizes.add((frame.width, frame.height))  # type: ignore[union-attr]
+        stamps.append(float(frame.pts * frame.time_base))  # type: ignore[operator]
+        if args.clock and time.monotonic() - answered >= args.warmup:
+            delays.append(clock_pattern.latency_ms(frame))
+    return frames, sizes, first_at, stamps, delays
 
 
 async def count(pc: RTCPeerConnection, until: float) -> RtpCounter:

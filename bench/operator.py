@@ -224,7 +224,12 @@ def status_server(cluster: Cluster) -> Iterator[None]:
 
 class Operator:
     def __init__(
-        self, cluster: Cluster, namespace: str, log_path: Path, source: Path | None = None
+        self,
+        cluster: Cluster,
+        namespace: str,
+        log_path: Path,
+        source: Path | None = None,
+        heap: Path | None = None,
     ) -> None:
         env = {
             **cluster.env,
@@ -241,6 +246,9 @@ class Operator:
         if source is not None:  # another tree's operator, e.g. a commit's for before/after
             env["PYTHONPATH"] = str(source / "operator")
             program = [sys.executable, "-m", "kubecast_operator.cli"]
+        if heap is not None:  # under tracemalloc: where its memory goes (heap_dump)
+            program = [sys.executable, str(REPO / "bench" / "operator_heap.py"), str(heap)]
+        self.heap = heap
         # Its /metrics, in the cluster's namespace, for the worker polls it counts.
         self.cluster, self.metrics_port = cluster, METRICS_PORT
         argv = [
@@ -288,6 +296,21 @@ class Operator:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def heap_dump(self, wait: float = 120) -> str | None:
+        """Under ``--heap``: the operator's tracemalloc report of now (bench/operator_heap.py)."""
+        if self.heap is None:
+            return None
+        before = set(self.heap.parent.glob(f"{self.heap.name}-*.txt"))
+        os.kill(self.proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            new = set(self.heap.parent.glob(f"{self.heap.name}-*.txt")) - before
+            if new:
+                time.sleep(1)  # written in one go, but let it finish
+                return str(new.pop())
+            time.sleep(1)
+        return None
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -409,6 +432,7 @@ def run(
     workdir: Path,
     source: Path | None,
     settle_seconds: float = 35,
+    heap: bool = False,
 ) -> dict[str, Any]:
     kube = cluster.kube()
     namespace = f"bench-{n}-{os.urandom(2).hex()}"
@@ -416,7 +440,10 @@ def run(
     cluster.kubectl("-n", namespace, "apply", "-f", str(REPO / "samples" /
                     "transcodeprofile-default.yaml"), check=True)  # fmt: skip
     result: dict[str, Any] = {"streams": n, "namespace": namespace}
-    op = Operator(cluster, namespace, workdir / f"operator-{n}.log", source)
+    op = Operator(
+        cluster, namespace, workdir / f"operator-{n}.log", source,
+        heap=workdir / f"heap-{n}" if heap else None,
+    )  # fmt: skip
     try:
         time.sleep(3)  # let it start its watches, so that creation is what it sees
         cpu0 = op.cpu_seconds()
@@ -446,6 +473,8 @@ def run(
         result["converge_requests_detail"] = dict(detail.most_common())
         per_stream = json.dumps(result["converge_requests_per_stream"])
         log(f"N={n}: converged in {result['converge_seconds']} s; {per_stream}")
+        if heap:
+            result["heap_at_convergence"] = op.heap_dump()
 
         # Every worker's answer in status (phase Idle): the pods run later than the
         # children exist, and the streams' writes for them are part of the start.
@@ -496,6 +525,8 @@ def run(
                 ),
             }
             log(f"N={n}: steady {json.dumps(result['steady']['requests_per_stream_per_minute'])}")
+            if heap:
+                result["heap_after_steady"] = op.heap_dump()
 
         log(f"N={n}: deleting every LiveStream")
         started = time.monotonic()
@@ -566,6 +597,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--operator-source", type=Path,
                         help="the operator of this tree (default: the installed one)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--heap",
+        action="store_true",
+        help="run the operator under tracemalloc and write where its memory goes,"
+        " at convergence and after the steady state (not for RSS figures)",
+    )
     parser.add_argument("--serve-status", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     # A stop ends the run the way ^C does: the operator, the /status server and the
@@ -597,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
                         workdir,
                         args.operator_source,
                         args.settle_seconds,
+                        args.heap,
                     )
                 )
     report = {

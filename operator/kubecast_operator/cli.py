@@ -12,7 +12,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from kubecast_operator import (
-    handlers,  # noqa: F401  (registers the kopf handlers)
+    handlers,  # also registers the kopf handlers
     health,
 )
 from kubecast_operator.kube import Kube, load_config
@@ -115,7 +115,10 @@ async def _operate(args: argparse.Namespace, state: health.Health) -> int:
         namespaces=namespaces,
         standalone=True,
         # Every write of ours goes through this gate (handlers.configure).
-        memo=kopf.Memo(fence=elector.check if elector is not None else None),
+        memo=kopf.Memo(
+            fence=elector.check if elector is not None else None,
+            kopf_connections=handlers.kopf_connections(namespaces),
+        ),
         # Raised once the startup handlers ran and the watch tasks start: /readyz.
         ready_flag=state.watching,
     )

@@ -26,7 +26,15 @@ import kopf
 import kubernetes.client
 
 from kubecast_api import GROUP, VERSION
-from kubecast_operator import children, metrics, profiles, recordings, streams, worker_client
+from kubecast_operator import (
+    children,
+    copies,
+    metrics,
+    profiles,
+    recordings,
+    streams,
+    worker_client,
+)
 from kubecast_operator import kube as kube_mod
 from kubecast_operator.children import MANAGED_BY
 from kubecast_operator.kube import Kube
@@ -38,7 +46,53 @@ RECORDINGS = (GROUP, VERSION, "recordings")
 OWNED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 #: Threads for the reconciles' blocking API calls (and HTTP connections to the API server).
 RECONCILE_THREADS = 16
+#: Connections of kopf's own client to the API server for its short requests (finalizers,
+#: Events, listings); each watch holds one more of its own (``kopf_connections``).
+KOPF_REQUEST_CONNECTIONS = 32
+#: Watches kopf keeps per namespace: LiveStreams, TranscodeProfiles, Recordings, and the
+#: Deployments, Services and Pods they own; one to spare.
+KOPF_WATCHES_PER_NAMESPACE = 7
 T = TypeVar("T")
+
+
+def kopf_connections(namespaces: list[str]) -> int:
+    """The limit of kopf's connections to the API server; 0: none (kopf's default).
+
+    Why a limit: kopf's client opens a new TLS connection for every request made
+    while the others are busy, and keeps it. A thousand streams created at once
+    are a thousand finalizer patches and Events at once: 964 connections at 500
+    streams (bench/operator.py --heap), each with asyncio's 256 KiB TLS read
+    buffer (120 MB), and a TLS handshake apiece on both sides. The watches hold
+    a connection each for as long as they run, so they get theirs on top of the
+    requests'. A namespace pattern ("team-*") watches an unknown number of
+    namespaces: then there is no limit, as in kopf, rather than starved watches.
+    """
+    if any(c in namespace for namespace in namespaces for c in "*?[!"):
+        return 0
+    return KOPF_REQUEST_CONNECTIONS + KOPF_WATCHES_PER_NAMESPACE * max(1, len(namespaces))
+
+
+@kopf.on.login()
+async def login(memo: kopf.Memo, **kwargs: Any) -> kopf.AiohttpSession | None:
+    """kopf's own login (the Kubernetes client's kubeconfig or service account),
+    with a session whose connections are limited (``kopf_connections``)."""
+    info = kopf.login_via_client(**kwargs)
+    if info is None:
+        return None
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=memo.get("kopf_connections", 0), ssl=info.as_ssl_context()
+        ),
+        headers=info.as_http_headers(),
+        trust_env=info.trust_env,
+    )
+    return kopf.AiohttpSession(
+        server=info.server,
+        default_namespace=info.default_namespace,
+        priority=info.priority,
+        expiration=info.expiration,
+        aiohttp_session=session,
+    )
 
 
 @kopf.on.startup()
@@ -114,55 +168,25 @@ async def _blocking(memo: kopf.Memo, call: Callable[..., T], *args: Any, **kwarg
 # they hold the initial listing. Each keeps one slim copy per object.
 
 
-def _slim(body: kopf.Body, spec: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
-    """The object without managedFields, which nothing here reads (a third of a Pod),
-    and with only the part of its spec that ``spec`` keeps (all without one)."""
-    found = dict(body)
-    found["metadata"] = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
-    if spec is not None:
-        found["spec"] = spec(dict(body.get("spec") or {}))
-    return found
-
-
-def _deployment_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    # The pod template's metadata (its config hash), not its containers and volumes.
-    template = spec.get("template") or {}
-    return {
-        "replicas": spec.get("replicas"),
-        "selector": spec.get("selector"),
-        "template": {"metadata": template.get("metadata")},
-    }
-
-
-def _pod_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    # Where it runs and its ports (worker_client.admin_port); not its volumes and env.
-    return {
-        "nodeName": spec.get("nodeName"),
-        "containers": [
-            {"name": c.get("name"), "ports": c.get("ports")} for c in spec.get("containers") or []
-        ],
-    }
-
-
 @kopf.index("apps", "v1", "deployments", labels=OWNED)
 def owned_deployments(body: kopf.Body, **_: Any) -> Any:
-    return {_key(body): _slim(body, _deployment_spec)}
+    return {_key(body): copies.slim(body, "Deployment")}
 
 
 @kopf.index("v1", "services", labels=OWNED)
 def owned_services(body: kopf.Body, **_: Any) -> Any:
-    return {_key(body): _slim(body)}
+    return {_key(body): copies.slim(body, "Service")}
 
 
 @kopf.index("v1", "pods", labels={**OWNED, "app.kubernetes.io/component": "worker"})
 def worker_pods(body: kopf.Body, **_: Any) -> Any:
     stream = body.metadata.labels.get("kubecast.dev/stream")
-    return {(body.metadata.namespace, stream): _slim(body, _pod_spec)} if stream else None
+    return {(body.metadata.namespace, stream): copies.slim(body, "Pod")} if stream else None
 
 
 @kopf.index(*PROFILES)
 def profile_bodies(body: kopf.Body, **_: Any) -> Any:
-    return {_key(body): _slim(body)}
+    return {_key(body): copies.slim(body, "TranscodeProfile")}
 
 
 @kopf.index(*STREAMS)

@@ -21,7 +21,7 @@ from kubernetes.client.rest import ApiException
 
 from kubecast_api import LiveStreamSpec, LiveStreamStatus, describe_error, redact
 from kubecast_api.profile import TranscodeProfileSpec
-from kubecast_operator import children, conditions, pod_problems, worker_client
+from kubecast_operator import children, conditions, copies, pod_problems, worker_client
 from kubecast_operator import kube as kube_mod
 from kubecast_operator.kube import Kube
 from kubecast_operator.settings import (
@@ -270,7 +270,9 @@ def _apply(
     )
     if not (resync or last is None or applied.digests.get(key) != digest or changed_by_others):
         return _newer(current, last)
-    result = kube.apply(manifest)
+    # NB: what the apply returns is kept slim (copies.py): whole, the four children
+    # of a thousand streams were about 100 MB of managedFields and pod templates.
+    result = copies.slim(kube.apply(manifest), manifest["kind"])
     applied.digests[key], applied.objects[key] = digest, result
     applied.shown.discard(key)
     return (

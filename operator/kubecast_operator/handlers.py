@@ -343,7 +343,6 @@ async def run_stream(
     woken = False
     while not stopped:
         wake = memo.wakeups[key]
-        snapshot = copy.deepcopy(dict(body))
         now = time.monotonic()
         resync = now - last_resync > settings.resync_seconds
         retry = applied.retry_at is not None and now >= applied.retry_at
@@ -351,11 +350,17 @@ async def run_stream(
             woken
             or wake.is_set()
             or seen is None
-            or snapshot["metadata"].get("generation") != last_generation
+            or body.get("metadata", {}).get("generation") != last_generation
             or resync
             or retry
         )
         wake.clear()
+        # A full pass reads the body in a thread, while the watch may bring a new one:
+        # it gets a copy of its own. NB: kopf replaces the body's raw dict on each event
+        # and mutates none, so an idle pass (most of them: a poll of the worker) reads a
+        # shallow copy, which holds the body of now; deep copies of a thousand bodies
+        # every poll interval were 5 % of a core.
+        snapshot = copy.deepcopy(dict(body)) if full else dict(body)
         try:
             if full:
                 started = time.monotonic()
@@ -384,8 +389,11 @@ async def run_stream(
             seen = None
             applied = streams.Applied()  # what a failed pass applied is not known
             await _report_failure(memo, snapshot, error)
-        if seen is not None:
-            memo.stream_phases[key] = (body.get("status") or {}).get("phase") or "Pending"
+        phase = (body.get("status") or {}).get("phase") or "Pending"
+        if seen is not None and memo.stream_phases.get(key) != phase:
+            # NB: only on a change: the tally is of every stream, and an idle pass of
+            # each of a thousand streams made it a million steps a second.
+            memo.stream_phases[key] = phase
             metrics.count_phases(memo.stream_phases.values())
         # Woken by a child's event (a deleted Service, a pod that got its IP): the
         # next pass reconciles in full, not just a poll of the worker.

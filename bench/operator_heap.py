@@ -11,7 +11,9 @@ stacks.
 
 NB: tracemalloc itself costs memory (about a pointer's worth and a frame list
 per live block) and CPU, so a run under it measures *where* memory goes, not how
-much RSS the operator needs: that stays the plain run's figure.
+much RSS the operator needs: that stays the plain run's figure. A report stops
+the operator while it is written (minutes at 500 streams: millions of blocks
+grouped by stack), so whatever the bench measures after the first is disturbed.
 """
 
 from __future__ import annotations

@@ -46,6 +46,9 @@ RECORDINGS = (GROUP, VERSION, "recordings")
 OWNED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 #: Threads for the reconciles' blocking API calls (and HTTP connections to the API server).
 RECONCILE_THREADS = 16
+#: Threads for status writes, apart from the reconciles: when a thousand streams are
+#: created at once, a stream's first status must not wait behind every stream's applies.
+STATUS_THREADS = 4
 #: Connections of kopf's own client to the API server for its short requests (finalizers,
 #: Events, listings); each watch holds one more of its own (``kopf_connections``).
 KOPF_REQUEST_CONNECTIONS = 32
@@ -120,8 +123,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # thousand streams: the default executor (6 threads on 2 cores) also carries
     # everything else that runs in a thread.
     memo.pool = concurrent.futures.ThreadPoolExecutor(RECONCILE_THREADS, "reconcile")
+    memo.status_pool = concurrent.futures.ThreadPoolExecutor(STATUS_THREADS, "status")
     configuration = kubernetes.client.Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = RECONCILE_THREADS
+    configuration.connection_pool_maxsize = RECONCILE_THREADS + STATUS_THREADS
     # NB: every write goes through the leader's fence (cli.py): one that no
     # longer leads raises NotLeading instead of writing. kopf.event and kopf.warn
     # are only ever called after such a write succeeded.
@@ -155,12 +159,20 @@ def _quiet_event_handlers(record: logging.LogRecord) -> bool:
 async def close(memo: kopf.Memo, **_: Any) -> None:
     await memo.http.close()
     memo.pool.shutdown(wait=False, cancel_futures=True)
+    memo.status_pool.shutdown(wait=False, cancel_futures=True)
 
 
 async def _blocking(memo: kopf.Memo, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a blocking API call in the reconciles' own thread pool."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(memo.pool, functools.partial(call, *args, **kwargs))
+
+
+async def _write_status(memo: kopf.Memo, kind: str, namespace: str, name: str, status: Any) -> None:
+    """Patch a status in the status writes' own threads (``STATUS_THREADS``)."""
+    loop = asyncio.get_running_loop()
+    write = functools.partial(memo.kube.patch_status, kind, namespace, name, status)
+    await loop.run_in_executor(memo.status_pool, write)
 
 
 # --- the watches' copies (kopf indexes): read instead of GET and LIST -------------
@@ -452,13 +464,8 @@ async def _write_stream_status(
     if not figures_due and streams.only_figures_changed(previous, status):
         return False
     meta = body["metadata"]
-    await _blocking(
-        memo,
-        memo.kube.patch_status,
-        "LiveStream",
-        meta["namespace"],
-        meta["name"],
-        _with_removals(previous, status),
+    await _write_status(
+        memo, "LiveStream", meta["namespace"], meta["name"], _with_removals(previous, status)
     )
     metrics.STATUS_WRITES.labels("LiveStream").inc()
     if written is not None:
@@ -497,9 +504,7 @@ async def _report_failure(memo: kopf.Memo, body: dict[str, Any], error: Exceptio
         seen.spec = streams.LiveStreamSpec.model_validate(body.get("spec") or {})
         status = streams.compute_status(body, seen)
         meta = body["metadata"]
-        await _blocking(
-            memo, memo.kube.patch_status, "LiveStream", meta["namespace"], meta["name"], status
-        )
+        await _write_status(memo, "LiveStream", meta["namespace"], meta["name"], status)
     except Exception:
         pass
 

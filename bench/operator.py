@@ -297,8 +297,11 @@ class Operator:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def heap_dump(self, wait: float = 120) -> str | None:
-        """Under ``--heap``: the operator's tracemalloc report of now (bench/operator_heap.py)."""
+    def heap_dump(self, wait: float = 600) -> str | None:
+        """Under ``--heap``: the operator's tracemalloc report of now (bench/operator_heap.py).
+
+        NB: writing it takes minutes at 500 streams, the operator stopped meanwhile.
+        """
         if self.heap is None:
             return None
         before = set(self.heap.parent.glob(f"{self.heap.name}-*.txt"))

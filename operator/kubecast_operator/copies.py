@@ -2,8 +2,8 @@
 
 At a thousand streams the operator holds about five thousand children at once:
 in the watches' indexes, and in each stream's memory of what it applied last
-(``streams.Applied``). As parsed JSON, an object costs about six times its size on
-the wire, and most of that is never read: ``managedFields`` (a third of a Pod,
+(``streams.Applied``), as parsed JSON (an applied Deployment: 10 KB on the wire,
+17 KB in Python). Most of that is never read: ``managedFields`` (a third of a Pod,
 more of an applied Deployment), a Deployment's pod template, a ConfigMap's data.
 
 Each copy keeps ``metadata`` without managedFields (uid, resourceVersion,

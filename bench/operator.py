@@ -381,6 +381,22 @@ def phase_changes(kube: Any, namespace: str, since: str) -> dict[str, int]:
     return dict(sorted(found.items()))
 
 
+def events_per_stream(kube: Any, namespace: str) -> dict[str, dict[str, int]]:
+    """How many Events of each reason each stream got: reason -> {count: streams}.
+
+    One per phase entered: a stream that was Pending and then Idle has one of each
+    (``kubectl describe`` shows what happened, once)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for event in kube.list("Event", namespace):
+        involved = event.get("involvedObject") or {}
+        if involved.get("kind") == "LiveStream":
+            counts[(str(event.get("reason")), involved.get("name"))] += int(event.get("count") or 1)
+    found: dict[str, Counter[str]] = {}
+    for (reason, _), count in counts.items():
+        found.setdefault(reason, Counter())[str(count)] += 1
+    return {reason: dict(sorted(c.items())) for reason, c in sorted(found.items())}
+
+
 def per(counts: Counter[str], divisor: float) -> dict[str, float]:
     return {k: round(v / divisor, 2) for k, v in sorted(counts.items())}
 
@@ -497,6 +513,7 @@ def run(
             time.sleep(interval)
         result["idle_seconds"] = round(time.monotonic() - started, 1)
         result["phases"] = dict(phases)
+        result["events_per_stream"] = events_per_stream(kube, namespace)
         if steady_seconds:
             time.sleep(settle_seconds)  # the workers' first answers are in status by then
             log(f"N={n}: steady state for {steady_seconds:.0f} s")

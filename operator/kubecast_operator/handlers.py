@@ -29,6 +29,7 @@ from kubecast_api import GROUP, VERSION
 from kubecast_operator import (
     children,
     copies,
+    diffbase,
     metrics,
     profiles,
     recordings,
@@ -110,7 +111,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 30
     settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = diffbase.LeanDiffBaseStorage(prefix=GROUP)
     settings.posting.level = logging.INFO
     # Leadership comes from a Lease (see leader.py), not from kopf peering.
     settings.peering.standalone = True
@@ -400,6 +401,7 @@ async def run_stream(
             logger.warning("reconcile failed, will retry: %s", kube_mod.describe(error))
             seen = None
             applied = streams.Applied()  # what a failed pass applied is not known
+            written.clear()  # nor which status is in place: _report_failure writes one
             await _report_failure(memo, snapshot, error)
         phase = (body.get("status") or {}).get("phase") or "Pending"
         if seen is not None and memo.stream_phases.get(key) != phase:
@@ -459,10 +461,14 @@ async def _write_stream_status(
     """
     previous = body.get("status") or {}
     status = streams.compute_status(body, seen)
-    if _same(previous, status) or (written and _same(written, status)):
+    if streams.same_status(previous, status) or (written and streams.same_status(written, status)):
         return False
     if not figures_due and streams.only_figures_changed(previous, status):
         return False
+    # NB: the phase this loop wrote last, while the watch has not brought it back:
+    # the body's would announce the same change again (a thousand streams created
+    # at once had 1.8 "Pending" Events each).
+    old_phase, new_phase = (written or previous).get("phase"), status.get("phase")
     meta = body["metadata"]
     await _write_status(
         memo, "LiveStream", meta["namespace"], meta["name"], _with_removals(previous, status)
@@ -471,7 +477,6 @@ async def _write_stream_status(
     if written is not None:
         written.clear()
         written.update(status)
-    old_phase, new_phase = previous.get("phase"), status.get("phase")
     if old_phase != new_phase:
         kind = "Warning" if new_phase == "Error" else "Normal"
         kopf.event(
@@ -507,12 +512,6 @@ async def _report_failure(memo: kopf.Memo, body: dict[str, Any], error: Exceptio
         await _write_status(memo, "LiveStream", meta["namespace"], meta["name"], status)
     except Exception:
         pass
-
-
-def _same(previous: dict[str, Any], status: dict[str, Any]) -> bool:
-    return {k: v for k, v in previous.items() if k != "lastLiveTime"} == {
-        k: v for k, v in status.items() if k != "lastLiveTime"
-    }
 
 
 def _with_removals(previous: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:

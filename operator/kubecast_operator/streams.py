@@ -19,7 +19,7 @@ from typing import Any
 import pydantic
 from kubernetes.client.rest import ApiException
 
-from kubecast_api import LiveStreamSpec, LiveStreamStatus, describe_error, redact
+from kubecast_api import LiveStreamSpec, LiveStreamStatus, WorkerConfig, describe_error, redact
 from kubecast_api.profile import TranscodeProfileSpec
 from kubecast_operator import children, conditions, copies, pod_problems, worker_client
 from kubecast_operator import kube as kube_mod
@@ -126,6 +126,8 @@ class Applied:
     shown: set[str] = field(default_factory=set)  # children the watch has shown since
     #: A child the API server refused (e.g. no Service IP left): retried at this time.
     retry_at: float | None = None
+    #: The worker config rendered last, and the digest of the config it came from.
+    rendered: tuple[bytes, str] | None = None
 
 
 def reconcile(
@@ -223,7 +225,7 @@ def _ensure_children(
                resync=resync, watched=False)  # fmt: skip
     if profile is None or seen.problem:
         return  # keep a running worker as it is; it needs a valid config to change
-    rendered = children.render_config(children.worker_config(body, spec, profile))
+    rendered = _render(children.worker_config(body, spec, profile), applied)
     seen.config_hash = children.config_hash(rendered)
     _apply(kube, children.worker_config_map(body, rendered), None, applied, resync=resync,
            watched=False)  # fmt: skip
@@ -236,6 +238,24 @@ def _ensure_children(
         applied,
         resync=resync,
     )
+
+
+def _render(config: WorkerConfig, applied: Applied | None) -> str:
+    """The worker config's YAML, rendered again only when the config changed.
+
+    NB: PyYAML's emitter is pure Python, and rendering on every pass was 15 % of the
+    operator's CPU while a thousand streams converged (py-spy). libyaml's emitter
+    folds long strings elsewhere, which would change the config hash (and restart
+    every worker) on an operator upgrade; pydantic's JSON is fast, so the digest
+    of that says whether the text can be reused.
+    """
+    digest = hashlib.blake2b(config.model_dump_json().encode(), digest_size=16).digest()
+    if applied is not None and applied.rendered and applied.rendered[0] == digest:
+        return applied.rendered[1]
+    rendered = children.render_config(config)
+    if applied is not None:
+        applied.rendered = (digest, rendered)
+    return rendered
 
 
 #: How soon a child the API server refused is tried again.
@@ -631,6 +651,27 @@ def outputs_condition(seen: Observation) -> dict[str, Any]:
             "OutputsReady", False, "RestreamFailing", "retrying " + "; ".join(failing)
         )
     return conditions.condition("OutputsReady", True, "OutputsServed", "every requested output")
+
+
+#: Counters that appear, at 0, when the first worker pod does: not a write on their own.
+_COUNTERS = ("workerRestarts", "refusedPublishes")
+
+
+def same_status(previous: dict[str, Any], status: dict[str, Any]) -> bool:
+    """True when writing ``status`` over ``previous`` would tell a user nothing new.
+
+    ``lastLiveTime`` moves on every poll of a live stream and is written with the
+    next real change. A counter that appears at 0 (the worker pod exists, nothing
+    restarted yet) waits for one too: on its own it was the second status write of
+    every stream, a thousand writes when a thousand streams are created at once.
+    """
+    return _essential(previous) == _essential(status)
+
+
+def _essential(status: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: v for k, v in status.items() if k != "lastLiveTime" and not (k in _COUNTERS and v == 0)
+    }
 
 
 def only_figures_changed(previous: dict[str, Any], status: dict[str, Any]) -> bool:

@@ -40,6 +40,11 @@ def test_the_operator_bench_reports_convergence_memory_requests_and_deletion(
     per_stream = run["converge_requests_per_stream"]
     assert per_stream["patch"] >= 4 and per_stream["create"] >= 1, per_stream
     assert run["delete_seconds"] > 0
+    # `kubectl describe` shows each phase a stream entered once: created Pending,
+    # then Idle (the loop's own status write, not yet back from the watch, once
+    # made it announce "Pending" twice).
+    events = run["events_per_stream"]
+    assert events["Pending"] == {"1": 50} and sum(events["Idle"].values()) == 50, events
     steady = run["steady"]
     assert steady["seconds"] >= 30 and steady["cpu_cores"] >= 0
     # Idle streams cost no write: nothing changed, so nothing is applied or patched

@@ -788,3 +788,29 @@ def test_a_user_key_secret_is_never_read_and_the_worker_is_created_anyway() -> N
     (deployment,) = [m for m in kube.applied if m["kind"] == "Deployment"]
     key = _volumes(deployment["spec"]["template"]["spec"])[children.STREAM_KEY_VOLUME]
     assert key["secret"]["secretName"] == "studio-key"
+
+
+def test_a_worker_pod_that_only_appeared_is_no_status_write_of_its_own() -> None:
+    stream = body("livestream-push.yaml")
+    spec = LiveStreamSpec.model_validate(stream["spec"])
+    starting = {
+        "metadata": {"name": "studio-worker-x", "annotations": {children.CONFIG_HASH: "c0ffee"}},
+        "status": {"phase": "Pending", "containerStatuses": [{"restartCount": 0}]},
+    }
+
+    def status(*pods: dict[str, Any]) -> dict[str, Any]:
+        seen = streams.Observation(
+            spec=spec, deployment={"status": {}}, config_hash="c0ffee", pods=list(pods)
+        )
+        return streams.compute_status(stream, seen, now="2026-01-01T00:00:00Z")
+
+    before, after = status(), status(starting)
+    assert "workerRestarts" not in before and after["workerRestarts"] == 0
+    # Nothing a user could act on changed: written with the next real change.
+    assert streams.same_status(before, after) and streams.same_status(after, before)
+    restarted = {**starting, "status": {"phase": "Running", "containerStatuses": [
+        {"restartCount": 1, "lastState": {"terminated": {"exitCode": 137}}}]}}  # fmt: skip
+    assert not streams.same_status(after, status(restarted)), "a restart is written at once"
+    assert not streams.same_status(before, {**before, "phase": "Idle"})
+    # lastLiveTime moves on every poll of a live stream: never a write of its own
+    assert streams.same_status(before, {**before, "lastLiveTime": "2026-01-01T00:00:02Z"})

@@ -514,6 +514,12 @@ def run(
         result["idle_seconds"] = round(time.monotonic() - started, 1)
         result["phases"] = dict(phases)
         result["events_per_stream"] = events_per_stream(kube, namespace)
+        # Status PATCHes from the first POST until every stream was Idle: Pending,
+        # then Idle is two; more is a status written again with nothing new in it.
+        _, detail = audit.since()
+        result["status_writes_per_stream_to_idle"] = round(
+            detail["patch livestreams/status 200"] / n, 2
+        )
         if steady_seconds:
             time.sleep(settle_seconds)  # the workers' first answers are in status by then
             log(f"N={n}: steady state for {steady_seconds:.0f} s")

@@ -456,27 +456,31 @@ async def _write_stream_status(
     """Write the status if it changed; only-figures changes wait for ``figures_due``.
 
     ``written``: the status this loop wrote last, updated here. Until the watch
-    brings that write back, ``body`` still holds the one before, and the same
-    status would be written (and its phase change announced) a second time.
+    brings that write back, ``body`` still holds the one before: from it, the same
+    status would be written a second time, its phase change announced twice, and
+    every condition would look new (lastTransitionTime is kept from the status in
+    place). A thousand streams created at once each wrote their first status twice
+    and posted 1.8 "Pending" Events. So the status in place is, as far as this loop
+    knows, the one it wrote.
     """
     previous = body.get("status") or {}
-    status = streams.compute_status(body, seen)
-    if streams.same_status(previous, status) or (written and streams.same_status(written, status)):
+    last = written or previous
+    status = streams.compute_status({**body, "status": last}, seen)
+    if streams.same_status(previous, status) or streams.same_status(last, status):
         return False
-    if not figures_due and streams.only_figures_changed(previous, status):
+    if not figures_due and streams.only_figures_changed(last, status):
         return False
-    # NB: the phase this loop wrote last, while the watch has not brought it back:
-    # the body's would announce the same change again (a thousand streams created
-    # at once had 1.8 "Pending" Events each).
-    old_phase, new_phase = (written or previous).get("phase"), status.get("phase")
+    last = dict(last)  # `written` changes below
     meta = body["metadata"]
     await _write_status(
-        memo, "LiveStream", meta["namespace"], meta["name"], _with_removals(previous, status)
-    )
+        memo, "LiveStream", meta["namespace"], meta["name"],
+        _with_removals({**previous, **last}, status),
+    )  # fmt: skip
     metrics.STATUS_WRITES.labels("LiveStream").inc()
     if written is not None:
         written.clear()
         written.update(status)
+    old_phase, new_phase = last.get("phase"), status.get("phase")
     if old_phase != new_phase:
         kind = "Warning" if new_phase == "Error" else "Normal"
         kopf.event(
@@ -486,7 +490,7 @@ async def _write_stream_status(
             message=status.get("message") or f"stream is {new_phase}",
         )
         logger.info("phase %s -> %s", old_phase, new_phase)
-    refused_before = previous.get("refusedPublishes") or 0
+    refused_before = last.get("refusedPublishes") or 0
     refused_now = status.get("refusedPublishes") or 0
     if refused_now > refused_before:
         kopf.warn(

@@ -45,6 +45,10 @@ def test_the_operator_bench_reports_convergence_memory_requests_and_deletion(
     # made it announce "Pending" twice).
     events = run["events_per_stream"]
     assert events["Pending"] == {"1": 50} and sum(events["Idle"].values()) == 50, events
+    # and its status was written when it had something new: Pending, then Idle.
+    # (A status written from a body the watch had not yet brought the loop's own
+    # write back to had every condition "new" and was written twice.)
+    assert run["status_writes_per_stream_to_idle"] <= 2.2, run
     steady = run["steady"]
     assert steady["seconds"] >= 30 and steady["cpu_cores"] >= 0
     # Idle streams cost no write: nothing changed, so nothing is applied or patched

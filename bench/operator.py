@@ -297,6 +297,14 @@ class Operator:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def log_lines(self, text: str) -> list[str]:
+        """The lines of its log that hold ``text``."""
+        with open(self.log_path, errors="replace") as log:
+            return [line.rstrip() for line in log if text in line]
+
+    def log_count(self, text: str) -> int:
+        return len(self.log_lines(text))
+
     def heap_dump(self, wait: float = 600) -> str | None:
         """Under ``--heap``: the operator's tracemalloc report of now (bench/operator_heap.py).
 
@@ -390,7 +398,8 @@ def events_per_stream(kube: Any, namespace: str) -> dict[str, dict[str, int]]:
     for event in kube.list("Event", namespace):
         involved = event.get("involvedObject") or {}
         if involved.get("kind") == "LiveStream":
-            counts[(str(event.get("reason")), involved.get("name"))] += int(event.get("count") or 1)
+            key = (str(event.get("reason")), str(involved.get("name")))
+            counts[key] += int(event.get("count") or 1)
     found: dict[str, Counter[str]] = {}
     for (reason, _), count in counts.items():
         found.setdefault(reason, Counter())[str(count)] += 1
@@ -513,7 +522,30 @@ def run(
             time.sleep(interval)
         result["idle_seconds"] = round(time.monotonic() - started, 1)
         result["phases"] = dict(phases)
-        result["events_per_stream"] = events_per_stream(kube, namespace)
+        # kopf posts Events from a queue of its own, after the status write that
+        # caused them: the last streams' "Idle" can be a moment behind their phase.
+        deadline = time.monotonic() + 20
+        while True:
+            events = events_per_stream(kube, namespace)
+            posted = sum((events.get("Idle") or {}).values())
+            if posted >= phases["Idle"] or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        result["events_per_stream"] = events
+        result["event_posts_failed"] = op.log_count("Failed to post an event")
+        if posted < phases["Idle"]:  # which, and what the operator said of them
+            announced = {
+                (e.get("involvedObject") or {}).get("name")
+                for e in kube.list("Event", namespace)
+                if e.get("reason") == "Idle"
+            }
+            result["idle_unannounced"] = {
+                name: op.log_lines(f"[{namespace}/{name}]")[-10:]
+                for name in sorted(
+                    x["metadata"]["name"] for x in kube.list("LiveStream", namespace)
+                )
+                if name not in announced
+            }
         # Status PATCHes from the first POST until every stream was Idle: Pending,
         # then Idle is two; more is a status written again with nothing new in it.
         _, detail = audit.since()

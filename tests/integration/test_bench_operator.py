@@ -44,7 +44,8 @@ def test_the_operator_bench_reports_convergence_memory_requests_and_deletion(
     # then Idle (the loop's own status write, not yet back from the watch, once
     # made it announce "Pending" twice).
     events = run["events_per_stream"]
-    assert events["Pending"] == {"1": 50} and sum(events["Idle"].values()) == 50, events
+    why = (events, run["event_posts_failed"], run.get("idle_unannounced"))
+    assert events["Pending"] == {"1": 50} and sum(events["Idle"].values()) == 50, why
     # and its status was written when it had something new: Pending, then Idle.
     # (A status written from a body the watch had not yet brought the loop's own
     # write back to had every condition "new" and was written twice.)

@@ -524,7 +524,8 @@ def run(
         result["phases"] = dict(phases)
         # kopf posts Events from a queue of its own, after the status write that
         # caused them: the last streams' "Idle" can be a moment behind their phase.
-        deadline = time.monotonic() + 20
+        waited = time.monotonic()
+        deadline = waited + 20
         while True:
             events = events_per_stream(kube, namespace)
             posted = sum((events.get("Idle") or {}).values())
@@ -532,6 +533,7 @@ def run(
                 break
             time.sleep(1)
         result["events_per_stream"] = events
+        result["events_waited_seconds"] = round(time.monotonic() - waited, 1)
         result["event_posts_failed"] = op.log_count("Failed to post an event")
         if posted < phases["Idle"]:  # which, and what the operator said of them
             announced = {
